@@ -1,0 +1,154 @@
+// pybind11 module mudsc._core: the torch-free native core over numpy buffers.
+// Inputs are float32/float64 numpy arrays whose innermost or outermost matrix
+// axis has unit stride (the Python layer copies anything else); solves run with
+// the GIL released. LapError becomes ValueError with the core's sentence.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <thread>
+
+#include "lap.hpp"
+
+namespace py = pybind11;
+using mudsc::lap::LapError;
+
+namespace {
+
+int64_t element_stride(const py::array& a, int axis) {
+  const py::ssize_t s = a.strides(axis);
+  if (s % static_cast<py::ssize_t>(a.itemsize()) != 0) {
+    throw py::value_error("cost array strides must be multiples of its item size");
+  }
+  return static_cast<int64_t>(s / static_cast<py::ssize_t>(a.itemsize()));
+}
+
+/// Counters of the last single solve on this thread's interpreter (see SolveStats).
+py::dict& last_stats() {
+  static py::dict* d = new py::dict();
+  return *d;
+}
+
+using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+template <typename T>
+py::tuple solve_one(const py::array& cost, bool maximize, const std::optional<DoubleArray>& init,
+                    bool return_potentials) {
+  const int64_t n = cost.shape(0), m = cost.shape(1);
+  mudsc::lap::MatrixView<T> view{static_cast<const T*>(cost.data()), n, m, element_stride(cost, 0),
+                                 element_stride(cost, 1)};
+  py::array_t<int64_t> col_of_row(n);
+  std::optional<py::array_t<double>> potentials;
+  mudsc::lap::SolveOptions opt;
+  opt.maximize = maximize;
+  if (init) {
+    if (init->ndim() != 1 || init->shape(0) != m) {
+      throw py::value_error("init_potentials must have shape (" + std::to_string(m) + ",), got " +
+                            py::str(py::tuple(py::cast(std::vector<py::ssize_t>(
+                                        init->shape(), init->shape() + init->ndim())))).cast<std::string>());
+    }
+    opt.init_col_potentials = init->data();
+  }
+  if (return_potentials) {
+    potentials.emplace(m);
+    opt.out_col_potentials = potentials->mutable_data();
+  }
+  double objective;
+  int64_t* out = col_of_row.mutable_data();
+  mudsc::lap::Workspace ws;
+  {
+    py::gil_scoped_release release;
+    objective = mudsc::lap::solve(view, opt, out, ws);
+  }
+  const mudsc::lap::SolveStats& s = ws.stats;
+  py::dict stats;
+  stats["seconds_init"] = s.seconds_init;
+  stats["seconds_arr"] = s.seconds_arr;
+  stats["seconds_paths"] = s.seconds_paths;
+  stats["free_after_init"] = s.free_after_init;
+  stats["free_before_paths"] = s.free_before_paths;
+  stats["scanned_rows"] = s.scanned_rows;
+  last_stats() = stats;
+  return py::make_tuple(col_of_row, objective, potentials ? py::object(*potentials) : py::none());
+}
+
+template <typename T>
+py::tuple solve_many(const py::array& costs, bool maximize, int num_threads, const std::optional<DoubleArray>& init,
+                     bool return_potentials) {
+  const int64_t b = costs.shape(0), n = costs.shape(1), m = costs.shape(2);
+  py::array_t<int64_t> col_of_row({b, n});
+  py::array_t<double> objective(b);
+  std::optional<py::array_t<double>> potentials;
+  if (init && (init->ndim() != 2 || init->shape(0) != b || init->shape(1) != m)) {
+    throw py::value_error("init_potentials must have shape (" + std::to_string(b) + ", " + std::to_string(m) + ")");
+  }
+  if (return_potentials) potentials.emplace(std::vector<py::ssize_t>{b, m});
+  const T* data = static_cast<const T*>(costs.data());
+  const int64_t sb = element_stride(costs, 0), sr = element_stride(costs, 1), sc = element_stride(costs, 2);
+  const double* init_ptr = init ? init->data() : nullptr;
+  double* pot_ptr = potentials ? potentials->mutable_data() : nullptr;
+  int64_t* out = col_of_row.mutable_data();
+  double* obj = objective.mutable_data();
+  {
+    py::gil_scoped_release release;
+    mudsc::lap::solve_batch<T>(data, b, n, m, sb, sr, sc, maximize, init_ptr, pot_ptr, out, obj, num_threads);
+  }
+  return py::make_tuple(col_of_row, objective, potentials ? py::object(*potentials) : py::none());
+}
+
+bool is_float32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
+bool is_float64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "mudsc native core (torch-free): Jonker-Volgenant linear assignment.";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const LapError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  m.def(
+      "lap_solve",
+      [](const py::array& cost, bool maximize, std::optional<DoubleArray> init, bool return_potentials) {
+        if (cost.ndim() != 2) throw py::value_error("cost must be 2-D");
+        if (is_float32(cost)) return solve_one<float>(cost, maximize, init, return_potentials);
+        if (is_float64(cost)) return solve_one<double>(cost, maximize, init, return_potentials);
+        throw py::value_error("cost must be float32 or float64");
+      },
+      py::arg("cost"), py::arg("maximize") = false, py::arg("init_potentials") = py::none(),
+      py::arg("return_potentials") = false,
+      R"doc(Solve one dense LAP.
+
+cost: float32/float64 array [n, m] with a unit stride on one axis.
+Returns (col_of_row int64[n] (-1 = unassigned row), objective float, potentials float64[m] or None).
+Potentials (warm start in, final out) are the column duals of the minimisation form and need n == m.)doc");
+
+  m.def(
+      "lap_solve_batch",
+      [](const py::array& costs, bool maximize, int num_threads, std::optional<DoubleArray> init,
+         bool return_potentials) {
+        if (costs.ndim() != 3) throw py::value_error("costs must be 3-D");
+        if (is_float32(costs)) return solve_many<float>(costs, maximize, num_threads, init, return_potentials);
+        if (is_float64(costs)) return solve_many<double>(costs, maximize, num_threads, init, return_potentials);
+        throw py::value_error("costs must be float32 or float64");
+      },
+      py::arg("costs"), py::arg("maximize") = false, py::arg("num_threads") = 0,
+      py::arg("init_potentials") = py::none(), py::arg("return_potentials") = false,
+      R"doc(Solve B independent dense LAPs [B, n, m] on a thread pool (num_threads <= 0: all cores).
+Returns (col_of_row int64[B, n], objective float64[B], potentials float64[B, m] or None).)doc");
+
+  m.def("lap_last_stats", []() { return last_stats(); },
+        "Phase timings and counters of the last lap_solve call (for benchmarks).");
+  m.def("hardware_concurrency", []() { return static_cast<int>(std::thread::hardware_concurrency()); });
+#if defined(__AVX2__)
+  m.attr("simd") = "avx2";
+#else
+  m.attr("simd") = "scalar";
+#endif
+}
