@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -153,7 +154,7 @@ unsigned augmenting_row_reduction(const Problem<T>& p, Workspace& ws) {
   int64_t k = 0, num_free = 0;
   // Each step assigns a row and lowers a potential or evicts a row; near-ties can
   // make rows evict each other for long. The cap bounds the work; phase 4 finishes.
-  int64_t budget = 8 * p.m + 64;
+  static const double lapf = getenv("LAPF") ? atof(getenv("LAPF")) : 8.0; int64_t budget = static_cast<int64_t>(lapf * p.m) + 64;
   unsigned flags = 0;
   while (k < previous) {
     if (--budget < 0) {
