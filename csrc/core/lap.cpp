@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstdlib>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -82,20 +81,37 @@ void reset_state(Workspace& ws, int64_t n, int64_t m) {
   ws.scanned.clear();
 }
 
-/// Phase 1. Returns the value flags of the whole matrix (it reads every entry).
-/// Afterwards: v = column minima; each row owns at most one of the columns whose
-/// minimum it holds; rows holding several are marked in `multiple`.
+/// Value flags of one row (slow path: only to name the problem of a bad row).
 template <bool Max, typename T>
-unsigned column_reduction(const Problem<T>& p, Workspace& ws, std::vector<char>& multiple) {
+unsigned row_flags(const T* row, int64_t m) {
+  unsigned flags = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    const double c = kernels::signed_cost<Max>(row[j]);
+    if (c != c) flags |= kernels::kHasNan;
+    if (c == -kInf) flags |= kernels::kHasNegInf;
+  }
+  return flags;
+}
+
+/// Phase 1: v = column minima; each row owns at most one of the columns whose
+/// minimum it holds; rows holding several are marked in `multiple`. Reads and
+/// validates every entry.
+template <bool Max, typename T>
+void column_reduction(const Problem<T>& p, Workspace& ws, std::vector<char>& multiple) {
   const int64_t n = p.n, m = p.m;
   std::fill(ws.v.begin(), ws.v.end(), kInf);
   std::vector<int64_t>& argmin_row = ws.pred;  // borrowed as scratch
   std::fill(argmin_row.begin(), argmin_row.end(), 0);
-  unsigned flags = 0;
+  bool witness = false;
   for (int64_t i = 0; i < n; ++i) {
-    flags |= kernels::scan_columns_min<Max>(p.row(i), m, i, ws.v.data(), argmin_row.data());
+    const double sum = kernels::scan_columns_min<Max>(p.row(i), m, i, ws.v.data(), argmin_row.data());
+    witness |= sum != sum;
   }
-  if (flags & (kernels::kHasNan | kernels::kHasNegInf)) return flags;
+  bool neg_inf = false;
+  for (int64_t j = 0; j < m; ++j) neg_inf |= ws.v[j] == -kInf;
+  if (witness || neg_inf) {
+    for (int64_t i = 0; i < n; ++i) check_value_flags(row_flags<Max>(p.row(i), m), Max, n, m);
+  }
   multiple.assign(n, 0);
   // Highest column first, as in the paper: a row keeps the first column it is offered.
   for (int64_t j = m - 1; j >= 0; --j) {
@@ -108,7 +124,6 @@ unsigned column_reduction(const Problem<T>& p, Workspace& ws, std::vector<char>&
       multiple[i] = 1;
     }
   }
-  return flags;
 }
 
 /// Phase 2: for each row owning exactly one column j1, u[i] := min_{j != j1} C'[i,j] - v[j]
@@ -122,49 +137,70 @@ void reduction_transfer(const Problem<T>& p, Workspace& ws, const std::vector<ch
       continue;
     }
     if (multiple[i]) continue;
-    const kernels::TwoSmallest t = kernels::two_smallest<Max, false>(p.row(i), ws.v.data(), p.m, nullptr);
+    const kernels::TwoSmallest t = kernels::two_smallest<Max>(p.row(i), ws.v.data(), p.m);
     const double mu = (t.first_col == j1) ? t.second : t.first;
     if (mu < kInf) ws.v[j1] -= mu;
   }
 }
 
-/// Flags of the rows fr[begin, end) (their first read, when ARR stopped early).
+/// Phase 1' (warm start and rectangular problems): every row takes its cheapest
+/// column under the current potentials if that column is still free, else stays
+/// free. u[i] = that minimum keeps dual feasibility. Reads (and validates) every row.
+/// The minima are found column tile by column tile so that the tile of v stays in
+/// L1 while all rows stream past it (v itself would otherwise cost more traffic
+/// than the float32 matrix).
 template <bool Max, typename T>
-unsigned scan_rows_for_flags(const Problem<T>& p, const std::vector<int64_t>& rows, size_t begin, size_t end) {
-  unsigned flags = 0;
-  for (size_t q = begin; q < end; ++q) {
-    const T* row = p.row(rows[q]);
-    for (int64_t j = 0; j < p.m; ++j) {
-      const double c = kernels::signed_cost<Max>(row[j]);
-      if (c != c) flags |= kernels::kHasNan;
-      if (c == -kInf) flags |= kernels::kHasNegInf;
+void row_reduction(const Problem<T>& p, Workspace& ws) {
+  constexpr int64_t kTile = 1024;
+  const int64_t n = p.n, m = p.m;
+  std::vector<double>& best = ws.dist;  // borrowed: [n] <= [m]
+  std::vector<int64_t>& best_col = ws.pred;
+  std::vector<char>& witness = ws.multiple;
+  std::fill(best.begin(), best.begin() + n, kInf);
+  std::fill(best_col.begin(), best_col.begin() + n, int64_t{-1});
+  witness.assign(n, 0);
+  for (int64_t j0 = 0; j0 < m; j0 += kTile) {
+    const int64_t width = std::min(kTile, m - j0);
+    for (int64_t i = 0; i < n; ++i) {
+      kernels::RowMin r = kernels::row_min<Max>(p.row(i) + j0, ws.v.data() + j0, width);
+      witness[i] |= r.nan_witness;
+      r.col += j0;
+      if (kernels::better(r.value, r.col, best[i], best_col[i])) {
+        best[i] = r.value;
+        best_col[i] = r.col;
+      }
     }
   }
-  return flags;
+  for (int64_t i = 0; i < n; ++i) {
+    if (witness[i] || best[i] == -kInf) check_value_flags(row_flags<Max>(p.row(i), m), Max, n, m);
+    if (!(best[i] < kInf)) fail_infeasible(Max, n, m);  // a row with no allowed entry
+    const int64_t j = best_col[i];
+    if (ws.row_of_col[j] < 0) {
+      ws.row_of_col[j] = i;
+      ws.col_of_row[i] = j;
+    } else {
+      ws.free_rows.push_back(i);
+    }
+  }
 }
 
 /// Phase 3: one round of augmenting row reduction over ws.free_rows. Rows still
-/// free afterwards are left in ws.free_rows. With Check, rows are checked for
-/// NaN / -inf as they are read (used when no earlier phase read the whole matrix;
-/// the returned flags must then be checked before the solution is used).
-template <bool Max, bool Check, typename T>
-unsigned augmenting_row_reduction(const Problem<T>& p, Workspace& ws) {
+/// free afterwards are left in ws.free_rows.
+template <bool Max, typename T>
+void augmenting_row_reduction(const Problem<T>& p, Workspace& ws) {
   std::vector<int64_t>& fr = ws.free_rows;
   const int64_t previous = static_cast<int64_t>(fr.size());
   int64_t k = 0, num_free = 0;
   // Each step assigns a row and lowers a potential or evicts a row; near-ties can
   // make rows evict each other for long. The cap bounds the work; phase 4 finishes.
-  static const double lapf = getenv("LAPF") ? atof(getenv("LAPF")) : 8.0; int64_t budget = static_cast<int64_t>(lapf * p.m) + 64;
-  unsigned flags = 0;
+  int64_t budget = 8 * p.m + 64;
   while (k < previous) {
     if (--budget < 0) {
-      if (Check) flags |= scan_rows_for_flags<Max>(p, fr, k, previous);
       for (int64_t q = k; q < previous; ++q) fr[num_free++] = fr[q];  // still free
       break;
     }
     const int64_t i = fr[k++];
-    const kernels::TwoSmallest t = kernels::two_smallest<Max, Check>(p.row(i), ws.v.data(), p.m, &flags);
-    if (Check && (flags & (kernels::kHasNan | kernels::kHasNegInf))) return flags;
+    const kernels::TwoSmallest t = kernels::two_smallest<Max>(p.row(i), ws.v.data(), p.m);
     if (!(t.first < kInf)) fail_infeasible(Max, p.n, p.m);  // a row with no allowed entry
     int64_t j1 = t.first_col;
     int64_t i0 = ws.row_of_col[j1];
@@ -189,7 +225,6 @@ unsigned augmenting_row_reduction(const Problem<T>& p, Workspace& ws) {
     }
   }
   fr.resize(num_free);
-  return flags;
 }
 
 /// Phase 4: Dijkstra from each free row to the nearest free column; see file header.
@@ -256,22 +291,22 @@ double solve_row_major(const Problem<T>& p, const SolveOptions& opt, int64_t* co
   st = SolveStats{};
   const double t0 = now_seconds();
   if (n == m && !warm) {
-    check_value_flags(column_reduction<Max>(p, ws, ws.multiple), Max, n, m);
+    column_reduction<Max>(p, ws, ws.multiple);
     reduction_transfer<Max>(p, ws, ws.multiple);
     st.free_after_init = static_cast<int64_t>(ws.free_rows.size());
     const double t1 = now_seconds();
     st.seconds_init = t1 - t0;
-    augmenting_row_reduction<Max, false>(p, ws);
-    augmenting_row_reduction<Max, false>(p, ws);
+    augmenting_row_reduction<Max>(p, ws);
+    augmenting_row_reduction<Max>(p, ws);
     st.seconds_arr = now_seconds() - t1;
   } else {
     if (warm) std::copy(opt.init_col_potentials, opt.init_col_potentials + m, ws.v.begin());
-    for (int64_t i = 0; i < n; ++i) ws.free_rows.push_back(i);
-    check_value_flags(augmenting_row_reduction<Max, true>(p, ws), Max, n, m);
+    row_reduction<Max>(p, ws);
     st.free_after_init = static_cast<int64_t>(ws.free_rows.size());
     const double t1 = now_seconds();
     st.seconds_init = t1 - t0;
-    augmenting_row_reduction<Max, false>(p, ws);
+    augmenting_row_reduction<Max>(p, ws);
+    augmenting_row_reduction<Max>(p, ws);
     st.seconds_arr = now_seconds() - t1;
   }
   st.free_before_paths = static_cast<int64_t>(ws.free_rows.size());

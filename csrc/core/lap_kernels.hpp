@@ -3,7 +3,10 @@
 // sign = -1 when maximising (applied in registers, never to the matrix).
 //
 //   scan_columns_min   column minima v[j] = min_i C'[i, j] and their argmin row
-//                      (one row per call), plus NaN / -inf / +inf flags.
+//                      (one row per call), plus the row sum as a NaN witness.
+//   row_min            smallest reduced cost C'[i, j] - v[j] of one row and its column,
+//                      plus a NaN witness (the sum of the row is NaN iff the row holds a
+//                      NaN or both infinities).
 //   two_smallest       smallest and second-smallest reduced cost C'[i, j] - v[j]
 //                      of one row, with their columns.
 //   relax_row          one Dijkstra step: dist[j] = min(dist[j], C'[i, j] - v[j] - u),
@@ -28,27 +31,13 @@ namespace kernels {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-/// Bit flags of non-finite values met while scanning.
-enum ValueFlags : unsigned { kHasNan = 1u, kHasNegInf = 2u, kHasPosInf = 4u };
+/// Bit flags of the invalid values of a row (see lap.cpp row_flags).
+enum ValueFlags : unsigned { kHasNan = 1u, kHasNegInf = 2u };
 
 template <bool Maximize, typename T>
 inline double signed_cost(T value) {
   return Maximize ? -static_cast<double>(value) : static_cast<double>(value);
 }
-
-struct TwoSmallest {
-  double first;
-  int64_t first_col;
-  double second;
-  int64_t second_col;
-};
-
-struct RelaxResult {
-  double min_all;
-  int64_t col_all;
-  double min_free;
-  int64_t col_free;
-};
 
 /// Ordering used to merge SIMD lanes: value first, then smaller column.
 inline bool better(double value, int64_t col, double best_value, int64_t best_col) {
@@ -78,127 +67,203 @@ inline __m256i select_i(__m256d mask, __m256i if_false, __m256i if_true) {
   return _mm256_castpd_si256(
       _mm256_blendv_pd(_mm256_castsi256_pd(if_false), _mm256_castsi256_pd(if_true), mask));
 }
+
+// The kernels unroll over several independent accumulators: a single running
+// minimum would chain compare + blend latencies through every iteration.
+
+/// Per-lane running minimum and its column.
+struct ArgMin4 {
+  __m256d val = _mm256_set1_pd(kInf);
+  __m256i idx = _mm256_set1_epi64x(-1);
+  void update(__m256d h, __m256i cols) {
+    const __m256d lt = _mm256_cmp_pd(h, val, _CMP_LT_OQ);
+    val = select(lt, val, h);
+    idx = select_i(lt, idx, cols);
+  }
+  /// Folds the lanes into (best, col) with the value-then-column order.
+  void merge_into(double& best, int64_t& col) const {
+    alignas(32) double v[4];
+    alignas(32) int64_t c[4];
+    _mm256_store_pd(v, val);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(c), idx);
+    for (int l = 0; l < 4; ++l)
+      if (c[l] >= 0 && better(v[l], c[l], best, col)) {
+        best = v[l];
+        col = c[l];
+      }
+  }
+};
+
+/// Per-lane smallest and second smallest, with columns.
+struct TwoMin4 {
+  __m256d m1 = _mm256_set1_pd(kInf), m2 = _mm256_set1_pd(kInf);
+  __m256i i1 = _mm256_set1_epi64x(-1), i2 = _mm256_set1_epi64x(-1);
+  void update(__m256d h, __m256i cols) {
+    const __m256d lt1 = _mm256_cmp_pd(h, m1, _CMP_LT_OQ);
+    const __m256d lt2 = _mm256_cmp_pd(h, m2, _CMP_LT_OQ);
+    // second := lt1 ? old first : (lt2 ? h : second)
+    const __m256d n2 = select(lt2, m2, h);
+    const __m256i n2i = select_i(lt2, i2, cols);
+    m2 = select(lt1, n2, m1);
+    i2 = select_i(lt1, n2i, i1);
+    m1 = select(lt1, m1, h);
+    i1 = select_i(lt1, i1, cols);
+  }
+};
+
+/// p[l] = value[l] where mask[l]. A load-blend-store: masked stores (vpmaskmovq)
+/// are microcoded and several times slower on some x86 cores.
+inline void store_where(int64_t* p, __m256d mask, __m256i value) {
+  __m256i* q = reinterpret_cast<__m256i*>(p);
+  _mm256_storeu_si256(q, select_i(mask, _mm256_loadu_si256(q), value));
+}
+
+inline double horizontal_sum(__m256d x) {
+  alignas(32) double s[4];
+  _mm256_store_pd(s, x);
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
 #endif
 
-/// v[j] = min(v[j], C'[i, j]); row_of_min[j] = i where strictly smaller. Returns ValueFlags.
+/// v[j] = min(v[j], C'[i, j]); row_of_min[j] = i where strictly smaller. Returns the
+/// sum of the row: NaN iff the row holds a NaN or both infinities (or overflowed).
 template <bool Maximize, typename T>
-inline unsigned scan_columns_min(const T* row, int64_t m, int64_t i, double* v, int64_t* row_of_min) {
+inline double scan_columns_min(const T* row, int64_t m, int64_t i, double* v, int64_t* row_of_min) {
   int64_t j = 0;
-  unsigned flags = 0;
+  double sum = 0.0;
 #if defined(__AVX2__)
-  const __m256d neg_inf = _mm256_set1_pd(-kInf), pos_inf = _mm256_set1_pd(kInf);
   const __m256i vi = _mm256_set1_epi64x(i);
-  __m256d nan_acc = _mm256_setzero_pd(), neg_acc = nan_acc, pos_acc = nan_acc;
-  for (; j + 4 <= m; j += 4) {
-    const __m256d c = apply_sign<Maximize>(load4(row + j));
-    nan_acc = _mm256_or_pd(nan_acc, _mm256_cmp_pd(c, c, _CMP_UNORD_Q));
-    neg_acc = _mm256_or_pd(neg_acc, _mm256_cmp_pd(c, neg_inf, _CMP_EQ_OQ));
-    pos_acc = _mm256_or_pd(pos_acc, _mm256_cmp_pd(c, pos_inf, _CMP_EQ_OQ));
-    const __m256d vj = _mm256_loadu_pd(v + j);
-    const __m256d lt = _mm256_cmp_pd(c, vj, _CMP_LT_OQ);
-    _mm256_storeu_pd(v + j, select(lt, vj, c));
-    _mm256_maskstore_epi64(reinterpret_cast<long long*>(row_of_min + j), _mm256_castpd_si256(lt), vi);
+  __m256d sum0 = _mm256_setzero_pd(), sum1 = sum0;
+  auto step = [&](int64_t k, __m256d& acc) {
+    const __m256d c = apply_sign<Maximize>(load4(row + k));
+    acc = _mm256_add_pd(acc, c);
+    const __m256d vk = _mm256_loadu_pd(v + k);
+    const __m256d lt = _mm256_cmp_pd(c, vk, _CMP_LT_OQ);
+    _mm256_storeu_pd(v + k, select(lt, vk, c));
+    store_where(row_of_min + k, lt, vi);
+  };
+  for (; j + 8 <= m; j += 8) {
+    step(j, sum0);
+    step(j + 4, sum1);
   }
-  if (_mm256_movemask_pd(nan_acc)) flags |= kHasNan;
-  if (_mm256_movemask_pd(neg_acc)) flags |= kHasNegInf;
-  if (_mm256_movemask_pd(pos_acc)) flags |= kHasPosInf;
+  for (; j + 4 <= m; j += 4) step(j, sum0);
+  sum = horizontal_sum(_mm256_add_pd(sum0, sum1));
 #endif
   for (; j < m; ++j) {
     const double c = signed_cost<Maximize>(row[j]);
-    if (c != c) flags |= kHasNan;
-    if (c == -kInf) flags |= kHasNegInf;
-    if (c == kInf) flags |= kHasPosInf;
+    sum += c;
     if (c < v[j]) {
       v[j] = c;
       row_of_min[j] = i;
     }
   }
-  return flags;
+  return sum;
 }
 
-/// Smallest and second smallest of C'[i, j] - v[j] over j, with their columns
-/// (second_col = -1 and second = +inf when m == 1). Optionally ORs ValueFlags of
-/// the row into *flags (checks cost a few instructions; used on first reads only).
-template <bool Maximize, bool CheckValues, typename T>
-inline TwoSmallest two_smallest(const T* row, const double* v, int64_t m, unsigned* flags) {
-  TwoSmallest r{kInf, -1, kInf, -1};
+struct RowMin {
+  double value;
+  int64_t col;
+  bool nan_witness;  // the row holds a NaN, or both +inf and -inf (or its sum overflowed)
+};
+
+/// Smallest C'[i, j] - v[j] over j and its first column; see RowMin.
+template <bool Maximize, typename T>
+inline RowMin row_min(const T* row, const double* v, int64_t m) {
+  double best = kInf, sum = 0.0;
+  int64_t col = -1;
   int64_t j = 0;
 #if defined(__AVX2__)
-  if (m >= 8) {
-    __m256d m1 = _mm256_set1_pd(kInf), m2 = m1;
-    __m256i i1 = _mm256_set1_epi64x(-1), i2 = i1;
-    __m256i jv = _mm256_setr_epi64x(0, 1, 2, 3);
-    const __m256i four = _mm256_set1_epi64x(4);
-    const __m256d neg_inf = _mm256_set1_pd(-kInf), pos_inf = _mm256_set1_pd(kInf);
-    __m256d nan_acc = _mm256_setzero_pd(), neg_acc = nan_acc, pos_acc = nan_acc;
-    for (; j + 4 <= m; j += 4) {
-      const __m256d c = apply_sign<Maximize>(load4(row + j));
-      if (CheckValues) {
-        nan_acc = _mm256_or_pd(nan_acc, _mm256_cmp_pd(c, c, _CMP_UNORD_Q));
-        neg_acc = _mm256_or_pd(neg_acc, _mm256_cmp_pd(c, neg_inf, _CMP_EQ_OQ));
-        pos_acc = _mm256_or_pd(pos_acc, _mm256_cmp_pd(c, pos_inf, _CMP_EQ_OQ));
-      }
-      const __m256d h = _mm256_sub_pd(c, _mm256_loadu_pd(v + j));
-      const __m256d lt1 = _mm256_cmp_pd(h, m1, _CMP_LT_OQ);
-      const __m256d lt2 = _mm256_cmp_pd(h, m2, _CMP_LT_OQ);
-      // second := lt1 ? old first : (lt2 ? h : second)
-      __m256d n2 = select(lt2, m2, h);
-      __m256i n2i = select_i(lt2, i2, jv);
-      m2 = select(lt1, n2, m1);
-      i2 = select_i(lt1, n2i, i1);
-      m1 = select(lt1, m1, h);
-      i1 = select_i(lt1, i1, jv);
-      jv = _mm256_add_epi64(jv, four);
-    }
-    if (CheckValues) {
-      if (_mm256_movemask_pd(nan_acc)) *flags |= kHasNan;
-      if (_mm256_movemask_pd(neg_acc)) *flags |= kHasNegInf;
-      if (_mm256_movemask_pd(pos_acc)) *flags |= kHasPosInf;
-    }
-    alignas(32) double a1[4], a2[4];
-    alignas(32) int64_t b1[4], b2[4];
-    _mm256_store_pd(a1, m1);
-    _mm256_store_pd(a2, m2);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(b1), i1);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(b2), i2);
-    for (int l = 0; l < 4; ++l) {
-      for (int which = 0; which < 2; ++which) {
-        const double val = which ? a2[l] : a1[l];
-        const int64_t col = which ? b2[l] : b1[l];
-        if (col < 0) continue;
-        if (better(val, col, r.first, r.first_col)) {
-          r.second = r.first;
-          r.second_col = r.first_col;
-          r.first = val;
-          r.first_col = col;
-        } else if (better(val, col, r.second, r.second_col)) {
-          r.second = val;
-          r.second_col = col;
-        }
+  if (m >= 16) {
+    ArgMin4 a[4];
+    __m256d sums[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+    __m256i jv[4];
+    for (int u = 0; u < 4; ++u) jv[u] = _mm256_setr_epi64x(4 * u, 4 * u + 1, 4 * u + 2, 4 * u + 3);
+    const __m256i sixteen = _mm256_set1_epi64x(16);
+    for (; j + 16 <= m; j += 16) {
+      for (int u = 0; u < 4; ++u) {
+        const __m256d c = apply_sign<Maximize>(load4(row + j + 4 * u));
+        sums[u] = _mm256_add_pd(sums[u], c);
+        a[u].update(_mm256_sub_pd(c, _mm256_loadu_pd(v + j + 4 * u)), jv[u]);
+        jv[u] = _mm256_add_epi64(jv[u], sixteen);
       }
     }
+    sum = horizontal_sum(_mm256_add_pd(_mm256_add_pd(sums[0], sums[1]), _mm256_add_pd(sums[2], sums[3])));
+    for (int u = 0; u < 4; ++u) a[u].merge_into(best, col);
   }
 #endif
   for (; j < m; ++j) {
     const double c = signed_cost<Maximize>(row[j]);
-    if (CheckValues) {
-      if (c != c) *flags |= kHasNan;
-      if (c == -kInf) *flags |= kHasNegInf;
-      if (c == kInf) *flags |= kHasPosInf;
-    }
+    sum += c;
     const double h = c - v[j];
-    if (better(h, j, r.first, r.first_col)) {
-      r.second = r.first;
-      r.second_col = r.first_col;
-      r.first = h;
-      r.first_col = j;
-    } else if (better(h, j, r.second, r.second_col)) {
-      r.second = h;
-      r.second_col = j;
+    if (better(h, j, best, col)) {
+      best = h;
+      col = j;
     }
   }
+  return RowMin{best, col, sum != sum};
+}
+
+struct TwoSmallest {
+  double first;
+  int64_t first_col;
+  double second;
+  int64_t second_col;
+  void offer(double value, int64_t col) {
+    if (col < 0) return;
+    if (better(value, col, first, first_col)) {
+      second = first;
+      second_col = first_col;
+      first = value;
+      first_col = col;
+    } else if (better(value, col, second, second_col)) {
+      second = value;
+      second_col = col;
+    }
+  }
+};
+
+/// Smallest and second smallest of C'[i, j] - v[j] over j, with their columns
+/// (second_col = -1 and second = +inf when m == 1).
+template <bool Maximize, typename T>
+inline TwoSmallest two_smallest(const T* row, const double* v, int64_t m) {
+  TwoSmallest r{kInf, -1, kInf, -1};
+  int64_t j = 0;
+#if defined(__AVX2__)
+  if (m >= 8) {
+    TwoMin4 t[2];
+    __m256i jv[2] = {_mm256_setr_epi64x(0, 1, 2, 3), _mm256_setr_epi64x(4, 5, 6, 7)};
+    const __m256i eight = _mm256_set1_epi64x(8);
+    for (; j + 8 <= m; j += 8) {
+      for (int u = 0; u < 2; ++u) {
+        const __m256d c = apply_sign<Maximize>(load4(row + j + 4 * u));
+        t[u].update(_mm256_sub_pd(c, _mm256_loadu_pd(v + j + 4 * u)), jv[u]);
+        jv[u] = _mm256_add_epi64(jv[u], eight);
+      }
+    }
+    for (int u = 0; u < 2; ++u) {
+      alignas(32) double a1[4], a2[4];
+      alignas(32) int64_t b1[4], b2[4];
+      _mm256_store_pd(a1, t[u].m1);
+      _mm256_store_pd(a2, t[u].m2);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(b1), t[u].i1);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(b2), t[u].i2);
+      for (int l = 0; l < 4; ++l) {
+        r.offer(a1[l], b1[l]);
+        r.offer(a2[l], b2[l]);
+      }
+    }
+  }
+#endif
+  for (; j < m; ++j) r.offer(signed_cost<Maximize>(row[j]) - v[j], j);
   return r;
 }
+
+struct RelaxResult {
+  double min_all;
+  int64_t col_all;
+  double min_free;
+  int64_t col_free;
+};
 
 /// One Dijkstra step from row i with row offset u (see file header). Columns
 /// already scanned carry v[j] = -inf and dist[j] = +inf, so they never improve
@@ -212,42 +277,27 @@ inline RelaxResult relax_row(const T* row, const double* v, double u, double* di
   if (m >= 8) {
     const __m256d vu = _mm256_set1_pd(u);
     const __m256i vi = _mm256_set1_epi64x(i);
-    __m256d best_all = _mm256_set1_pd(kInf), best_free = best_all;
-    __m256i idx_all = _mm256_set1_epi64x(-1), idx_free = idx_all;
-    __m256i jv = _mm256_setr_epi64x(0, 1, 2, 3);
-    const __m256i four = _mm256_set1_epi64x(4);
-    for (; j + 4 <= m; j += 4) {
-      const __m256d c = apply_sign<Maximize>(load4(row + j));
-      const __m256d h = _mm256_sub_pd(_mm256_sub_pd(c, _mm256_loadu_pd(v + j)), vu);
-      __m256d dj = _mm256_loadu_pd(dist + j);
-      const __m256d lt = _mm256_cmp_pd(h, dj, _CMP_LT_OQ);
-      dj = select(lt, dj, h);
-      _mm256_storeu_pd(dist + j, dj);
-      _mm256_maskstore_epi64(reinterpret_cast<long long*>(pred + j), _mm256_castpd_si256(lt), vi);
-      const __m256d ba = _mm256_cmp_pd(dj, best_all, _CMP_LT_OQ);
-      best_all = select(ba, best_all, dj);
-      idx_all = select_i(ba, idx_all, jv);
-      const __m256d df = _mm256_add_pd(dj, _mm256_loadu_pd(free_mask + j));
-      const __m256d bf = _mm256_cmp_pd(df, best_free, _CMP_LT_OQ);
-      best_free = select(bf, best_free, df);
-      idx_free = select_i(bf, idx_free, jv);
-      jv = _mm256_add_epi64(jv, four);
+    ArgMin4 all[2], fre[2];
+    __m256i jv[2] = {_mm256_setr_epi64x(0, 1, 2, 3), _mm256_setr_epi64x(4, 5, 6, 7)};
+    const __m256i eight = _mm256_set1_epi64x(8);
+    for (; j + 8 <= m; j += 8) {
+      for (int w = 0; w < 2; ++w) {
+        const int64_t k = j + 4 * w;
+        const __m256d c = apply_sign<Maximize>(load4(row + k));
+        const __m256d h = _mm256_sub_pd(_mm256_sub_pd(c, _mm256_loadu_pd(v + k)), vu);
+        __m256d dk = _mm256_loadu_pd(dist + k);
+        const __m256d lt = _mm256_cmp_pd(h, dk, _CMP_LT_OQ);
+        dk = select(lt, dk, h);
+        _mm256_storeu_pd(dist + k, dk);
+        store_where(pred + k, lt, vi);
+        all[w].update(dk, jv[w]);
+        fre[w].update(_mm256_add_pd(dk, _mm256_loadu_pd(free_mask + k)), jv[w]);
+        jv[w] = _mm256_add_epi64(jv[w], eight);
+      }
     }
-    alignas(32) double a[4], f[4];
-    alignas(32) int64_t ia[4], jf[4];
-    _mm256_store_pd(a, best_all);
-    _mm256_store_pd(f, best_free);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(ia), idx_all);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(jf), idx_free);
-    for (int l = 0; l < 4; ++l) {
-      if (ia[l] >= 0 && better(a[l], ia[l], r.min_all, r.col_all)) {
-        r.min_all = a[l];
-        r.col_all = ia[l];
-      }
-      if (jf[l] >= 0 && better(f[l], jf[l], r.min_free, r.col_free)) {
-        r.min_free = f[l];
-        r.col_free = jf[l];
-      }
+    for (int w = 0; w < 2; ++w) {
+      all[w].merge_into(r.min_all, r.col_all);
+      fre[w].merge_into(r.min_free, r.col_free);
     }
   }
 #endif
