@@ -20,15 +20,20 @@ def is_torch_tensor(x: Any) -> bool:
 def to_numpy(x: Any, name: str) -> np.ndarray:
     """A numpy view (or copy) of ``x``; torch tensors on any device are brought to the host."""
     if is_torch_tensor(x):
+        torch = _torch()
         t = x.detach()
         if t.device.type != "cpu":
             t = t.cpu()
         if t.dtype.is_complex:
             raise ValueError(f"{name} must be real-valued, got a complex tensor of shape {tuple(t.shape)}")
-        if not (t.dtype.is_floating_point or t.dtype in _torch_int_types()):
-            raise ValueError(f"{name} must be numeric, got dtype {t.dtype} with shape {tuple(t.shape)}")
-        if t.dtype in (_torch().float16, _torch().bfloat16):
-            t = t.float()
+        if t.dtype.is_floating_point:
+            if t.dtype not in (torch.float32, torch.float64):
+                t = t.to(torch.float32)  # float16, bfloat16, float8 variants
+        else:
+            try:  # integers of any width and signedness, and bool
+                t = t.to(torch.float64)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"{name} must be numeric, got dtype {t.dtype} with shape {tuple(t.shape)}") from exc
         return t.numpy()
     try:
         return np.asarray(x)
@@ -40,11 +45,6 @@ def _torch():
     import torch
 
     return torch
-
-
-def _torch_int_types():
-    t = _torch()
-    return (t.bool, t.uint8, t.int8, t.int16, t.int32, t.int64)
 
 
 def as_cost_array(x: Any, name: str = "cost", ndim: int = 2) -> np.ndarray:

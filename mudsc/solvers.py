@@ -79,10 +79,10 @@ def _potentials_array(p: Any, shape: tuple, name: str = "init_potentials") -> np
     return a
 
 
-def _square_reasons(shape: tuple, init_potentials, return_potentials: bool) -> list:
-    if (init_potentials is not None or return_potentials) and shape[-1] != shape[-2]:
-        return [f"dual potentials (warm start) need square problems, got shape {shape}"]
-    return []
+def _require_square_for_potentials(shape: tuple, wanted: bool) -> None:
+    """Potentials (warm start in or out) exist for square problems only, on every backend."""
+    if wanted and shape[-1] != shape[-2]:
+        raise ValueError(f"dual potentials (warm start) need square problems, got cost shape {shape}")
 
 
 def _split(col_of_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,10 +141,9 @@ def solve_assignment(
     a = as_cost_array(cost)
     n, m = a.shape
     square = n == m
+    _require_square_for_potentials(a.shape, init_potentials is not None)
     init = _potentials_array(init_potentials, (m,)) if init_potentials is not None else None
-    choice = backends.choose(
-        "solve_assignment", backend, lambda: _square_reasons(a.shape, init, True) if init is not None else []
-    )
+    choice = backends.choose("solve_assignment", backend)
     if choice == "reference":
         col_of_row, objective, potentials = _reference.solve_assignment(a, maximize, init)
     else:
@@ -183,10 +182,9 @@ def batch_linear_sum_assignment(
     if num_threads is not None and (not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
         raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
     threads = int(num_threads) if num_threads is not None else _default_threads()
+    _require_square_for_potentials(a.shape, init_potentials is not None or return_potentials)
     init = _potentials_array(init_potentials, (b, m)) if init_potentials is not None else None
-    choice = backends.choose(
-        "batch_linear_sum_assignment", backend, lambda: _square_reasons(a.shape, init, return_potentials)
-    )
+    choice = backends.choose("batch_linear_sum_assignment", backend)
     if choice == "reference":
         col_of_row, _, potentials = _reference.batch_linear_sum_assignment(a, maximize, threads, init)
     else:

@@ -46,25 +46,29 @@ template <typename T>
 struct Problem {
   const T* data;
   int64_t n, m, stride;
+  int64_t shape_rows, shape_cols;  // the caller's shape (transposed problems swap n, m), for messages
   const T* row(int64_t i) const { return data + i * stride; }
+  std::string shape() const { return shape_string(shape_rows, shape_cols); }
 };
 
 [[noreturn]] void fail(ErrorKind kind, const std::string& message) { throw LapError(kind, message); }
 
-void check_value_flags(unsigned flags, bool maximize, int64_t n, int64_t m) {
+template <typename T>
+void check_value_flags(unsigned flags, bool maximize, const Problem<T>& p) {
   if (flags & kernels::kHasNan) {
-    fail(ErrorKind::invalid_value, "cost matrix of shape " + shape_string(n, m) + " contains NaN");
+    fail(ErrorKind::invalid_value, "cost matrix of shape " + p.shape() + " contains NaN");
   }
   if (flags & kernels::kHasNegInf) {
     fail(ErrorKind::invalid_value,
-         "cost matrix of shape " + shape_string(n, m) + " contains " + (maximize ? "+inf" : "-inf") +
+         "cost matrix of shape " + p.shape() + " contains " + (maximize ? "+inf" : "-inf") +
              ", which makes the objective unbounded (forbidden entries are " +
              (maximize ? "-inf when maximizing)" : "+inf when minimizing)"));
   }
 }
 
-[[noreturn]] void fail_infeasible(bool maximize, int64_t n, int64_t m) {
-  fail(ErrorKind::infeasible, "cost matrix of shape " + shape_string(n, m) +
+template <typename T>
+[[noreturn]] void fail_infeasible(bool maximize, const Problem<T>& p) {
+  fail(ErrorKind::infeasible, "cost matrix of shape " + p.shape() +
                                   " is infeasible: no assignment of every row avoids the forbidden (" +
                                   (maximize ? "-inf" : "+inf") + ") entries");
 }
@@ -110,12 +114,12 @@ void column_reduction(const Problem<T>& p, Workspace& ws, std::vector<char>& mul
   bool neg_inf = false;
   for (int64_t j = 0; j < m; ++j) neg_inf |= ws.v[j] == -kInf;
   if (witness || neg_inf) {
-    for (int64_t i = 0; i < n; ++i) check_value_flags(row_flags<Max>(p.row(i), m), Max, n, m);
+    for (int64_t i = 0; i < n; ++i) check_value_flags(row_flags<Max>(p.row(i), m), Max, p);
   }
   multiple.assign(n, 0);
   // Highest column first, as in the paper: a row keeps the first column it is offered.
   for (int64_t j = m - 1; j >= 0; --j) {
-    if (ws.v[j] == kInf) fail_infeasible(Max, n, m);  // a column with no allowed entry
+    if (ws.v[j] == kInf) fail_infeasible(Max, p);  // a column with no allowed entry
     const int64_t i = argmin_row[j];
     if (ws.col_of_row[i] < 0) {
       ws.col_of_row[i] = j;
@@ -145,43 +149,43 @@ void reduction_transfer(const Problem<T>& p, Workspace& ws, const std::vector<ch
 
 /// Phase 1' (warm start and rectangular problems): every row takes its cheapest
 /// column under the current potentials if that column is still free, else stays
-/// free. u[i] = that minimum keeps dual feasibility. Reads (and validates) every row.
-/// The minima are found column tile by column tile so that the tile of v stays in
-/// L1 while all rows stream past it (v itself would otherwise cost more traffic
-/// than the float32 matrix).
+/// free. u[i] = that minimum keeps dual feasibility. Reads (and validates) every
+/// row, four rows at a time.
 template <bool Max, typename T>
 void row_reduction(const Problem<T>& p, Workspace& ws) {
-  constexpr int64_t kTile = 1024;
+  constexpr int R = 4;
   const int64_t n = p.n, m = p.m;
-  std::vector<double>& best = ws.dist;  // borrowed: [n] <= [m]
-  std::vector<int64_t>& best_col = ws.pred;
-  std::vector<char>& witness = ws.multiple;
-  std::fill(best.begin(), best.begin() + n, kInf);
-  std::fill(best_col.begin(), best_col.begin() + n, int64_t{-1});
-  witness.assign(n, 0);
-  for (int64_t j0 = 0; j0 < m; j0 += kTile) {
-    const int64_t width = std::min(kTile, m - j0);
-    for (int64_t i = 0; i < n; ++i) {
-      kernels::RowMin r = kernels::row_min<Max>(p.row(i) + j0, ws.v.data() + j0, width);
-      witness[i] |= r.nan_witness;
-      r.col += j0;
-      if (kernels::better(r.value, r.col, best[i], best_col[i])) {
-        best[i] = r.value;
-        best_col[i] = r.col;
+  kernels::RowMin mins[R];
+  bool infeasible = false;
+  for (int64_t i0 = 0; i0 < n; i0 += R) {
+    const int count = static_cast<int>(std::min<int64_t>(R, n - i0));
+    if (count == R) {
+      const T* rows[R];
+      for (int r = 0; r < R; ++r) rows[r] = p.row(i0 + r);
+      kernels::row_min<Max, R>(rows, ws.v.data(), m, mins);
+    } else {
+      for (int r = 0; r < count; ++r) {
+        const T* row = p.row(i0 + r);
+        kernels::row_min<Max, 1>(&row, ws.v.data(), m, mins + r);
+      }
+    }
+    for (int r = 0; r < count; ++r) {
+      const int64_t i = i0 + r;
+      const kernels::RowMin& q = mins[r];
+      if (q.nan_witness || q.value == -kInf) check_value_flags(row_flags<Max>(p.row(i), m), Max, p);
+      if (!(q.value < kInf)) {  // a row with no allowed entry; report bad values first
+        infeasible = true;
+        continue;
+      }
+      if (ws.row_of_col[q.col] < 0) {
+        ws.row_of_col[q.col] = i;
+        ws.col_of_row[i] = q.col;
+      } else {
+        ws.free_rows.push_back(i);
       }
     }
   }
-  for (int64_t i = 0; i < n; ++i) {
-    if (witness[i] || best[i] == -kInf) check_value_flags(row_flags<Max>(p.row(i), m), Max, n, m);
-    if (!(best[i] < kInf)) fail_infeasible(Max, n, m);  // a row with no allowed entry
-    const int64_t j = best_col[i];
-    if (ws.row_of_col[j] < 0) {
-      ws.row_of_col[j] = i;
-      ws.col_of_row[i] = j;
-    } else {
-      ws.free_rows.push_back(i);
-    }
-  }
+  if (infeasible) fail_infeasible(Max, p);
 }
 
 /// Phase 3: one round of augmenting row reduction over ws.free_rows. Rows still
@@ -201,7 +205,7 @@ void augmenting_row_reduction(const Problem<T>& p, Workspace& ws) {
     }
     const int64_t i = fr[k++];
     const kernels::TwoSmallest t = kernels::two_smallest<Max>(p.row(i), ws.v.data(), p.m);
-    if (!(t.first < kInf)) fail_infeasible(Max, p.n, p.m);  // a row with no allowed entry
+    if (!(t.first < kInf)) fail_infeasible(Max, p);  // a row with no allowed entry
     int64_t j1 = t.first_col;
     int64_t i0 = ws.row_of_col[j1];
     // Lower v[j1] so that C'[i, j1] - v[j1] equals the second smallest reduced cost:
@@ -249,7 +253,7 @@ void shortest_augmenting_paths(const Problem<T>& p, Workspace& ws) {
     for (;;) {
       const kernels::RelaxResult r = kernels::relax_row<Max>(p.row(i), v, u, dist, pred, free_mask, i, m);
       ++ws.stats.scanned_rows;
-      if (!(r.min_all < kInf)) fail_infeasible(Max, p.n, m);
+      if (!(r.min_all < kInf)) fail_infeasible(Max, p);
       if (r.min_free <= r.min_all) {
         end_col = r.col_free;
         end_dist = r.min_free;
@@ -369,22 +373,26 @@ double solve(const MatrixView<T>& cost, const SolveOptions& options, int64_t* co
                             : solve_row_major<false>(p, options, out, ws);
   };
 
-  const bool row_major = cost.col_stride == 1;
-  const bool col_major = cost.row_stride == 1;
+  // A stride along an axis of length 1 is never used: normalise it so that any
+  // view of a single row or column counts as contiguous.
+  const int64_t col_stride = m == 1 ? 1 : cost.col_stride;
+  const int64_t row_stride = n == 1 ? (col_stride == 1 ? m : 1) : cost.row_stride;
+  const bool row_major = col_stride == 1;
+  const bool col_major = row_stride == 1;
   if (!row_major && !col_major) {
     fail(ErrorKind::invalid_argument, "cost matrix of shape " + shape_string(n, m) +
                                           " needs a unit stride along one axis (copy it first)");
   }
   // Direct: rows are contiguous and n <= m.
   if (row_major && n <= m) {
-    return run(Problem<T>{cost.data, n, m, cost.row_stride}, col_of_row);
+    return run(Problem<T>{cost.data, n, m, row_stride, n, m}, col_of_row);
   }
   // Column-major with m <= n: the memory is a row-major m x n problem (the transpose).
   // Potentials would then belong to the other axis, so only without them.
   if (col_major && m <= n && !potentials) {
     std::vector<int64_t>& row_of_col = ws.transposed_assignment;
     row_of_col.resize(m);
-    const double objective = run(Problem<T>{cost.data, m, n, cost.col_stride}, row_of_col.data());
+    const double objective = run(Problem<T>{cost.data, m, n, col_stride, n, m}, row_of_col.data());
     std::fill(col_of_row, col_of_row + n, int64_t{-1});
     for (int64_t j = 0; j < m; ++j) col_of_row[row_of_col[j]] = j;
     return objective;
@@ -394,14 +402,14 @@ double solve(const MatrixView<T>& cost, const SolveOptions& options, int64_t* co
   buf.resize(static_cast<size_t>(n) * m);
   if (n <= m) {
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < m; ++j) buf[i * m + j] = cost.data[i * cost.row_stride + j * cost.col_stride];
-    return run(Problem<T>{buf.data(), n, m, m}, col_of_row);
+      for (int64_t j = 0; j < m; ++j) buf[i * m + j] = cost.data[i * row_stride + j * col_stride];
+    return run(Problem<T>{buf.data(), n, m, m, n, m}, col_of_row);
   }
   for (int64_t j = 0; j < m; ++j)
-    for (int64_t i = 0; i < n; ++i) buf[j * n + i] = cost.data[i * cost.row_stride + j * cost.col_stride];
+    for (int64_t i = 0; i < n; ++i) buf[j * n + i] = cost.data[i * row_stride + j * col_stride];
   std::vector<int64_t>& row_of_col = ws.transposed_assignment;
   row_of_col.resize(m);
-  const double objective = run(Problem<T>{buf.data(), m, n, n}, row_of_col.data());
+  const double objective = run(Problem<T>{buf.data(), m, n, n, n, m}, row_of_col.data());
   std::fill(col_of_row, col_of_row + n, int64_t{-1});
   for (int64_t j = 0; j < m; ++j) col_of_row[row_of_col[j]] = j;
   return objective;

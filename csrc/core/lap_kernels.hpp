@@ -4,7 +4,7 @@
 //
 //   scan_columns_min   column minima v[j] = min_i C'[i, j] and their argmin row
 //                      (one row per call), plus the row sum as a NaN witness.
-//   row_min            smallest reduced cost C'[i, j] - v[j] of one row and its column,
+//   row_min            smallest reduced cost C'[i, j] - v[j] of R rows and their columns,
 //                      plus a NaN witness (the sum of the row is NaN iff the row holds a
 //                      NaN or both infinities).
 //   two_smallest       smallest and second-smallest reduced cost C'[i, j] - v[j]
@@ -166,41 +166,61 @@ struct RowMin {
   bool nan_witness;  // the row holds a NaN, or both +inf and -inf (or its sum overflowed)
 };
 
-/// Smallest C'[i, j] - v[j] over j and its first column; see RowMin.
-template <bool Maximize, typename T>
-inline RowMin row_min(const T* row, const double* v, int64_t m) {
-  double best = kInf, sum = 0.0;
-  int64_t col = -1;
+/// For each of R rows: smallest C'[r, j] - v[j] over j and its first column; see
+/// RowMin. The rows share every load of v, which (not the matrix) bounds the
+/// single-row loop on float32 input.
+template <bool Maximize, int R, typename T>
+inline void row_min(const T* const* rows, const double* v, int64_t m, RowMin* out) {
+  double best[R], sum[R];
+  int64_t col[R];
+  for (int r = 0; r < R; ++r) {
+    best[r] = kInf;
+    sum[r] = 0.0;
+    col[r] = -1;
+  }
   int64_t j = 0;
 #if defined(__AVX2__)
-  if (m >= 16) {
-    ArgMin4 a[4];
-    __m256d sums[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
-    __m256i jv[4];
-    for (int u = 0; u < 4; ++u) jv[u] = _mm256_setr_epi64x(4 * u, 4 * u + 1, 4 * u + 2, 4 * u + 3);
-    const __m256i sixteen = _mm256_set1_epi64x(16);
-    for (; j + 16 <= m; j += 16) {
-      for (int u = 0; u < 4; ++u) {
-        const __m256d c = apply_sign<Maximize>(load4(row + j + 4 * u));
-        sums[u] = _mm256_add_pd(sums[u], c);
-        a[u].update(_mm256_sub_pd(c, _mm256_loadu_pd(v + j + 4 * u)), jv[u]);
-        jv[u] = _mm256_add_epi64(jv[u], sixteen);
+  if (m >= 8) {
+    constexpr int W = R >= 4 ? 1 : (R >= 2 ? 2 : 4);  // independent accumulators per row
+    ArgMin4 a[R][W];
+    __m256d sums[R][W];
+    __m256i jv[W];
+    for (int w = 0; w < W; ++w) {
+      jv[w] = _mm256_setr_epi64x(4 * w, 4 * w + 1, 4 * w + 2, 4 * w + 3);
+      for (int r = 0; r < R; ++r) sums[r][w] = _mm256_setzero_pd();
+    }
+    const __m256i step = _mm256_set1_epi64x(4 * W);
+    for (; j + 4 * W <= m; j += 4 * W) {
+      for (int w = 0; w < W; ++w) {
+        const __m256d vk = _mm256_loadu_pd(v + j + 4 * w);
+        for (int r = 0; r < R; ++r) {
+          const __m256d c = apply_sign<Maximize>(load4(rows[r] + j + 4 * w));
+          sums[r][w] = _mm256_add_pd(sums[r][w], c);
+          a[r][w].update(_mm256_sub_pd(c, vk), jv[w]);
+        }
+        jv[w] = _mm256_add_epi64(jv[w], step);
       }
     }
-    sum = horizontal_sum(_mm256_add_pd(_mm256_add_pd(sums[0], sums[1]), _mm256_add_pd(sums[2], sums[3])));
-    for (int u = 0; u < 4; ++u) a[u].merge_into(best, col);
+    for (int r = 0; r < R; ++r) {
+      __m256d total = sums[r][0];
+      for (int w = 1; w < W; ++w) total = _mm256_add_pd(total, sums[r][w]);
+      sum[r] = horizontal_sum(total);
+      for (int w = 0; w < W; ++w) a[r][w].merge_into(best[r], col[r]);
+    }
   }
 #endif
   for (; j < m; ++j) {
-    const double c = signed_cost<Maximize>(row[j]);
-    sum += c;
-    const double h = c - v[j];
-    if (better(h, j, best, col)) {
-      best = h;
-      col = j;
+    for (int r = 0; r < R; ++r) {
+      const double c = signed_cost<Maximize>(rows[r][j]);
+      sum[r] += c;
+      const double h = c - v[j];
+      if (better(h, j, best[r], col[r])) {
+        best[r] = h;
+        col[r] = j;
+      }
     }
   }
-  return RowMin{best, col, sum != sum};
+  for (int r = 0; r < R; ++r) out[r] = RowMin{best[r], col[r], sum[r] != sum[r]};
 }
 
 struct TwoSmallest {
