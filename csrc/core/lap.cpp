@@ -197,7 +197,7 @@ void augmenting_row_reduction(const Problem<T>& p, Workspace& ws) {
   int64_t k = 0, num_free = 0;
   // Each step assigns a row and lowers a potential or evicts a row; near-ties can
   // make rows evict each other for long. The cap bounds the work; phase 4 finishes.
-  int64_t budget = 8 * p.m + 64;
+  int64_t budget = p.m / 2 + 64;
   while (k < previous) {
     if (--budget < 0) {
       for (int64_t q = k; q < previous; ++q) fr[num_free++] = fr[q];  // still free

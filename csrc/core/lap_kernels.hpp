@@ -80,19 +80,41 @@ struct ArgMin4 {
     val = select(lt, val, h);
     idx = select_i(lt, idx, cols);
   }
+  /// Lane-wise: keep the better of (this, other) by value, then smaller column.
+  /// Lanes never updated hold (+inf, -1) and lose to any recorded entry.
+  void combine(const ArgMin4& other) {
+    const __m256d lt = _mm256_cmp_pd(other.val, val, _CMP_LT_OQ);
+    const __m256d eq = _mm256_cmp_pd(other.val, val, _CMP_EQ_OQ);
+    const __m256d smaller_col = _mm256_castsi256_pd(_mm256_cmpgt_epi64(idx, other.idx));
+    const __m256d take = _mm256_or_pd(lt, _mm256_and_pd(eq, smaller_col));
+    val = select(take, val, other.val);
+    idx = select_i(take, idx, other.idx);
+  }
   /// Folds the lanes into (best, col) with the value-then-column order.
   void merge_into(double& best, int64_t& col) const {
-    alignas(32) double v[4];
-    alignas(32) int64_t c[4];
-    _mm256_store_pd(v, val);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(c), idx);
-    for (int l = 0; l < 4; ++l)
-      if (c[l] >= 0 && better(v[l], c[l], best, col)) {
-        best = v[l];
-        col = c[l];
-      }
+    ArgMin4 t = *this, s;
+    s.val = _mm256_permute4x64_pd(t.val, 0x4E);  // swap 128-bit halves
+    s.idx = _mm256_permute4x64_epi64(t.idx, 0x4E);
+    t.combine(s);
+    s.val = _mm256_permute4x64_pd(t.val, 0xB1);  // swap neighbours
+    s.idx = _mm256_permute4x64_epi64(t.idx, 0xB1);
+    t.combine(s);
+    const double v = _mm256_cvtsd_f64(t.val);
+    const int64_t c = _mm256_extract_epi64(t.idx, 0);
+    if (c >= 0 && better(v, c, best, col)) {
+      best = v;
+      col = c;
+    }
   }
 };
+
+/// Lane-wise "a before b": smaller value, then smaller column (never-updated
+/// lanes hold (+inf, -1); recorded entries are always finite).
+inline __m256d lane_before(__m256d a_val, __m256i a_idx, __m256d b_val, __m256i b_idx) {
+  const __m256d lt = _mm256_cmp_pd(a_val, b_val, _CMP_LT_OQ);
+  const __m256d eq = _mm256_cmp_pd(a_val, b_val, _CMP_EQ_OQ);
+  return _mm256_or_pd(lt, _mm256_and_pd(eq, _mm256_castsi256_pd(_mm256_cmpgt_epi64(b_idx, a_idx))));
+}
 
 /// Per-lane smallest and second smallest, with columns.
 struct TwoMin4 {
@@ -109,6 +131,22 @@ struct TwoMin4 {
     m1 = select(lt1, m1, h);
     i1 = select_i(lt1, i1, cols);
   }
+  /// Lane-wise union of two (first, second) pairs over disjoint columns.
+  void combine(const TwoMin4& o) {
+    const __m256d other_first = lane_before(o.m1, o.i1, m1, i1);
+    // The runner-up is the better of the losing first and the winner's second.
+    const __m256d c1 = select(other_first, o.m1, m1);
+    const __m256i c1i = select_i(other_first, o.i1, i1);
+    const __m256d c2 = select(other_first, m2, o.m2);
+    const __m256i c2i = select_i(other_first, i2, o.i2);
+    const __m256d second_is_c2 = lane_before(c2, c2i, c1, c1i);
+    m1 = select(other_first, m1, o.m1);
+    i1 = select_i(other_first, i1, o.i1);
+    m2 = select(second_is_c2, c1, c2);
+    i2 = select_i(second_is_c2, c1i, c2i);
+  }
+  /// Folds the lanes into r.
+  void merge_into(struct TwoSmallest& r) const;
 };
 
 /// p[l] = value[l] where mask[l]. A load-blend-store: masked stores (vpmaskmovq)
@@ -205,7 +243,8 @@ inline void row_min(const T* const* rows, const double* v, int64_t m, RowMin* ou
       __m256d total = sums[r][0];
       for (int w = 1; w < W; ++w) total = _mm256_add_pd(total, sums[r][w]);
       sum[r] = horizontal_sum(total);
-      for (int w = 0; w < W; ++w) a[r][w].merge_into(best[r], col[r]);
+      for (int w = 1; w < W; ++w) a[r][0].combine(a[r][w]);
+      a[r][0].merge_into(best[r], col[r]);
     }
   }
 #endif
@@ -242,6 +281,24 @@ struct TwoSmallest {
   }
 };
 
+#if defined(__AVX2__)
+inline void TwoMin4::merge_into(TwoSmallest& r) const {
+  TwoMin4 t = *this, s;
+  s.m1 = _mm256_permute4x64_pd(t.m1, 0x4E);
+  s.m2 = _mm256_permute4x64_pd(t.m2, 0x4E);
+  s.i1 = _mm256_permute4x64_epi64(t.i1, 0x4E);
+  s.i2 = _mm256_permute4x64_epi64(t.i2, 0x4E);
+  t.combine(s);
+  s.m1 = _mm256_permute4x64_pd(t.m1, 0xB1);
+  s.m2 = _mm256_permute4x64_pd(t.m2, 0xB1);
+  s.i1 = _mm256_permute4x64_epi64(t.i1, 0xB1);
+  s.i2 = _mm256_permute4x64_epi64(t.i2, 0xB1);
+  t.combine(s);
+  r.offer(_mm256_cvtsd_f64(t.m1), _mm256_extract_epi64(t.i1, 0));
+  r.offer(_mm256_cvtsd_f64(t.m2), _mm256_extract_epi64(t.i2, 0));
+}
+#endif
+
 /// Smallest and second smallest of C'[i, j] - v[j] over j, with their columns
 /// (second_col = -1 and second = +inf when m == 1).
 template <bool Maximize, typename T>
@@ -260,18 +317,8 @@ inline TwoSmallest two_smallest(const T* row, const double* v, int64_t m) {
         jv[u] = _mm256_add_epi64(jv[u], eight);
       }
     }
-    for (int u = 0; u < 2; ++u) {
-      alignas(32) double a1[4], a2[4];
-      alignas(32) int64_t b1[4], b2[4];
-      _mm256_store_pd(a1, t[u].m1);
-      _mm256_store_pd(a2, t[u].m2);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(b1), t[u].i1);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(b2), t[u].i2);
-      for (int l = 0; l < 4; ++l) {
-        r.offer(a1[l], b1[l]);
-        r.offer(a2[l], b2[l]);
-      }
-    }
+    t[0].combine(t[1]);
+    t[0].merge_into(r);
   }
 #endif
   for (; j < m; ++j) r.offer(signed_cost<Maximize>(row[j]) - v[j], j);
@@ -315,10 +362,10 @@ inline RelaxResult relax_row(const T* row, const double* v, double u, double* di
         jv[w] = _mm256_add_epi64(jv[w], eight);
       }
     }
-    for (int w = 0; w < 2; ++w) {
-      all[w].merge_into(r.min_all, r.col_all);
-      fre[w].merge_into(r.min_free, r.col_free);
-    }
+    all[0].combine(all[1]);
+    fre[0].combine(fre[1]);
+    all[0].merge_into(r.min_all, r.col_all);
+    fre[0].merge_into(r.min_free, r.col_free);
   }
 #endif
   for (; j < m; ++j) {
