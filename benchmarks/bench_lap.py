@@ -1060,12 +1060,48 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _loadavg() -> Optional[list]:
+    """1/5/15-minute load averages (other processes on the machine disturb the timings), ``None`` if unknown."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def build_provenance() -> dict:
+    """Which mudsc build ran: module path, native core file (mtime, sha256 prefix), git HEAD and dirty sources."""
+    import hashlib
+    import subprocess
+
+    info: dict = {"mudsc_file": getattr(mudsc, "__file__", None)}
+    core = getattr(mudsc, "_core", None) or sys.modules.get("mudsc._core")
+    core_file = getattr(core, "__file__", None)
+    if core_file:
+        st = os.stat(core_file)
+        with open(core_file, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()[:16]
+        info["core_file"] = core_file
+        info["core_mtime"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(st.st_mtime))
+        info["core_sha256_16"] = digest
+
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    info["git_head"] = git("rev-parse", "--short", "HEAD")
+    dirty = git("status", "--porcelain", "--", "csrc", "mudsc", "setup.py")
+    info["git_dirty_sources"] = dirty.splitlines() if dirty else []
+    return info
 
 
 def metadata(solvers: list, cfg: Config, args: argparse.Namespace) -> dict:
@@ -1094,6 +1130,7 @@ def metadata(solvers: list, cfg: Config, args: argparse.Namespace) -> dict:
         "torch": torch_version,
         "mudsc": mudsc.__version__,
         "mudsc_simd": getattr(getattr(mudsc, "_core", None), "simd", None),
+        "build": build_provenance(),
         "peers": peers,
         "solver_notes": notes,
         "missing": {s.name: s.missing for s in solvers if s.missing},
@@ -1101,16 +1138,24 @@ def metadata(solvers: list, cfg: Config, args: argparse.Namespace) -> dict:
         "budget_s": cfg.budget_s,
         "rel_tol": {k.name: v for k, v in REL_TOL.items()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg_start": _loadavg(),
     }
 
 
 def header_line(meta: dict) -> str:
-    """One-line description of the machine and the versions."""
+    """Description of the machine, the versions and the mudsc build."""
     peers = ", ".join(f"{k} {v}" for k, v in meta["peers"].items())
-    return (
+    b = meta["build"]
+    dirty = " + uncommitted csrc/mudsc changes" if b.get("git_dirty_sources") else ""
+    build = (
+        f"mudsc build: git {b.get('git_head')}{dirty}, _core built {b.get('core_mtime')} "
+        f"(sha256 {b.get('core_sha256_16')}) from {b.get('core_file')}"
+    )
+    return build + "\n\n" + (
         f"device: {meta['cpu']} ({meta['usable_cpus']} usable CPUs; timed single-threaded, batch also with "
         f"{meta['batch_all_threads']} threads) | numpy {meta['numpy']} | scipy {meta['scipy']} | "
-        f"torch {meta['torch']} | mudsc {meta['mudsc']} (simd {meta['mudsc_simd']}) | peers: {peers}"
+        f"torch {meta['torch']} | mudsc {meta['mudsc']} (simd {meta['mudsc_simd']}) | peers: {peers} | "
+        f"load average at start {meta['loadavg_start']}"
     )
 
 
@@ -1217,11 +1262,12 @@ def main(argv: Optional[list] = None) -> int:
     n_pass = sum(a["status"] == "PASS" for a in counted)
     print(f"\n{n_pass}/{len(counted)} floors met ({len(accept) - len(counted)} not run)")
     total = time.perf_counter() - t_start
-    print(f"\ntotal runtime {total:.0f} s")
+    print(f"\ntotal runtime {total:.0f} s; load average at the end {_loadavg()}")
 
     out = args.out or (DEFAULT_OUT_QUICK if args.quick else DEFAULT_OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta["runtime_s"] = total
+    meta["loadavg_end"] = _loadavg()
     with open(out, "w") as f:
         json.dump(to_json({"metadata": meta, "cases": entries, "acceptance": accept}), f, indent=1)
     print(f"results written to {out}")
