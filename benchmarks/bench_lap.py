@@ -83,6 +83,7 @@ if str(ROOT) not in sys.path:  # run as ``python benchmarks/bench_lap.py`` from 
     sys.path.insert(0, str(ROOT))
 
 import mudsc  # noqa: E402
+from mudsc.problems import EASY_NOISE, HARD_NOISE, HARD_OWN, HARD_SIGNAL, LATENT_K, correlation_problem  # noqa: E402
 
 CACHE_DIR = ROOT / "benchmarks" / ".cache"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "lap.json"
@@ -113,9 +114,6 @@ SYM_SKIP_S = 20.0  # hard-sym: peers slower than this are skipped (and not tried
 MIN_REPEATS, MAX_REPEATS = 3, 200
 BUDGET_S, BUDGET_S_QUICK = 1.0, 0.1
 
-LATENT_K = 8
-HARD_SIGNAL, HARD_NOISE, HARD_OWN = 0.15, 0.9, 0.6
-EASY_NOISE = 0.1
 BATCH_SHAPE = (144, 64)  # B problems of n x n
 WARM_PERTURBATION = 0.05
 SEEDS = {"uniform": 11, "easy": 12, "hard": 13, "hard-sym": 14, "batch": 15, "warm": 16}
@@ -368,37 +366,9 @@ def _rng(family: str, n: int, index: int = 0) -> np.random.Generator:
     return np.random.default_rng([SEEDS[family], n, index])
 
 
-def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every row of ``a`` with every row of ``b`` (float64; ``a``/``b`` are overwritten)."""
-    for x in (a, b):
-        x -= x.mean(axis=1, keepdims=True)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return a @ b.T
-
-
 def make_correlation(flavour: str, n: int, index: int = 0, samples: Optional[int] = None) -> np.ndarray:
-    """Generate one ``n x n`` float64 correlation matrix of ``flavour`` (``easy``, ``hard``, ``hard-sym``).
-
-    S = ``samples`` (default n) samples; see the module docstring for the three models.
-    """
-    s = samples or n
-    rng = _rng(flavour, n, index)
-    perm = rng.permutation(n)
-    if flavour == "easy":
-        a = rng.standard_normal((n, s))
-        b = a[perm] + EASY_NOISE * rng.standard_normal((n, s))
-        return _row_correlation(a, b)
-    k = LATENT_K
-    g = rng.standard_normal((k, s))
-    a = rng.standard_normal((n, k)) @ g / np.sqrt(k) + HARD_OWN * rng.standard_normal((n, s))
-    if flavour == "hard":
-        noise = rng.standard_normal((n, s))
-    elif flavour == "hard-sym":
-        noise = rng.standard_normal((n, k)) @ g / np.sqrt(k) + HARD_OWN * rng.standard_normal((n, s))
-    else:
-        raise ValueError(f"unknown flavour {flavour!r}")
-    b = HARD_SIGNAL * a[perm] + HARD_NOISE * noise
-    return _row_correlation(a, b)
+    """One ``n x n`` float64 correlation matrix of ``flavour`` (:func:`mudsc.problems.correlation_problem`)."""
+    return correlation_problem(n, flavour, seed=[SEEDS[flavour], n, index], dtype=np.float64, samples=samples)
 
 
 def cached_correlation(flavour: str, n: int, use_cache: bool = True) -> np.ndarray:

@@ -2,32 +2,51 @@
 
 ``correlation_problem`` builds the Pearson correlation between the units of two "models" over shared samples:
 
-- ``"easy"``: model B's units are a noisy permuted copy of model A's; the row-wise argmax is already optimal.
-- ``"hard"``: units share ``k`` latent factors and the signal is weak:
+- ``"easy"``: model B's units are a noisy permuted copy of model A's (``B = A[perm] + 0.1·noise``); the row-wise
+  argmax is already optimal.
+- ``"hard"``: units share ``k = 8`` latent factors and the signal is weak:
   ``A = L·G/√k + 0.6·E``, ``B = 0.15·A[perm] + 0.9·noise``; the row-wise argmax is wrong for 30-50% of rows,
-  as between real networks (column-wise it is nearly right, which JV's column reduction exploits).
+  as between real networks (column-wise it is nearly right from n ≈ 2048 on, which JV's column reduction
+  exploits).
 - ``"hard-sym"``: as ``"hard"`` but B's noise shares the latent factors too
-  (``0.9·(L₂·G/√k + 0.6·E₂)``), so both row- and column-wise argmaxes are wrong: the hardest flavour.
+  (``noise = L₂·G/√k + 0.6·E₂``), so row- and column-wise argmaxes are both wrong: the hardest flavour.
 """
 
 from __future__ import annotations
 
+from typing import Sequence, Union
+
 import numpy as np
 
 FLAVOURS = ("easy", "hard", "hard-sym")
+LATENT_K = 8
+HARD_SIGNAL, HARD_NOISE, HARD_OWN = 0.15, 0.9, 0.6
+EASY_NOISE = 0.1
 
 
-def _standardize(x: np.ndarray) -> np.ndarray:
-    x = x - x.mean(axis=1, keepdims=True)
-    return x / x.std(axis=1, keepdims=True)
+def _row_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every row of ``a`` with every row of ``b`` (float64; ``a``/``b`` are overwritten)."""
+    for x in (a, b):
+        x -= x.mean(axis=1, keepdims=True)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return a @ b.T
 
 
 def correlation_problem(
-    n: int, flavour: str = "hard", seed: int = 0, dtype=np.float32, samples: int | None = None, k: int = 8
+    n: int,
+    flavour: str = "hard",
+    seed: Union[int, Sequence[int]] = 0,
+    dtype=np.float32,
+    samples: int | None = None,
 ) -> np.ndarray:
-    """``float[n, n]`` correlation between the rows of two feature matrices (maximize to match).
+    """``dtype[n, n]`` correlation between the units of two synthetic models (maximize to match them).
 
-    ``samples`` defaults to ``n`` (columns of the feature matrices).
+    Args:
+        n: units per model.
+        flavour: ``"easy"``, ``"hard"`` or ``"hard-sym"`` (see the module docstring).
+        seed: anything ``numpy.random.default_rng`` accepts.
+        dtype: output dtype (computed in float64).
+        samples: columns of the feature matrices; default ``n``.
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
@@ -36,13 +55,14 @@ def correlation_problem(
     perm = rng.permutation(n)
     if flavour == "easy":
         a = rng.standard_normal((n, s))
-        b = a[perm] + 0.3 * rng.standard_normal((n, s))
+        b = a[perm] + EASY_NOISE * rng.standard_normal((n, s))
+        return _row_correlation(a, b).astype(dtype, copy=False)
+    k = LATENT_K
+    g = rng.standard_normal((k, s))
+    a = rng.standard_normal((n, k)) @ g / np.sqrt(k) + HARD_OWN * rng.standard_normal((n, s))
+    if flavour == "hard":
+        noise = rng.standard_normal((n, s))
     else:
-        g = rng.standard_normal((k, s))
-        a = rng.standard_normal((n, k)) @ g / np.sqrt(k) + 0.6 * rng.standard_normal((n, s))
-        if flavour == "hard":
-            noise = rng.standard_normal((n, s))
-        else:
-            noise = rng.standard_normal((n, k)) @ g / np.sqrt(k) + 0.6 * rng.standard_normal((n, s))
-        b = 0.15 * a[perm] + 0.9 * noise
-    return (_standardize(a) @ _standardize(b).T / s).astype(dtype)
+        noise = rng.standard_normal((n, k)) @ g / np.sqrt(k) + HARD_OWN * rng.standard_normal((n, s))
+    b = HARD_SIGNAL * a[perm] + HARD_NOISE * noise
+    return _row_correlation(a, b).astype(dtype, copy=False)
