@@ -232,6 +232,10 @@ void augmenting_row_reduction(const Problem<T>& p, Workspace& ws) {
 }
 
 /// Phase 4: Dijkstra from each free row to the nearest free column; see file header.
+/// Ties between an assigned and a free column go to the free one (paths end as
+/// early as possible, which matters for integer costs). Free columns are found
+/// through a 0/+inf mask added in the row kernel while they are many (rectangular
+/// problems), and by checking a short list after each step once they are few.
 template <bool Max, typename T>
 void shortest_augmenting_paths(const Problem<T>& p, Workspace& ws) {
   const int64_t m = p.m;
@@ -241,19 +245,35 @@ void shortest_augmenting_paths(const Problem<T>& p, Workspace& ws) {
   int64_t* pred = ws.pred.data();
   int64_t* x = ws.col_of_row.data();
   int64_t* y = ws.row_of_col.data();
-  for (int64_t j = 0; j < m; ++j) free_mask[j] = (y[j] < 0) ? 0.0 : kInf;
+  std::vector<int64_t>& free_cols = ws.free_cols;
+  free_cols.clear();
+  for (int64_t j = 0; j < m; ++j) {
+    free_mask[j] = (y[j] < 0) ? 0.0 : kInf;
+    if (y[j] < 0) free_cols.push_back(j);
+  }
 
   for (const int64_t start : ws.free_rows) {
     std::fill(dist, dist + m, kInf);
     ws.scanned.clear();
+    const bool use_list = static_cast<int64_t>(free_cols.size()) * 16 <= m;
     int64_t i = start;
     double u = 0.0;
     int64_t end_col;
     double end_dist;
     for (;;) {
-      const kernels::RelaxResult r = kernels::relax_row<Max>(p.row(i), v, u, dist, pred, free_mask, i, m);
+      kernels::RelaxResult r =
+          use_list ? kernels::relax_row<Max, false>(p.row(i), v, u, dist, pred, free_mask, i, m)
+                   : kernels::relax_row<Max, true>(p.row(i), v, u, dist, pred, free_mask, i, m);
       ++ws.stats.scanned_rows;
       if (!(r.min_all < kInf)) fail_infeasible(Max, p);
+      if (use_list) {
+        for (const int64_t f : free_cols) {
+          if (kernels::better(dist[f], f, r.min_free, r.col_free)) {
+            r.min_free = dist[f];
+            r.col_free = f;
+          }
+        }
+      }
       if (r.min_free <= r.min_all) {
         end_col = r.col_free;
         end_dist = r.min_free;
@@ -271,6 +291,9 @@ void shortest_augmenting_paths(const Problem<T>& p, Workspace& ws) {
     for (const ScannedColumn& s : ws.scanned) v[s.col] = s.potential + s.distance - end_dist;
     // Augment along the predecessor tree.
     free_mask[end_col] = kInf;
+    const auto it = std::find(free_cols.begin(), free_cols.end(), end_col);
+    *it = free_cols.back();
+    free_cols.pop_back();
     int64_t j = end_col;
     for (;;) {
       const int64_t row = pred[j];

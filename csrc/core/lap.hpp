@@ -79,6 +79,7 @@ struct Workspace {
   std::vector<int64_t> col_of_row;  // x [n], -1 = unassigned
   std::vector<int64_t> pred;        // predecessor row of each column in the path tree [m]
   std::vector<int64_t> free_rows;   // queue of unassigned rows
+  std::vector<int64_t> free_cols;   // unassigned columns during phase 4
   std::vector<ScannedColumn> scanned;
   std::vector<char> multiple;       // rows offered several columns by column reduction [n]
   std::vector<int64_t> transposed_assignment;  // row_of_col of a transposed solve [m]

@@ -334,8 +334,9 @@ struct RelaxResult {
 
 /// One Dijkstra step from row i with row offset u (see file header). Columns
 /// already scanned carry v[j] = -inf and dist[j] = +inf, so they never improve
-/// and never win the minimum.
-template <bool Maximize, typename T>
+/// and never win the minimum. Without FreeMask, free_mask is not read and
+/// min_free/col_free stay (+inf, -1): the caller checks its free columns itself.
+template <bool Maximize, bool FreeMask, typename T>
 inline RelaxResult relax_row(const T* row, const double* v, double u, double* dist, int64_t* pred,
                              const double* free_mask, int64_t i, int64_t m) {
   RelaxResult r{kInf, -1, kInf, -1};
@@ -358,14 +359,16 @@ inline RelaxResult relax_row(const T* row, const double* v, double u, double* di
         _mm256_storeu_pd(dist + k, dk);
         store_where(pred + k, lt, vi);
         all[w].update(dk, jv[w]);
-        fre[w].update(_mm256_add_pd(dk, _mm256_loadu_pd(free_mask + k)), jv[w]);
+        if (FreeMask) fre[w].update(_mm256_add_pd(dk, _mm256_loadu_pd(free_mask + k)), jv[w]);
         jv[w] = _mm256_add_epi64(jv[w], eight);
       }
     }
     all[0].combine(all[1]);
-    fre[0].combine(fre[1]);
     all[0].merge_into(r.min_all, r.col_all);
-    fre[0].merge_into(r.min_free, r.col_free);
+    if (FreeMask) {
+      fre[0].combine(fre[1]);
+      fre[0].merge_into(r.min_free, r.col_free);
+    }
   }
 #endif
   for (; j < m; ++j) {
@@ -380,10 +383,12 @@ inline RelaxResult relax_row(const T* row, const double* v, double u, double* di
       r.min_all = dj;
       r.col_all = j;
     }
-    const double df = dj + free_mask[j];
-    if (better(df, j, r.min_free, r.col_free)) {
-      r.min_free = df;
-      r.col_free = j;
+    if (FreeMask) {
+      const double df = dj + free_mask[j];
+      if (better(df, j, r.min_free, r.col_free)) {
+        r.min_free = df;
+        r.col_free = j;
+      }
     }
   }
   return r;
