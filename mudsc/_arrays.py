@@ -47,12 +47,17 @@ def _torch():
     return torch
 
 
+_NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def as_cost_array(x: Any, name: str = "cost", ndim: int = 2) -> np.ndarray:
     """``x`` as a float32/float64 numpy array of ``ndim`` dimensions, as the native core reads it.
 
     Integer and boolean inputs become float64 (as in scipy); float16 becomes float32. Raises ``ValueError``
     for another number of dimensions, complex, object or string dtypes.
     """
+    if type(x) is np.ndarray and x.ndim == ndim and x.dtype in _NATIVE_DTYPES and x.flags.c_contiguous:
+        return x  # the common case, without further checks
     a = to_numpy(x, name)
     if a.ndim != ndim:
         want = "[rows, cols]" if ndim == 2 else "[batch, rows, cols]"

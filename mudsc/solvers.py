@@ -85,7 +85,10 @@ def _require_square_for_potentials(shape: tuple, wanted: bool) -> None:
         raise ValueError(f"dual potentials (warm start) need square problems, got cost shape {shape}")
 
 
-def _split(col_of_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _split(col_of_row: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's ``(row_ind, col_ind)`` from a row -> column map (-1 for unassigned rows, only when n > m)."""
+    if n <= m:
+        return np.arange(n, dtype=np.int64), col_of_row
     rows = np.flatnonzero(col_of_row >= 0).astype(np.int64)
     return rows, col_of_row[rows]
 
@@ -109,8 +112,10 @@ def linear_sum_assignment(cost: Any, maximize: bool = False, *, backend: str = "
         rows, cols = _reference.linear_sum_assignment(a, maximize)
     else:
         col_of_row, _, _ = _native.core.lap_solve(a, maximize, None, False)
-        rows, cols = _split(col_of_row)
-    return _like_input(rows, cost), _like_input(cols, cost)
+        rows, cols = _split(col_of_row, *a.shape)
+    if is_torch_tensor(cost):
+        return _like_input(rows, cost), _like_input(cols, cost)
+    return rows, cols
 
 
 def solve_assignment(
@@ -148,7 +153,7 @@ def solve_assignment(
         col_of_row, objective, potentials = _reference.solve_assignment(a, maximize, init)
     else:
         col_of_row, objective, potentials = _native.core.lap_solve(a, maximize, init, square)
-    rows, cols = _split(col_of_row)
+    rows, cols = _split(col_of_row, n, m)
     if potentials is not None:
         potentials = _like_input(potentials, cost)
     return AssignmentResult(_like_input(rows, cost), _like_input(cols, cost), float(objective), potentials)

@@ -24,10 +24,10 @@ int64_t element_stride(const py::array& a, int axis) {
   return static_cast<int64_t>(s / static_cast<py::ssize_t>(a.itemsize()));
 }
 
-/// Counters of the last single solve on this thread's interpreter (see SolveStats).
-py::dict& last_stats() {
-  static py::dict* d = new py::dict();
-  return *d;
+/// Counters of the last single solve (see SolveStats); written with the GIL held.
+mudsc::lap::SolveStats& last_stats() {
+  static mudsc::lap::SolveStats stats;
+  return stats;
 }
 
 using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
@@ -56,20 +56,18 @@ py::tuple solve_one(const py::array& cost, bool maximize, const std::optional<Do
   }
   double objective;
   int64_t* out = col_of_row.mutable_data();
-  mudsc::lap::Workspace ws;
+  thread_local mudsc::lap::Workspace ws;  // reused: small solves are dominated by allocation otherwise
   {
     py::gil_scoped_release release;
-    objective = mudsc::lap::solve(view, opt, out, ws);
+    try {
+      objective = mudsc::lap::solve(view, opt, out, ws);
+    } catch (...) {
+      ws.release_copies();
+      throw;
+    }
+    ws.release_copies();
   }
-  const mudsc::lap::SolveStats& s = ws.stats;
-  py::dict stats;
-  stats["seconds_init"] = s.seconds_init;
-  stats["seconds_arr"] = s.seconds_arr;
-  stats["seconds_paths"] = s.seconds_paths;
-  stats["free_after_init"] = s.free_after_init;
-  stats["free_before_paths"] = s.free_before_paths;
-  stats["scanned_rows"] = s.scanned_rows;
-  last_stats() = stats;
+  last_stats() = ws.stats;
   return py::make_tuple(col_of_row, objective, potentials ? py::object(*potentials) : py::none());
 }
 
@@ -143,7 +141,19 @@ Potentials (warm start in, final out) are the column duals of the minimisation f
       R"doc(Solve B independent dense LAPs [B, n, m] on a thread pool (num_threads <= 0: all cores).
 Returns (col_of_row int64[B, n], objective float64[B], potentials float64[B, m] or None).)doc");
 
-  m.def("lap_last_stats", []() { return last_stats(); },
+  m.def(
+      "lap_last_stats",
+      []() {
+        const mudsc::lap::SolveStats& s = last_stats();
+        py::dict d;
+        d["seconds_init"] = s.seconds_init;
+        d["seconds_arr"] = s.seconds_arr;
+        d["seconds_paths"] = s.seconds_paths;
+        d["free_after_init"] = s.free_after_init;
+        d["free_before_paths"] = s.free_before_paths;
+        d["scanned_rows"] = s.scanned_rows;
+        return d;
+      },
         "Phase timings and counters of the last lap_solve call (for benchmarks).");
   m.def("hardware_concurrency", []() { return static_cast<int>(std::thread::hardware_concurrency()); });
 #if defined(__AVX2__)

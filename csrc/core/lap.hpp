@@ -85,6 +85,12 @@ struct Workspace {
   std::vector<int64_t> transposed_assignment;  // row_of_col of a transposed solve [m]
   std::vector<float> transposed_f;  // copy used when rows > cols (float input)
   std::vector<double> transposed_d; // copy used when rows > cols (double input)
+
+  /// Frees the matrix-sized copies (kept workspaces should not pin them).
+  void release_copies() {
+    std::vector<float>().swap(transposed_f);
+    std::vector<double>().swap(transposed_d);
+  }
 };
 
 /// Options of one solve.
