@@ -7,6 +7,9 @@
 //                            its minimum row (square cold start only).
 //   2. reduction_transfer    rows that got exactly one column move slack from
 //                            that column's potential to the row.
+//   1'. row_reduction        instead of 1-2 for warm starts and rectangular
+//                            problems: each row takes its cheapest column under
+//                            the current potentials if that column is free.
 //   3. augmenting_row_reduction  (two rounds) free rows take their cheapest
 //                            column, lowering its potential by the gap to the
 //                            second cheapest, and evict the previous owner.
@@ -16,9 +19,11 @@
 // Every phase keeps dual feasibility C'[i, j] - u[i] - v[j] >= 0 with u implicit
 // (u[i] = C'[i, x(i)] - v[x(i)] for assigned rows), so any phase may stop early
 // and leave the rest to phase 4. Rectangular problems (n < m) start from v = 0
-// and skip 1-2: phases 3-4 only lower potentials of assigned columns, so the
+// and run 1', 3, 4: these only lower potentials of assigned columns, so the
 // free columns keep the maximal potential 0 as optimality requires.
-// A warm start skips 1-2 and runs 3-4 from the given potentials.
+// A warm start runs 1', 3, 4 from the given potentials.
+// Every entry is read (and checked for NaN / the unbounded infinity) by phase 1
+// or 1' before anything is assigned.
 #include "lap.hpp"
 
 #include <algorithm>
@@ -197,7 +202,10 @@ void augmenting_row_reduction(const Problem<T>& p, Workspace& ws) {
   int64_t k = 0, num_free = 0;
   // Each step assigns a row and lowers a potential or evicts a row; near-ties can
   // make rows evict each other for long. The cap bounds the work; phase 4 finishes.
-  int64_t budget = p.m / 2 + 64;
+  // A step costs about one Dijkstra step (one row read), but phase-4 paths grow
+  // with m: the cap grows from m/2 visits (m <= 256) to 8m (m >= 4096).
+  const int64_t budget_per_col = std::min<int64_t>(8 * 512, std::max<int64_t>(256, p.m));  // in 1/512ths
+  int64_t budget = p.m * budget_per_col / 512 + 64;
   while (k < previous) {
     if (--budget < 0) {
       for (int64_t q = k; q < previous; ++q) fr[num_free++] = fr[q];  // still free

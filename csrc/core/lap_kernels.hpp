@@ -11,10 +11,12 @@
 //                      of one row, with their columns.
 //   relax_row          one Dijkstra step: dist[j] = min(dist[j], C'[i, j] - v[j] - u),
 //                      pred[j] = i where it improved, and the smallest distance over
-//                      all columns and over unassigned columns (free_mask[j] == 0).
+//                      all columns (and optionally over unassigned columns, those
+//                      with free_mask[j] == 0).
 //
-// Each kernel has a portable scalar form and an AVX2 form (4 doubles a step),
-// chosen at compile time. Ties resolve to the smallest column index in both.
+// Each kernel has a portable scalar form and an AVX2 form (4 doubles a step,
+// several independent accumulators), chosen at compile time. Ties resolve to the
+// smallest column index in both. Loads are unaligned; no masked stores.
 #pragma once
 
 #include <cmath>
