@@ -1241,7 +1241,17 @@ def main(argv: Optional[list] = None) -> int:
     with open(out, "w") as f:
         json.dump(to_json({"metadata": meta, "cases": entries, "acceptance": accept}), f, indent=1)
     print(f"results written to {out}")
-    return 0
+    # Timings never fail a run (these machines are noisy); a wrong or failing mudsc answer does.
+    bad = [
+        f"{e.get('family')} n={e.get('n')} {name}: {rec.status} {rec.note or ''}"
+        for e in entries
+        for name, rec in e.get("solvers", {}).items()
+        if name.startswith("mudsc") or name in ("cold", "warm")
+        if isinstance(rec, Record) and rec.status in ("WRONG", "error")
+    ]
+    for line in bad:
+        print("mudsc failed: " + line, file=sys.stderr)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

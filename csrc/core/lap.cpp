@@ -328,22 +328,16 @@ double solve_row_major(const Problem<T>& p, const SolveOptions& opt, int64_t* co
   if (n == m && !warm) {
     column_reduction<Max>(p, ws, ws.multiple);
     reduction_transfer<Max>(p, ws, ws.multiple);
-    st.free_after_init = static_cast<int64_t>(ws.free_rows.size());
-    const double t1 = now_seconds();
-    st.seconds_init = t1 - t0;
-    augmenting_row_reduction<Max>(p, ws);
-    augmenting_row_reduction<Max>(p, ws);
-    st.seconds_arr = now_seconds() - t1;
   } else {
     if (warm) std::copy(opt.init_col_potentials, opt.init_col_potentials + m, ws.v.begin());
     row_reduction<Max>(p, ws);
-    st.free_after_init = static_cast<int64_t>(ws.free_rows.size());
-    const double t1 = now_seconds();
-    st.seconds_init = t1 - t0;
-    augmenting_row_reduction<Max>(p, ws);
-    augmenting_row_reduction<Max>(p, ws);
-    st.seconds_arr = now_seconds() - t1;
   }
+  st.free_after_init = static_cast<int64_t>(ws.free_rows.size());
+  const double t1 = now_seconds();
+  st.seconds_init = t1 - t0;
+  augmenting_row_reduction<Max>(p, ws);
+  augmenting_row_reduction<Max>(p, ws);
+  st.seconds_arr = now_seconds() - t1;
   st.free_before_paths = static_cast<int64_t>(ws.free_rows.size());
   const double t2 = now_seconds();
   shortest_augmenting_paths<Max>(p, ws);
