@@ -61,7 +61,7 @@ def core_extension():
 
     return Extension(
         "mudsc._core",
-        sources=["csrc/core/lap.cpp", "csrc/bindings/core_py.cpp"],
+        sources=["csrc/core/lap.cpp", "csrc/core/group_lap.cpp", "csrc/core/zip.cpp", "csrc/bindings/core_py.cpp"],
         include_dirs=[str(ROOT / "csrc/core"), pybind11.get_include()],
         extra_compile_args=["-std=c++17", "-fvisibility=hidden", *OPT, *ARCH],
         extra_link_args=["-pthread"],

@@ -5,18 +5,35 @@ Public API (more arrives with the merge methods):
 - :func:`linear_sum_assignment` - drop-in for scipy's, native Jonker-Volgenant solver.
 - :func:`batch_linear_sum_assignment` - many problems of one shape on a thread pool.
 - :func:`solve_assignment` - one problem with dual potentials, for warm-started re-solves.
+- :func:`zip_match`, :func:`permute_match`, :func:`group_permute_match` - unit matching of N models from a
+  similarity matrix (ZipIt! zip, alignment, head/group alignment), returning a :class:`MatchResult`.
 - :func:`build_info` - what the native build contains and what loaded.
 """
 
 from ._native import build_info
 from .backends import BackendUnavailableError, available_backends
-from .solvers import AssignmentResult, batch_linear_sum_assignment, linear_sum_assignment, solve_assignment
+from .solvers import (
+    AssignmentResult,
+    MatchResult,
+    ZipResult,
+    batch_linear_sum_assignment,
+    group_permute_match,
+    linear_sum_assignment,
+    permute_match,
+    solve_assignment,
+    zip_match,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AssignmentResult",
     "BackendUnavailableError",
+    "MatchResult",
+    "ZipResult",
+    "group_permute_match",
+    "permute_match",
+    "zip_match",
     "available_backends",
     "batch_linear_sum_assignment",
     "build_info",

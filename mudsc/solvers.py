@@ -26,6 +26,11 @@ from ._arrays import as_cost_array, is_torch_tensor
 
 __all__ = [
     "AssignmentResult",
+    "MatchResult",
+    "ZipResult",
+    "zip_match",
+    "permute_match",
+    "group_permute_match",
     "linear_sum_assignment",
     "batch_linear_sum_assignment",
     "solve_assignment",
@@ -202,3 +207,185 @@ def batch_linear_sum_assignment(
     if return_potentials:
         return col_of_row, (_like_input(potentials, costs) if potentials is not None else None)
     return col_of_row
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Matching solvers over a similarity matrix of N models' units (ALGORITHM.md §4)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MatchResult:
+    """How the units of N models map to merged units.
+
+    Attributes:
+        labels: ``int64[O]``, the merged (output) unit of every input unit; input units are model-major
+            (model i owns ``i·Om … (i+1)·Om − 1``).
+        num_outputs: K, the number of merged units.
+        merge_value: the solver's progress metric: mean matched similarity (alignment), mean of the per-group
+            mean matched similarity (group alignment), or mean of the merged similarities (zip).
+    """
+
+    labels: np.ndarray
+    num_outputs: int
+    merge_value: float
+
+    def unmerge(self, dtype=np.float32) -> np.ndarray:
+        """``U[O, K]`` with ``U[u, labels[u]] = 1`` (ALGORITHM.md's unmerge matrix)."""
+        u = np.zeros((self.labels.shape[0], self.num_outputs), dtype=dtype)
+        u[np.arange(self.labels.shape[0]), self.labels] = 1
+        return u
+
+    def merge(self, dtype=np.float32) -> np.ndarray:
+        """``M = U / (colsum(U) + 1e-5)`` (ALGORITHM.md's merge matrix, before the caller's factor N)."""
+        u = self.unmerge(dtype)
+        return u / (u.sum(axis=0, keepdims=True) + dtype(1e-5))
+
+
+ZipResult = MatchResult
+
+
+def _as_similarity(sim: Any, num_models: int, groups: Optional[int] = None, symmetric: bool = True) -> np.ndarray:
+    """A C-contiguous float32/float64 view (or copy) of ``sim``; ValueError naming the problem.
+
+    With ``symmetric`` (zip), NaN / +inf / asymmetry beyond 1e-5 relative are rejected and a nearly symmetric
+    matrix is made exactly symmetric from its upper triangle. Without it (alignment, which reads only the
+    blocks model 0 x model i), only the shape is checked here and the LAP rejects bad values in those blocks.
+    """
+    a = as_cost_array(sim, "sim")
+    o, o2 = a.shape
+    if o != o2:
+        raise ValueError(f"sim must be square [O, O], got shape {a.shape}")
+    if not isinstance(num_models, (int, np.integer)) or num_models < 1:
+        raise ValueError(f"num_models must be a positive integer, got {num_models!r}")
+    if o % num_models:
+        raise ValueError(f"sim has {o} units, which do not split into {num_models} models of equal width")
+    if groups is not None:
+        om = o // num_models
+        if not isinstance(groups, (int, np.integer)) or groups < 1 or om % groups:
+            raise ValueError(f"each model's {om} units do not split into groups={groups!r} groups of equal size")
+    a = np.ascontiguousarray(a)
+    if not symmetric:
+        return a
+    if _native.HAS_CORE:
+        c = _native.core.check_similarity(a)
+    else:
+        finite = np.isfinite(a) & np.isfinite(a.T)
+        c = {
+            "has_nan": bool(np.isnan(a).any()),
+            "has_pos_inf": bool((a == np.inf).any()),
+            "infinity_asymmetric": not np.array_equal(np.isfinite(a), np.isfinite(a.T)),
+            "max_asymmetry": float(np.abs(a - a.T)[finite].max()) if finite.any() else 0.0,
+            "max_abs": float(np.abs(a[finite]).max()) if finite.any() else 0.0,
+        }
+    if c["has_nan"]:
+        raise ValueError(f"sim of shape {a.shape} contains NaN")
+    if c["has_pos_inf"]:
+        raise ValueError(f"sim of shape {a.shape} contains +inf (use -inf to forbid a pair)")
+    if c["infinity_asymmetric"] or c["max_asymmetry"] > 1e-5 * max(c["max_abs"], 1.0):
+        raise ValueError(
+            f"sim of shape {a.shape} is not symmetric: max |S - S^T| = {c['max_asymmetry']:.3g} "
+            f"(tolerance 1e-5 relative){', and -inf entries are not mirrored' if c['infinity_asymmetric'] else ''}"
+        )
+    if c["max_asymmetry"] > 0:
+        a = np.triu(a) + np.triu(a, 1).T  # exactly symmetric: both backends see the upper triangle
+    return a
+
+
+def zip_match(
+    sim: Any,
+    num_models: int,
+    reduce: float = 0.5,
+    alpha: float = 0.5,
+    beta: float = 1.0,
+    *,
+    backend: str = "auto",
+) -> MatchResult:
+    """ZipIt!'s greedy zip of N models' units (ALGORITHM.md §4.c), as used by ZipIt! and MuDSC-zip.
+
+    Args:
+        sim: ``[O, O]`` symmetric similarity of all units of all models (model-major); ``-inf`` forbids a pair.
+        num_models: N (O must be divisible by N).
+        reduce: fraction of units removed: K = floor(O·(1 − reduce) + 1e-4) outputs (0.5 with N = 2 keeps the
+            width of one model).
+        alpha: decay of a merged unit's similarities (``alpha·min`` linkage); ``<= 0``: merged units never merge
+            again.
+        beta: within-model merge budget factor (1 = floor((O − K)/N) merges per model).
+        backend: ``"auto"``, ``"native"`` (C++: one working copy, cached row maxima) or ``"reference"`` (the
+            original's Θ(O³) torch loop).
+
+    Returns:
+        :class:`MatchResult`; outputs are ordered by the smallest member index.
+    """
+    a = _as_similarity(sim, num_models)
+    if not (0.0 <= float(reduce) < 1.0):
+        raise ValueError(f"reduce must be in [0, 1), got {reduce!r}")
+    if float(beta) < 0:
+        raise ValueError(f"beta must be >= 0, got {beta!r}")
+    if backends.choose("zip_match", backend) == "reference":
+        labels, k, value = _reference_matching().zip_match(a, int(num_models), float(reduce), float(alpha), float(beta))
+    else:
+        labels, k, value = _native.core.zip_match(a, int(num_models), float(reduce), float(alpha), float(beta))
+    return MatchResult(labels, int(k), float(value))
+
+
+def permute_match(sim: Any, num_models: int, *, backend: str = "auto") -> MatchResult:
+    """Alignment (Git Re-Basin style, ALGORITHM.md §4.a): every model is matched to model 0 by one LAP.
+
+    Args:
+        sim: ``[O, O]`` similarity; only the blocks model 0 × model i are read (symmetry is not needed).
+            NaN or +inf in them raises ``ValueError``; ``-inf`` forbids a pair.
+        num_models: N.
+        backend: ``"auto"``, ``"native"`` or ``"reference"`` (scipy).
+
+    Returns:
+        :class:`MatchResult` with K = Om outputs in model 0's unit order.
+    """
+    a = _as_similarity(sim, num_models, symmetric=False)
+    n = int(num_models)
+    if backends.choose("permute_match", backend) == "reference":
+        return MatchResult(*_reference_matching().permute_match(a, n))
+    o = a.shape[0]
+    om = o // n
+    labels = np.empty(o, dtype=np.int64)
+    labels[:om] = np.arange(om)
+    means = []
+    for i in range(1, n):
+        block = a[:om, i * om : (i + 1) * om]
+        cols, objective, _ = _native.core.lap_solve(block, True, None, False)
+        labels[i * om + cols] = np.arange(om)
+        means.append(objective / om if om else 0.0)
+    return MatchResult(labels, om, float(np.mean(means)) if means else 0.0)
+
+
+def group_permute_match(sim: Any, num_models: int, groups: int, *, backend: str = "auto") -> MatchResult:
+    """Hierarchical group alignment (ALGORITHM.md §4.b) for attention heads and GroupNorm groups.
+
+    Each model's units form ``groups`` blocks of ``Og = Om / groups``; whole groups are matched to model 0's
+    (an outer LAP on the mean matched similarity of every pair of groups) and units inside matched groups by
+    the inner LAPs. The native backend runs the g² inner LAPs and the outer LAP in one call. Only the blocks
+    model 0 × model i of ``sim`` are read (symmetry is not needed).
+
+    Returns:
+        :class:`MatchResult` with K = Om outputs in model 0's unit order.
+    """
+    a = _as_similarity(sim, num_models, groups, symmetric=False)
+    n, g = int(num_models), int(groups)
+    if backends.choose("group_permute_match", backend) == "reference":
+        return MatchResult(*_reference_matching().group_permute_match(a, n, g))
+    o = a.shape[0]
+    om = o // n
+    labels = np.empty(o, dtype=np.int64)
+    labels[:om] = np.arange(om)
+    values = []
+    for i in range(1, n):
+        cols, value = _native.core.group_permute_match(a[:om, i * om : (i + 1) * om], g)
+        labels[i * om + cols] = np.arange(om)
+        values.append(value)
+    return MatchResult(labels, om, float(np.mean(values)) if values else 0.0)
+
+
+def _reference_matching():
+    from .reference import matching
+
+    return matching

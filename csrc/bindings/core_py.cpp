@@ -9,7 +9,9 @@
 #include <optional>
 #include <thread>
 
+#include "group_lap.hpp"
 #include "lap.hpp"
+#include "zip.hpp"
 
 namespace py = pybind11;
 using mudsc::lap::LapError;
@@ -95,6 +97,36 @@ py::tuple solve_many(const py::array& costs, bool maximize, int num_threads, con
   return py::make_tuple(col_of_row, objective, potentials ? py::object(*potentials) : py::none());
 }
 
+template <typename T>
+py::tuple zip_one(const py::array& sim, int64_t num_models, double reduce, double alpha, double beta) {
+  const int64_t o = sim.shape(0);
+  py::array_t<int64_t> labels(o);
+  int64_t* out = labels.mutable_data();
+  const T* data = static_cast<const T*>(sim.data());
+  int64_t k = 0;
+  double value;
+  {
+    py::gil_scoped_release release;
+    value = mudsc::zip::zip_match<T>(data, o, num_models, reduce, alpha, beta, out, &k);
+  }
+  return py::make_tuple(labels, k, value);
+}
+
+template <typename T>
+py::tuple group_lap_one(const py::array& block, int64_t groups) {
+  const int64_t om = block.shape(0);
+  py::array_t<int64_t> cols(om);
+  int64_t* out = cols.mutable_data();
+  const T* data = static_cast<const T*>(block.data());
+  const int64_t stride = element_stride(block, 0);
+  double value;
+  {
+    py::gil_scoped_release release;
+    value = mudsc::lap::group_permute_match<T>(data, om, stride, groups, out);
+  }
+  return py::make_tuple(cols, value);
+}
+
 bool is_float32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
 bool is_float64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
 
@@ -107,6 +139,8 @@ PYBIND11_MODULE(_core, m) {
     try {
       if (p) std::rethrow_exception(p);
     } catch (const LapError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const mudsc::zip::ZipError& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
     }
   });
@@ -155,6 +189,55 @@ Returns (col_of_row int64[B, n], objective float64[B], potentials float64[B, m] 
         return d;
       },
         "Phase timings and counters of the last lap_solve call (for benchmarks).");
+  m.def(
+      "zip_match",
+      [](const py::array& sim, int64_t num_models, double reduce, double alpha, double beta) {
+        if (sim.ndim() != 2 || sim.shape(0) != sim.shape(1)) throw py::value_error("sim must be square 2-D");
+        if (!(sim.flags() & py::array::c_style)) throw py::value_error("sim must be C-contiguous");
+        if (num_models < 1 || sim.shape(0) % num_models != 0) throw py::value_error("O must divide by num_models");
+        if (is_float32(sim)) return zip_one<float>(sim, num_models, reduce, alpha, beta);
+        if (is_float64(sim)) return zip_one<double>(sim, num_models, reduce, alpha, beta);
+        throw py::value_error("sim must be float32 or float64");
+      },
+      py::arg("sim"), py::arg("num_models"), py::arg("reduce"), py::arg("alpha"), py::arg("beta"),
+      R"doc(Greedy zip of a validated symmetric similarity [O, O] (C-contiguous float32/float64).
+Returns (labels int64[O], num_outputs, merge_value).)doc");
+  m.def(
+      "group_permute_match",
+      [](const py::array& block, int64_t groups) {
+        if (block.ndim() != 2 || block.shape(0) != block.shape(1)) throw py::value_error("block must be square 2-D");
+        if (block.shape(0) > 0 && element_stride(block, 1) != 1) throw py::value_error("block rows must be contiguous");
+        if (is_float32(block)) return group_lap_one<float>(block, groups);
+        if (is_float64(block)) return group_lap_one<double>(block, groups);
+        throw py::value_error("block must be float32 or float64");
+      },
+      py::arg("block"), py::arg("groups"),
+      R"doc(Group alignment of one model-0 x model-i block [Om, Om] (maximised): g^2 inner LAPs and the outer LAP.
+Returns (col_of_row int64[Om], merge_value).)doc");
+  m.def(
+      "check_similarity",
+      [](const py::array& sim) {
+        if (sim.ndim() != 2 || sim.shape(0) != sim.shape(1)) throw py::value_error("sim must be square 2-D");
+        if (!(sim.flags() & py::array::c_style)) throw py::value_error("sim must be C-contiguous");
+        const bool f32 = is_float32(sim);
+        if (!f32 && !is_float64(sim)) throw py::value_error("sim must be float32 or float64");
+        const void* data = sim.data();
+        const int64_t o = sim.shape(0);
+        mudsc::zip::SimilarityCheck c;
+        {
+          py::gil_scoped_release release;
+          c = f32 ? mudsc::zip::check_similarity<float>(static_cast<const float*>(data), o)
+                  : mudsc::zip::check_similarity<double>(static_cast<const double*>(data), o);
+        }
+        py::dict d;
+        d["has_nan"] = c.has_nan;
+        d["has_pos_inf"] = c.has_pos_inf;
+        d["infinity_asymmetric"] = c.infinity_asymmetric;
+        d["max_asymmetry"] = c.max_asymmetry;
+        d["max_abs"] = c.max_abs;
+        return d;
+      },
+      py::arg("sim"), "One pass over a square C-contiguous matrix: NaN, +inf, symmetry (see zip.hpp).");
   m.def("hardware_concurrency", []() { return static_cast<int>(std::thread::hardware_concurrency()); });
 #if defined(__AVX2__)
   m.attr("simd") = "avx2";

@@ -205,7 +205,7 @@ void augmenting_row_reduction(const Problem<T>& p, Workspace& ws) {
   // A step costs about one Dijkstra step (one row read), but phase-4 paths grow
   // with m: the cap grows from m/2 visits (m <= 256) to 8m (m >= 4096).
   const int64_t budget_per_col = std::min<int64_t>(8 * 512, std::max<int64_t>(256, p.m));  // in 1/512ths
-  int64_t budget = p.m * budget_per_col / 512 + 64;
+  int64_t budget = p.m * budget_per_col / 512;
   while (k < previous) {
     if (--budget < 0) {
       for (int64_t q = k; q < previous; ++q) fr[num_free++] = fr[q];  // still free

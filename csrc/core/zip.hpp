@@ -1,0 +1,57 @@
+// ZipIt!'s greedy zip (ALGORITHM.md §4.c), torch-free, with output identical to
+// mudsc/reference/matching.py::zip_match.
+//
+// Input: a symmetric similarity S[O, O] (float or double, row-major, no NaN, no
+// +inf; -inf = forbidden pair), model-major (model i owns rows i*Om..(i+1)*Om-1).
+// Repeatedly the first maximiser (row-major over surviving units, ascending
+// index) is merged: the lower index survives and keeps its model label, its
+// similarities become alpha*min of the two rows (alpha <= 0: it never merges
+// again), a within-model merge spends that model's budget and an exhausted
+// budget forbids all pairs among the model's survivors, until K =
+// floor(O(1-reduce)+1e-4) units remain.
+//
+// Work: one O x O working copy (the only O^2 memory), alive masks instead of
+// deletions, per-row cached maxima. Per merge: O to update the survivor's row
+// and column and to pick the global maximum, plus a row scan for each row whose
+// cached maximum sat on a merged unit. Arithmetic in the input type, as the
+// reference.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace mudsc {
+namespace zip {
+
+/// Input that the zip cannot process, or a zip that cannot reach its width.
+class ZipError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// What check_similarity found in a square matrix.
+struct SimilarityCheck {
+  bool has_nan = false;
+  bool has_pos_inf = false;
+  bool infinity_asymmetric = false;  // S[i,j] = -inf but S[j,i] is not
+  double max_asymmetry = 0.0;        // max |S[i,j] - S[j,i]| over finite pairs
+  double max_abs = 0.0;              // max |S[i,j]| over finite entries
+};
+
+/// One cache-blocked pass over S[O, O] (row stride O) for NaN, +inf and symmetry.
+template <typename T>
+SimilarityCheck check_similarity(const T* sim, int64_t num_units);
+
+/// K = floor(O * (1 - reduce) + 1e-4).
+int64_t target_width(int64_t num_units, double reduce);
+
+/// Runs the zip. Writes labels[O] (output unit of each input unit; outputs are
+/// the survivors in ascending index) and returns the mean of the merged
+/// similarities (0 when nothing merges). *num_outputs receives K.
+template <typename T>
+double zip_match(const T* sim, int64_t num_units, int64_t num_models, double reduce, double alpha, double beta,
+                 int64_t* labels, int64_t* num_outputs);
+
+}  // namespace zip
+}  // namespace mudsc

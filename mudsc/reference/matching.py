@@ -1,0 +1,146 @@
+"""Reference matchers (ALGORITHM.md §4), written for clarity, the way the original code works.
+
+Every function takes a validated, exactly symmetric similarity ``sim[O, O]`` (float32 or float64 numpy, model-major:
+rows ``i·Om … (i+1)·Om−1`` are model i's units) and returns ``(labels[O], num_outputs, merge_value)`` where
+``labels[u]`` is the output unit of input unit ``u``. Arithmetic happens in the dtype of ``sim``.
+
+Deviations from the original code, each deliberate:
+
+- ``zip_match``: when every remaining pair is forbidden (``-inf``) before the target width is reached, the original
+  takes index 0 and corrupts its state; here it raises ``ValueError``. With ``alpha <= 0`` the original's ban
+  branch slices the compacted matrix by model offsets (wrong after the first deletion, unused in the paper); here
+  ``alpha <= 0`` means a merged unit never merges again (its row and column become ``-inf``).
+- ``group_permute_match``: the block score ``G[j, k]`` is the mean of the matched values accumulated in float64
+  and rounded to float32 (the original takes a float32 numpy mean); scipy solves the LAPs, as in the original.
+- No merge happens (``num_outputs == O``): ``merge_value`` is 0.0 (the original's mean of nothing is NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.optimize
+import torch
+
+from .._arrays import check_finite_for_reference
+
+NEG_INF = -np.inf
+
+
+def zip_target_width(num_units: int, reduce: float) -> int:
+    """K = floor(O·(1 − reduce) + 1e-4): units left after zipping ``num_units`` units."""
+    return int(math.floor(num_units * (1.0 - reduce) + 1e-4))
+
+
+def zip_model_budget(num_units: int, num_models: int, width: int, beta: float) -> int:
+    """Within-model merges allowed per model: floor(floor((O − K)/N)·β + 1e-4)."""
+    return int(math.floor(math.floor((num_units - width) / num_models) * beta + 1e-4))
+
+
+def zip_match(sim: np.ndarray, num_models: int, reduce: float = 0.5, alpha: float = 0.5, beta: float = 1.0):
+    """ZipIt!'s greedy zip (ALGORITHM.md §4.c): repeatedly merge the most similar pair of surviving units.
+
+    The first maximiser in row-major order over the surviving units (ascending original index) is merged; the
+    lower index survives and keeps its model label; its similarities become ``alpha·min`` of the two merged rows;
+    merging two units of one model spends that model's budget, and an exhausted budget forbids all pairs among
+    the model's surviving units. Output units are the survivors in ascending original index.
+
+    Written with torch tensor ops on the CPU as the original is (full-matrix argmax and a compacting copy per
+    merge, a host read of the chosen pair): Θ(O³) work.
+    """
+    s = torch.from_numpy(np.array(sim, copy=True))
+    o = s.shape[0]
+    om = o // num_models
+    k_target = zip_target_width(o, reduce)
+    s.fill_diagonal_(NEG_INF)
+    alive = list(range(o))  # original index of each row/column of the compacted matrix
+    origin = [u // om for u in alive]  # model label of each surviving unit
+    members = {u: [u] for u in alive}
+    budget = [zip_model_budget(o, num_models, k_target, beta)] * num_models
+    values = []
+    while len(alive) > k_target:
+        flat = int(torch.argmax(s))  # first maximum in row-major order
+        x, y = divmod(flat, s.shape[1])
+        value = float(s[x, y])
+        if value == NEG_INF:
+            raise ValueError(
+                f"zip_match: after {len(values)} merges every remaining pair of units is forbidden (-inf); "
+                f"cannot reduce {o} units to {k_target}"
+            )
+        lo, hi = min(x, y), max(x, y)
+        values.append(value)
+        members[alive[lo]].extend(members.pop(alive[hi]))
+        if alpha > 0:
+            merged = alpha * torch.minimum(s[:, lo], s[:, hi])  # stays in s.dtype
+            s[:, lo] = merged
+            s[lo, :] = merged
+        else:
+            s[:, lo] = NEG_INF
+            s[lo, :] = NEG_INF
+        s[lo, lo] = NEG_INF
+        keep = torch.cat([torch.arange(hi), torch.arange(hi + 1, s.shape[0])])
+        s = s[keep][:, keep]
+        same_model = origin[lo] == origin[hi]
+        del alive[hi]
+        del origin[hi]
+        if same_model:
+            m = origin[lo]
+            budget[m] -= 1
+            if budget[m] <= 0:
+                idx = torch.tensor([q for q, label in enumerate(origin) if label == m], dtype=torch.long)
+                s[idx.unsqueeze(1), idx] = NEG_INF
+    labels = np.empty(o, dtype=np.int64)
+    for k, survivor in enumerate(alive):
+        labels[members[survivor]] = k
+    return labels, k_target, float(np.mean(values)) if values else 0.0
+
+
+def permute_match(sim: np.ndarray, num_models: int):
+    """Alignment (ALGORITHM.md §4.a): each model i >= 1 is matched to model 0 by one maximising LAP on the block
+    ``sim[model 0, model i]``; output unit k is model 0's unit k. merge_value = mean over i of the mean matched
+    similarity."""
+    o = sim.shape[0]
+    om = o // num_models
+    labels = np.empty(o, dtype=np.int64)
+    labels[:om] = np.arange(om)
+    means = []
+    for i in range(1, num_models):
+        block = sim[:om, i * om : (i + 1) * om]
+        check_finite_for_reference(block, maximize=True)
+        rows, cols = scipy.optimize.linear_sum_assignment(block, maximize=True)
+        labels[i * om + cols] = rows
+        means.append(float(block[rows, cols].astype(np.float64).mean()))
+    return labels, om, float(np.mean(means)) if means else 0.0
+
+
+def group_permute_match(sim: np.ndarray, num_models: int, groups: int):
+    """Hierarchical group alignment (ALGORITHM.md §4.b) for head / GroupNorm structure.
+
+    For each model i >= 1: the block ``sim[model 0, model i]`` is cut into ``groups × groups`` sub-blocks of
+    ``Og × Og``; every sub-block (j, k) gets a maximising LAP scored by its mean matched value ``G[j, k]``; one
+    outer LAP on G pairs model 0's group j with model i's group k(j); unit ``j·Og + t`` of model 0 is matched to
+    unit ``k(j)·Og + inner(t)`` of model i. merge_value = mean over i of the mean of ``G[j, k(j)]``.
+    """
+    o = sim.shape[0]
+    om = o // num_models
+    og = om // groups
+    labels = np.empty(o, dtype=np.int64)
+    labels[:om] = np.arange(om)
+    values = []
+    for i in range(1, num_models):
+        block = sim[:om, i * om : (i + 1) * om]
+        check_finite_for_reference(block, maximize=True)
+        score = np.empty((groups, groups), dtype=np.float32)
+        inner = {}
+        for j in range(groups):
+            for k in range(groups):
+                sub = block[j * og : (j + 1) * og, k * og : (k + 1) * og]
+                rows, cols = scipy.optimize.linear_sum_assignment(sub, maximize=True)
+                score[j, k] = np.float32(sub[rows, cols].astype(np.float64).sum() / og)
+                inner[j, k] = cols
+        outer_rows, outer_cols = scipy.optimize.linear_sum_assignment(score, maximize=True)
+        for j, k in zip(outer_rows, outer_cols):
+            labels[i * om + k * og + inner[j, k]] = j * og + np.arange(og)
+        values.append(float(score[outer_rows, outer_cols].astype(np.float64).mean()))
+    return labels, om, float(np.mean(values)) if values else 0.0
