@@ -66,3 +66,34 @@ def correlation_problem(
         noise = rng.standard_normal((n, k)) @ g / np.sqrt(k) + HARD_OWN * rng.standard_normal((n, s))
     b = HARD_SIGNAL * a[perm] + HARD_NOISE * noise
     return _row_correlation(a, b).astype(dtype, copy=False)
+
+
+def merge_similarity(
+    units_per_model: int,
+    num_models: int = 2,
+    seed: Union[int, Sequence[int]] = 0,
+    dtype=np.float32,
+    samples: int | None = None,
+) -> np.ndarray:
+    """``dtype[O, O]`` (O = N·units) Pearson correlation of all units of N synthetic models, model-major: the
+    similarity a zip merge sees. Each model's units are noisy permuted mixtures of one shared unit set plus
+    ``k`` latent factors common to all units (so within-model pairs are correlated too, as in real networks).
+
+    ``samples`` defaults to ``min(2·units, 2048)``; exactly symmetric output.
+    """
+    rng = np.random.default_rng(seed)
+    n = units_per_model
+    s = samples or min(2 * n, 2048)
+    g = rng.standard_normal((LATENT_K, s)).astype(np.float32)
+    base = rng.standard_normal((n, LATENT_K)).astype(np.float32) @ g / np.sqrt(LATENT_K)
+    base += HARD_OWN * rng.standard_normal((n, s)).astype(np.float32)
+    feats = []
+    for _ in range(num_models):
+        own = rng.standard_normal((n, s)).astype(np.float32)
+        feats.append(0.5 * base[rng.permutation(n)] + own)
+    x = np.concatenate(feats).astype(np.float32)
+    x -= x.mean(axis=1, keepdims=True)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    c = x @ x.T
+    c = np.triu(c) + np.triu(c, 1).T
+    return c.astype(dtype, copy=False)

@@ -21,6 +21,7 @@ echo "== cuda tests"; date
 echo "== cpu tests (sanity)"; date
 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_lap.py || status=1
 echo "== benchmarks"; date
-"$PY" benchmarks/bench_lap.py --quick --out "$OUT/lap_quick.json" || status=1  # CPU-side LAP; no GPU benchmark exists yet
+"$PY" benchmarks/bench_lap.py --quick --out "$OUT/lap_quick.json" || status=1  # CPU-side; no GPU benchmark exists yet
+"$PY" benchmarks/bench_zip.py --quick --out "$OUT/zip_quick.json" || status=1
 echo "== done (status $status)"; date
 exit "$status"
