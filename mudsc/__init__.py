@@ -5,7 +5,7 @@ Public API (more arrives with the merge methods):
 - :func:`linear_sum_assignment` - drop-in for scipy's, native Jonker-Volgenant solver.
 - :func:`batch_linear_sum_assignment` - many problems of one shape on a thread pool.
 - :func:`solve_assignment` - one problem with dual potentials, for warm-started re-solves.
-- :func:`zip_match`, :func:`permute_match`, :func:`group_permute_match` - unit matching of N models from a
+- :func:`zip_match`, :func:`group_zip_match`, :func:`permute_match`, :func:`group_permute_match` - unit matching of N models from a
   similarity matrix (ZipIt! zip, alignment, head/group alignment), returning a :class:`MatchResult`.
 - :func:`build_info` - what the native build contains and what loaded.
 """
@@ -18,6 +18,7 @@ from .solvers import (
     ZipResult,
     batch_linear_sum_assignment,
     group_permute_match,
+    group_zip_match,
     linear_sum_assignment,
     permute_match,
     solve_assignment,
@@ -32,6 +33,7 @@ __all__ = [
     "MatchResult",
     "ZipResult",
     "group_permute_match",
+    "group_zip_match",
     "permute_match",
     "zip_match",
     "available_backends",

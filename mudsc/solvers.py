@@ -29,6 +29,7 @@ __all__ = [
     "MatchResult",
     "ZipResult",
     "zip_match",
+    "group_zip_match",
     "permute_match",
     "group_permute_match",
     "linear_sum_assignment",
@@ -326,6 +327,46 @@ def zip_match(
         labels, k, value = _reference_matching().zip_match(a, int(num_models), float(reduce), float(alpha), float(beta))
     else:
         labels, k, value = _native.core.zip_match(a, int(num_models), float(reduce), float(alpha), float(beta))
+    return MatchResult(labels, int(k), float(value))
+
+
+def group_zip_match(
+    sim: Any,
+    num_models: int,
+    groups: int,
+    reduce: float = 0.5,
+    alpha: float = 0.5,
+    beta: float = 1.0,
+    *,
+    backend: str = "auto",
+) -> MatchResult:
+    """Group zip (ALGORITHM.md §4.d) for attention heads and GroupNorm groups (ZipIt!/MuDSC-zip on grouped layers).
+
+    Heads of every model are paired with model 0's heads (group alignment's head assignment); then each set of
+    paired heads is zipped, in model 0's head order, down to R = floor(Og·N·(1 − reduce) + 1e-4) units, with a
+    budget of within-head merges per head on top of the per-model budgets; merged heads keep the head structure
+    (every output head-set has exactly R units). The native backend zips each head-set on its own
+    ``(N·Og)²`` copy (they interact only through the model budgets); the reference is the original's loop over
+    the full matrix.
+
+    Args:
+        sim: ``[O, O]`` symmetric similarity (model-major; inside a model, head-major).
+        num_models: N. groups: heads (or GroupNorm groups) per model; Om must be divisible by it.
+        reduce, alpha, beta: as in :func:`zip_match`.
+
+    Returns:
+        :class:`MatchResult` with K = groups·R outputs ordered head-set by head-set.
+    """
+    a = _as_similarity(sim, num_models, groups)
+    if not (0.0 <= float(reduce) < 1.0):
+        raise ValueError(f"reduce must be in [0, 1), got {reduce!r}")
+    if float(beta) < 0:
+        raise ValueError(f"beta must be >= 0, got {beta!r}")
+    args = (a, int(num_models), int(groups), float(reduce), float(alpha), float(beta))
+    if backends.choose("group_zip_match", backend) == "reference":
+        labels, k, value = _reference_matching().group_zip_match(*args)
+    else:
+        labels, k, value = _native.core.group_zip_match(*args)
     return MatchResult(labels, int(k), float(value))
 
 

@@ -127,6 +127,22 @@ py::tuple group_lap_one(const py::array& block, int64_t groups) {
   return py::make_tuple(cols, value);
 }
 
+template <typename T>
+py::tuple group_zip_one(const py::array& sim, int64_t num_models, int64_t groups, double reduce, double alpha,
+                        double beta) {
+  const int64_t o = sim.shape(0);
+  py::array_t<int64_t> labels(o);
+  int64_t* out = labels.mutable_data();
+  const T* data = static_cast<const T*>(sim.data());
+  int64_t k = 0;
+  double value;
+  {
+    py::gil_scoped_release release;
+    value = mudsc::zip::group_zip_match<T>(data, o, num_models, groups, reduce, alpha, beta, out, &k);
+  }
+  return py::make_tuple(labels, k, value);
+}
+
 bool is_float32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
 bool is_float64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
 
@@ -202,6 +218,20 @@ Returns (col_of_row int64[B, n], objective float64[B], potentials float64[B, m] 
       py::arg("sim"), py::arg("num_models"), py::arg("reduce"), py::arg("alpha"), py::arg("beta"),
       R"doc(Greedy zip of a validated symmetric similarity [O, O] (C-contiguous float32/float64).
 Returns (labels int64[O], num_outputs, merge_value).)doc");
+  m.def(
+      "group_zip_match",
+      [](const py::array& sim, int64_t num_models, int64_t groups, double reduce, double alpha, double beta) {
+        if (sim.ndim() != 2 || sim.shape(0) != sim.shape(1)) throw py::value_error("sim must be square 2-D");
+        if (!(sim.flags() & py::array::c_style)) throw py::value_error("sim must be C-contiguous");
+        if (num_models < 1 || groups < 1 || sim.shape(0) % (num_models * groups) != 0) {
+          throw py::value_error("O must divide by num_models * groups");
+        }
+        if (is_float32(sim)) return group_zip_one<float>(sim, num_models, groups, reduce, alpha, beta);
+        if (is_float64(sim)) return group_zip_one<double>(sim, num_models, groups, reduce, alpha, beta);
+        throw py::value_error("sim must be float32 or float64");
+      },
+      py::arg("sim"), py::arg("num_models"), py::arg("groups"), py::arg("reduce"), py::arg("alpha"), py::arg("beta"),
+      R"doc(Group zip of a validated symmetric similarity [O, O]. Returns (labels int64[O], num_outputs, merge_value).)doc");
   m.def(
       "group_permute_match",
       [](const py::array& block, int64_t groups) {

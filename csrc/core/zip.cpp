@@ -1,6 +1,8 @@
 // Greedy zip; see zip.hpp for the semantics and the cost model.
 #include "zip.hpp"
 
+#include "group_lap.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -123,112 +125,224 @@ struct WorkMatrix {
   }
 };
 
-}  // namespace
 
+/// The greedy merge loop over one working matrix s[n x n] (diagonal -inf),
+/// shared by the zip and by each head-set of the group zip. Units carry a model
+/// label (origin) and optionally a group label; a survivor keeps the labels of
+/// its lower-index member. Budgets are shared arrays indexed by label.
 template <typename T>
-double zip_match(const T* sim, int64_t o, int64_t num_models, double reduce, double alpha, double beta,
-                 int64_t* labels, int64_t* num_outputs) {
-  const T neg_inf = -std::numeric_limits<T>::infinity();
-  const int64_t k_target = target_width(o, reduce);
-  *num_outputs = k_target;
-  if (o == 0) return 0.0;
-  const int64_t om = o / num_models;
-  const int64_t budget0 = static_cast<int64_t>(
-      std::floor(std::floor(static_cast<double>(o - k_target) / static_cast<double>(num_models)) * beta + 1e-4));
-
-  WorkMatrix<T> work(sim, o);
-  T* s = work.data.get();
-  for (int64_t i = 0; i < o; ++i) s[i * o + i] = neg_inf;
-  std::vector<T> mask(o, T(0));
-  std::vector<char> alive(o, 1);
-  std::vector<int64_t> origin(o), budget(num_models, budget0);
-  std::vector<int64_t> next(o, -1), tail(o);  // member lists of the clusters, by survivor
-  std::vector<T> row_max(o);
-  std::vector<int64_t> row_arg(o);
-  for (int64_t u = 0; u < o; ++u) {
-    origin[u] = u / om;
-    tail[u] = u;
-    row_argmax(&s[u * o], mask.data(), o, &row_max[u], &row_arg[u]);
+class ZipEngine {
+ public:
+  ZipEngine(T* s, int64_t n, double alpha, std::vector<int64_t> origin, std::vector<int64_t> group,
+            int64_t* model_budget, int64_t* group_budget)
+      : s_(s), n_(n), alpha_(alpha), a_(static_cast<T>(alpha)), mask_(n, T(0)), alive_(n, 1),
+        origin_(std::move(origin)), group_(std::move(group)), next_(n, -1), tail_(n), row_max_(n), row_arg_(n),
+        model_budget_(model_budget), group_budget_(group_budget) {
+    for (int64_t u = 0; u < n; ++u) {
+      tail_[u] = u;
+      rescan(u);
+    }
   }
-  const T a = static_cast<T>(alpha);
 
-  double sum = 0.0;
-  int64_t merges = 0;
-  for (int64_t remaining = o; remaining > k_target; --remaining) {
+  /// Merges the best pair; false (nothing changed) when every pair is forbidden.
+  bool step() {
+    const T neg_inf = -std::numeric_limits<T>::infinity();
     // The first maximiser in row-major order: the first row holding the largest
     // row maximum, at that row's first maximising column (symmetry puts it right
     // of the diagonal).
     T best = neg_inf;
     int64_t lo = -1;
-    for (int64_t i = 0; i < o; ++i) {
-      if (alive[i] && row_max[i] > best) {
-        best = row_max[i];
+    for (int64_t i = 0; i < n_; ++i) {
+      if (alive_[i] && row_max_[i] > best) {
+        best = row_max_[i];
         lo = i;
       }
     }
-    if (lo < 0) {
-      throw ZipError("zip_match: after " + std::to_string(merges) +
-                     " merges every remaining pair of units is forbidden (-inf); cannot reduce " +
-                     std::to_string(o) + " units to " + std::to_string(k_target));
-    }
-    const int64_t hi = row_arg[lo];
-    sum += static_cast<double>(best);
-    ++merges;
-    next[tail[lo]] = hi;  // append hi's members to lo's
-    tail[lo] = tail[hi];
+    if (lo < 0) return false;
+    const int64_t hi = row_arg_[lo];
+    sum_ += static_cast<double>(best);
+    ++merges_;
+    next_[tail_[lo]] = hi;  // append hi's members to lo's
+    tail_[lo] = tail_[hi];
 
     // Survivor row: alpha * min of the two rows (symmetric, so also its column).
-    T* rlo = &s[lo * o];
-    const T* rhi = &s[hi * o];
-    if (alpha > 0) {
-      for (int64_t j = 0; j < o; ++j) rlo[j] = a * std::min(rlo[j], rhi[j]);
+    T* rlo = &s_[lo * n_];
+    const T* rhi = &s_[hi * n_];
+    if (alpha_ > 0) {
+      for (int64_t j = 0; j < n_; ++j) rlo[j] = a_ * std::min(rlo[j], rhi[j]);
     } else {
-      std::fill(rlo, rlo + o, neg_inf);
+      std::fill(rlo, rlo + n_, neg_inf);
     }
     rlo[lo] = neg_inf;
-    alive[hi] = 0;
-    mask[hi] = neg_inf;
+    alive_[hi] = 0;
+    mask_[hi] = neg_inf;
 
     // Survivor column and the cached maxima of the other rows.
-    constexpr int64_t kAhead = 24;  // rows; the column writes miss every cache level at large O
-    for (int64_t j = 0; j < o; ++j) {
-      if (j + kAhead < o) __builtin_prefetch(&s[(j + kAhead) * o + lo], 1);
-      if (!alive[j] || j == lo) continue;
+    constexpr int64_t kAhead = 24;  // rows; the column writes miss every cache level at large n
+    for (int64_t j = 0; j < n_; ++j) {
+      if (j + kAhead < n_) __builtin_prefetch(&s_[(j + kAhead) * n_ + lo], 1);
+      if (!alive_[j] || j == lo) continue;
       const T v = rlo[j];
-      s[j * o + lo] = v;
-      const int64_t arg = row_arg[j];
-      if (v > row_max[j] || (v == row_max[j] && lo <= arg)) {
-        row_max[j] = v;
-        row_arg[j] = lo;
+      s_[j * n_ + lo] = v;
+      const int64_t arg = row_arg_[j];
+      if (v > row_max_[j] || (v == row_max_[j] && lo <= arg)) {
+        row_max_[j] = v;
+        row_arg_[j] = lo;
       } else if (arg == lo || arg == hi) {
-        // The old maximum sat on a merged unit and nothing beat it: rescan.
-        row_argmax(&s[j * o], mask.data(), o, &row_max[j], &row_arg[j]);
+        rescan(j);  // the old maximum sat on a merged unit and nothing beat it
       }
     }
-    row_argmax(rlo, mask.data(), o, &row_max[lo], &row_arg[lo]);
+    rescan(lo);
 
-    if (origin[lo] == origin[hi]) {
-      const int64_t m = origin[lo];
-      if (--budget[m] <= 0) {
-        // Forbid every pair among model m's survivors and rescan their rows.
-        for (int64_t p = 0; p < o; ++p) {
-          if (!alive[p] || origin[p] != m) continue;
-          for (int64_t q = 0; q < o; ++q) {
-            if (alive[q] && origin[q] == m) s[p * o + q] = neg_inf;
-          }
-        }
-        for (int64_t p = 0; p < o; ++p) {
-          if (alive[p] && origin[p] == m) row_argmax(&s[p * o], mask.data(), o, &row_max[p], &row_arg[p]);
-        }
+    if (origin_[lo] == origin_[hi] && --model_budget_[origin_[lo]] <= 0) {
+      ban(origin_, origin_[lo]);
+    }
+    if (group_budget_ && group_[lo] == group_[hi] && --group_budget_[group_[lo]] <= 0) {
+      ban(group_, group_[lo]);
+    }
+    return true;
+  }
+
+  /// Forbids every pair among the survivors with labels[u] == value.
+  void ban(const std::vector<int64_t>& labels, int64_t value) {
+    const T neg_inf = -std::numeric_limits<T>::infinity();
+    for (int64_t p = 0; p < n_; ++p) {
+      if (!alive_[p] || labels[p] != value) continue;
+      for (int64_t q = 0; q < n_; ++q) {
+        if (alive_[q] && labels[q] == value) s_[p * n_ + q] = neg_inf;
       }
+    }
+    for (int64_t p = 0; p < n_; ++p) {
+      if (alive_[p] && labels[p] == value) rescan(p);
     }
   }
 
+  const std::vector<int64_t>& origin() const { return origin_; }
+  bool alive(int64_t u) const { return alive_[u] != 0; }
+  /// Members of survivor u's cluster, in merge order (u first).
+  template <typename F>
+  void for_members(int64_t u, F f) const {
+    for (int64_t m = u; m >= 0; m = next_[m]) f(m);
+  }
+  double sum() const { return sum_; }
+  int64_t merges() const { return merges_; }
+
+ private:
+  void rescan(int64_t u) { row_argmax(&s_[u * n_], mask_.data(), n_, &row_max_[u], &row_arg_[u]); }
+
+  T* s_;
+  int64_t n_;
+  double alpha_;
+  T a_;
+  std::vector<T> mask_;
+  std::vector<char> alive_;
+  std::vector<int64_t> origin_, group_, next_, tail_;
+  std::vector<T> row_max_;
+  std::vector<int64_t> row_arg_;
+  int64_t* model_budget_;
+  int64_t* group_budget_;
+  double sum_ = 0.0;
+  int64_t merges_ = 0;
+};
+
+[[noreturn]] void fail_stuck(const char* what, int64_t merges, int64_t units, int64_t target) {
+  throw ZipError(std::string(what) + ": after " + std::to_string(merges) +
+                 " merges every remaining pair of units is forbidden (-inf); cannot reduce " + std::to_string(units) +
+                 " units to " + std::to_string(target));
+}
+
+}  // namespace
+
+int64_t model_budget(int64_t num_units, int64_t num_models, int64_t width, double beta) {
+  return static_cast<int64_t>(
+      std::floor(std::floor(static_cast<double>(num_units - width) / static_cast<double>(num_models)) * beta + 1e-4));
+}
+
+template <typename T>
+double zip_match(const T* sim, int64_t o, int64_t num_models, double reduce, double alpha, double beta,
+                 int64_t* labels, int64_t* num_outputs) {
+  const int64_t k_target = target_width(o, reduce);
+  *num_outputs = k_target;
+  if (o == 0) return 0.0;
+  const int64_t om = o / num_models;
+  std::vector<int64_t> budget(num_models, model_budget(o, num_models, k_target, beta));
+  WorkMatrix<T> work(sim, o);
+  T* s = work.data.get();
+  for (int64_t i = 0; i < o; ++i) s[i * o + i] = -std::numeric_limits<T>::infinity();
+  std::vector<int64_t> origin(o);
+  for (int64_t u = 0; u < o; ++u) origin[u] = u / om;
+  ZipEngine<T> zip(s, o, alpha, std::move(origin), std::vector<int64_t>(o, 0), budget.data(), nullptr);
+  for (int64_t remaining = o; remaining > k_target; --remaining) {
+    if (!zip.step()) fail_stuck("zip_match", zip.merges(), o, k_target);
+  }
   int64_t k = 0;
   for (int64_t u = 0; u < o; ++u) {
-    if (!alive[u]) continue;
-    for (int64_t member = u; member >= 0; member = next[member]) labels[member] = k;
+    if (!zip.alive(u)) continue;
+    zip.for_members(u, [&](int64_t m) { labels[m] = k; });
     ++k;
+  }
+  return zip.merges() ? zip.sum() / static_cast<double>(zip.merges()) : 0.0;
+}
+
+template <typename T>
+double group_zip_match(const T* sim, int64_t o, int64_t num_models, int64_t groups, double reduce, double alpha,
+                       double beta, int64_t* labels, int64_t* num_outputs) {
+  const int64_t om = o / num_models, og = om / groups, ng = num_models * groups;
+  const int64_t remainder = target_width(og * num_models, reduce);  // survivors per head-set
+  const int64_t k_target = groups * remainder;
+  *num_outputs = k_target;
+  if (o == 0) return 0.0;
+  // 1. Head pairing against model 0: partner[i][j] = group of model i matched to model 0's group j.
+  std::vector<std::vector<int64_t>> partner(num_models, std::vector<int64_t>(groups));
+  for (int64_t j = 0; j < groups; ++j) partner[0][j] = j;
+  std::vector<int64_t> cols(om);
+  for (int64_t i = 1; i < num_models; ++i) {
+    mudsc::lap::group_permute_match<T>(sim + i * om, om, o, groups, cols.data());
+    for (int64_t j = 0; j < groups; ++j) partner[i][j] = cols[j * og] / og;
+  }
+  // 2. Budgets, shared by all head-sets.
+  const int64_t budget0 = model_budget(o, num_models, k_target, beta);
+  std::vector<int64_t> budget(num_models, budget0);
+  std::vector<int64_t> head_budget(
+      ng, static_cast<int64_t>(std::floor(static_cast<double>(o - k_target) / static_cast<double>(ng) + 1e-4)));
+  // 3. Greedy zip inside each head-set, in model-0 head order. Head-sets only
+  // interact through the model budgets: a model whose budget ran out has all its
+  // within-model pairs forbidden in every later head-set.
+  const int64_t n = num_models * og;
+  std::vector<T> sub(n * n);
+  std::vector<int64_t> units(n), origin(n), group(n);
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  double sum = 0.0;
+  int64_t merges = 0, out = 0;
+  for (int64_t j = 0; j < groups; ++j) {
+    for (int64_t i = 0; i < num_models; ++i) {
+      for (int64_t t = 0; t < og; ++t) {
+        const int64_t q = i * og + t;
+        units[q] = i * om + partner[i][j] * og + t;  // ascending: model-major
+        origin[q] = i;
+        group[q] = i * groups + partner[i][j];
+      }
+    }
+    for (int64_t p = 0; p < n; ++p) {
+      for (int64_t q = 0; q < n; ++q) {
+        // A model's pairs were banned when a within-model merge took its budget to <= 0.
+        const int64_t left = budget[origin[p]];
+        const bool banned = (p == q) || (origin[p] == origin[q] && left <= 0 && left < budget0);
+        sub[p * n + q] = banned ? neg_inf : sim[units[p] * o + units[q]];
+      }
+    }
+    ZipEngine<T> zip(sub.data(), n, alpha, origin, group, budget.data(), head_budget.data());
+    for (int64_t step = 0; step < n - remainder; ++step) {
+      if (!zip.step()) fail_stuck("group_zip_match", merges + zip.merges(), o, k_target);
+    }
+    sum += zip.sum();
+    merges += zip.merges();
+    // 4. Outputs of this head-set: survivors in ascending index (= listed group order, then position).
+    for (int64_t p = 0; p < n; ++p) {
+      if (!zip.alive(p)) continue;
+      zip.for_members(p, [&](int64_t m) { labels[units[m]] = out; });
+      ++out;
+    }
   }
   return merges ? sum / static_cast<double>(merges) : 0.0;
 }
@@ -267,6 +381,10 @@ template SimilarityCheck check_similarity<float>(const float*, int64_t);
 template SimilarityCheck check_similarity<double>(const double*, int64_t);
 template double zip_match<float>(const float*, int64_t, int64_t, double, double, double, int64_t*, int64_t*);
 template double zip_match<double>(const double*, int64_t, int64_t, double, double, double, int64_t*, int64_t*);
+template double group_zip_match<float>(const float*, int64_t, int64_t, int64_t, double, double, double, int64_t*,
+                                       int64_t*);
+template double group_zip_match<double>(const double*, int64_t, int64_t, int64_t, double, double, double, int64_t*,
+                                        int64_t*);
 
 }  // namespace zip
 }  // namespace mudsc

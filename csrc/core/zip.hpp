@@ -46,6 +46,20 @@ SimilarityCheck check_similarity(const T* sim, int64_t num_units);
 /// K = floor(O * (1 - reduce) + 1e-4).
 int64_t target_width(int64_t num_units, double reduce);
 
+/// Within-model merges allowed per model: floor(floor((O - K) / N) * beta + 1e-4).
+int64_t model_budget(int64_t num_units, int64_t num_models, int64_t width, double beta);
+
+/// Group zip (ALGORITHM.md §4.d) for heads / GroupNorm groups: heads of every
+/// model are paired with model 0's by group alignment; then, per model-0 head in
+/// order, the N paired heads are zipped down to floor(Og*N*(1-reduce)+1e-4)
+/// units, with per-head budgets floor((O-K)/(N*groups)+1e-4) on top of the model
+/// budgets. Outputs: head-set by head-set, ascending index inside each. Head-sets
+/// are solved one after another on their own (N*Og)^2 copy; they interact only
+/// through the model budgets, which are shared.
+template <typename T>
+double group_zip_match(const T* sim, int64_t num_units, int64_t num_models, int64_t groups, double reduce,
+                       double alpha, double beta, int64_t* labels, int64_t* num_outputs);
+
 /// Runs the zip. Writes labels[O] (output unit of each input unit; outputs are
 /// the survivors in ascending index) and returns the mean of the merged
 /// similarities (0 when nothing merges). *num_outputs receives K.

@@ -96,6 +96,93 @@ def zip_match(sim: np.ndarray, num_models: int, reduce: float = 0.5, alpha: floa
     return labels, k_target, float(np.mean(values)) if values else 0.0
 
 
+def group_zip_match(
+    sim: np.ndarray, num_models: int, groups: int, reduce: float = 0.5, alpha: float = 0.5, beta: float = 1.0
+):
+    """Group zip (ALGORITHM.md §4.d) for heads / GroupNorm groups, the original's way (torch, full matrix).
+
+    Heads of every model are paired with model 0's heads by :func:`group_permute_match`'s head assignment. Then,
+    for each model-0 head j in order, the greedy zip of §4.c runs on ``S + mask`` (mask 0 on the units whose
+    current group label is one of head-set j's groups, -inf elsewhere) for exactly ``Og·N − R`` merges, where
+    R = floor(Og·N·(1 − reduce) + 1e-4) units survive per head-set. On top of the model budgets, each group has a
+    budget of floor((O − K)/(N·groups) + 1e-4) merges inside it; exhausting it forbids all pairs inside it.
+    Outputs: head-set by head-set, in the listed group order (model 0's head first), then ascending position.
+    """
+    o = sim.shape[0]
+    om = o // num_models
+    og = om // groups
+    ng = num_models * groups
+    remainder = zip_target_width(og * num_models, reduce)
+    k_target = groups * remainder
+    # 1. Head pairing: pair[j] = group ids (model-major: model i, head h -> i·groups + h) of head-set j.
+    pair = [[j] for j in range(groups)]
+    for i in range(1, num_models):
+        cols, _ = _group_align_block(sim[:om, i * om : (i + 1) * om], groups)
+        for j in range(groups):
+            pair[j].append(i * groups + int(cols[j * og]) // og)
+    # 2. Budgets.
+    budget = [zip_model_budget(o, num_models, k_target, beta)] * num_models
+    head_budget = [int(math.floor((o - k_target) / ng + 1e-4))] * ng
+    # 3. Greedy zip per head-set on the full compacted matrix.
+    s = torch.from_numpy(np.array(sim, copy=True))
+    s.fill_diagonal_(NEG_INF)
+    alive = list(range(o))
+    origin = [u // om for u in alive]
+    group_id = [u // og for u in alive]
+    members = {u: [u] for u in alive}
+    values = []
+    for j in range(groups):
+        for _ in range(og * num_models - remainder):
+            allowed = torch.tensor([0.0 if gid in pair[j] else NEG_INF for gid in group_id], dtype=s.dtype)
+            masked = s + allowed[:, None] + allowed[None, :]
+            flat = int(torch.argmax(masked))
+            x, y = divmod(flat, masked.shape[1])
+            value = float(masked[x, y])
+            if value == NEG_INF:
+                raise ValueError(
+                    f"group_zip_match: after {len(values)} merges every remaining pair of units is forbidden "
+                    f"(-inf); cannot reduce {o} units to {k_target}"
+                )
+            lo, hi = min(x, y), max(x, y)
+            values.append(value)
+            members[alive[lo]].extend(members.pop(alive[hi]))
+            if alpha > 0:
+                merged = alpha * torch.minimum(s[:, lo], s[:, hi])
+                s[:, lo] = merged
+                s[lo, :] = merged
+            else:
+                s[:, lo] = NEG_INF
+                s[lo, :] = NEG_INF
+            s[lo, lo] = NEG_INF
+            keep = torch.cat([torch.arange(hi), torch.arange(hi + 1, s.shape[0])])
+            s = s[keep][:, keep]
+            same_model = origin[lo] == origin[hi]
+            same_group = group_id[lo] == group_id[hi]
+            del alive[hi], origin[hi], group_id[hi]
+            if same_model:
+                m = origin[lo]
+                budget[m] -= 1
+                if budget[m] <= 0:
+                    idx = torch.tensor([q for q, label in enumerate(origin) if label == m], dtype=torch.long)
+                    s[idx.unsqueeze(1), idx] = NEG_INF
+            if same_group:
+                gid = group_id[lo]
+                head_budget[gid] -= 1
+                if head_budget[gid] <= 0:
+                    idx = torch.tensor([q for q, label in enumerate(group_id) if label == gid], dtype=torch.long)
+                    s[idx.unsqueeze(1), idx] = NEG_INF
+    # 4. Output order: head-set by head-set, listed group order, then position.
+    labels = np.empty(o, dtype=np.int64)
+    out = 0
+    for j in range(groups):
+        for gid in pair[j]:
+            for q, survivor in enumerate(alive):
+                if group_id[q] == gid:
+                    labels[members[survivor]] = out
+                    out += 1
+    return labels, k_target, float(np.mean(values)) if values else 0.0
+
+
 def permute_match(sim: np.ndarray, num_models: int):
     """Alignment (ALGORITHM.md §4.a): each model i >= 1 is matched to model 0 by one maximising LAP on the block
     ``sim[model 0, model i]``; output unit k is model 0's unit k. merge_value = mean over i of the mean matched
@@ -114,6 +201,26 @@ def permute_match(sim: np.ndarray, num_models: int):
     return labels, om, float(np.mean(means)) if means else 0.0
 
 
+def _group_align_block(block: np.ndarray, groups: int):
+    """§4.b on one block model 0 x model i: ``(col_of_row[Om], mean of G[j, k(j)])``."""
+    om = block.shape[0]
+    og = om // groups
+    check_finite_for_reference(block, maximize=True)
+    score = np.empty((groups, groups), dtype=np.float32)
+    inner = {}
+    for j in range(groups):
+        for k in range(groups):
+            sub = block[j * og : (j + 1) * og, k * og : (k + 1) * og]
+            rows, cols = scipy.optimize.linear_sum_assignment(sub, maximize=True)
+            score[j, k] = np.float32(sub[rows, cols].astype(np.float64).sum() / og)
+            inner[j, k] = cols
+    outer_rows, outer_cols = scipy.optimize.linear_sum_assignment(score, maximize=True)
+    col_of_row = np.empty(om, dtype=np.int64)
+    for j, k in zip(outer_rows, outer_cols):
+        col_of_row[j * og : (j + 1) * og] = k * og + inner[j, k]
+    return col_of_row, float(score[outer_rows, outer_cols].astype(np.float64).mean())
+
+
 def group_permute_match(sim: np.ndarray, num_models: int, groups: int):
     """Hierarchical group alignment (ALGORITHM.md §4.b) for head / GroupNorm structure.
 
@@ -124,23 +231,11 @@ def group_permute_match(sim: np.ndarray, num_models: int, groups: int):
     """
     o = sim.shape[0]
     om = o // num_models
-    og = om // groups
     labels = np.empty(o, dtype=np.int64)
     labels[:om] = np.arange(om)
     values = []
     for i in range(1, num_models):
-        block = sim[:om, i * om : (i + 1) * om]
-        check_finite_for_reference(block, maximize=True)
-        score = np.empty((groups, groups), dtype=np.float32)
-        inner = {}
-        for j in range(groups):
-            for k in range(groups):
-                sub = block[j * og : (j + 1) * og, k * og : (k + 1) * og]
-                rows, cols = scipy.optimize.linear_sum_assignment(sub, maximize=True)
-                score[j, k] = np.float32(sub[rows, cols].astype(np.float64).sum() / og)
-                inner[j, k] = cols
-        outer_rows, outer_cols = scipy.optimize.linear_sum_assignment(score, maximize=True)
-        for j, k in zip(outer_rows, outer_cols):
-            labels[i * om + k * og + inner[j, k]] = j * og + np.arange(og)
-        values.append(float(score[outer_rows, outer_cols].astype(np.float64).mean()))
+        cols, value = _group_align_block(sim[:om, i * om : (i + 1) * om], groups)
+        labels[i * om + cols] = np.arange(om)
+        values.append(value)
     return labels, om, float(np.mean(values)) if values else 0.0
