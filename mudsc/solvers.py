@@ -293,6 +293,19 @@ def _as_similarity(sim: Any, num_models: int, groups: Optional[int] = None, symm
     return a
 
 
+def _check_zip_parameters(reduce: float, alpha: float, beta: float) -> None:
+    """reduce in [0, 1), alpha finite, beta finite and >= 0; ValueError naming the parameter otherwise."""
+    import math
+
+    for name, value in (("reduce", reduce), ("alpha", alpha), ("beta", beta)):
+        if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(float(value)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not (0.0 <= float(reduce) < 1.0):
+        raise ValueError(f"reduce must be in [0, 1), got {reduce!r}")
+    if float(beta) < 0:
+        raise ValueError(f"beta must be >= 0, got {beta!r}")
+
+
 def zip_match(
     sim: Any,
     num_models: int,
@@ -319,10 +332,7 @@ def zip_match(
         :class:`MatchResult`; outputs are ordered by the smallest member index.
     """
     a = _as_similarity(sim, num_models)
-    if not (0.0 <= float(reduce) < 1.0):
-        raise ValueError(f"reduce must be in [0, 1), got {reduce!r}")
-    if float(beta) < 0:
-        raise ValueError(f"beta must be >= 0, got {beta!r}")
+    _check_zip_parameters(reduce, alpha, beta)
     if backends.choose("zip_match", backend) == "reference":
         labels, k, value = _reference_matching().zip_match(a, int(num_models), float(reduce), float(alpha), float(beta))
     else:
@@ -358,10 +368,7 @@ def group_zip_match(
         :class:`MatchResult` with K = groups·R outputs ordered head-set by head-set.
     """
     a = _as_similarity(sim, num_models, groups)
-    if not (0.0 <= float(reduce) < 1.0):
-        raise ValueError(f"reduce must be in [0, 1), got {reduce!r}")
-    if float(beta) < 0:
-        raise ValueError(f"beta must be >= 0, got {beta!r}")
+    _check_zip_parameters(reduce, alpha, beta)
     args = (a, int(num_models), int(groups), float(reduce), float(alpha), float(beta))
     if backends.choose("group_zip_match", backend) == "reference":
         labels, k, value = _reference_matching().group_zip_match(*args)
@@ -384,6 +391,8 @@ def permute_match(sim: Any, num_models: int, *, backend: str = "auto") -> MatchR
     """
     a = _as_similarity(sim, num_models, symmetric=False)
     n = int(num_models)
+    if a.shape[0] == 0:
+        return MatchResult(np.zeros(0, dtype=np.int64), 0, 0.0)
     if backends.choose("permute_match", backend) == "reference":
         return MatchResult(*_reference_matching().permute_match(a, n))
     o = a.shape[0]
@@ -412,6 +421,8 @@ def group_permute_match(sim: Any, num_models: int, groups: int, *, backend: str 
     """
     a = _as_similarity(sim, num_models, groups, symmetric=False)
     n, g = int(num_models), int(groups)
+    if a.shape[0] == 0:
+        return MatchResult(np.zeros(0, dtype=np.int64), 0, 0.0)
     if backends.choose("group_permute_match", backend) == "reference":
         return MatchResult(*_reference_matching().group_permute_match(a, n, g))
     o = a.shape[0]
