@@ -9,8 +9,7 @@ What is measured, single-threaded, side by side in one run:
   right before the call) and reported against one O² float32 matrix.
 - ``group``: ``mudsc.group_permute_match`` native vs reference at ViT-B (12 heads x 64) and ViT-L (16 x 64) head
   shapes, N = 2 (the shared validation is included in both times).
-
-Group zip (ALGORITHM.md §4.d) is not implemented yet and is reported as such.
+- ``group zip``: ``mudsc.group_zip_match`` native vs reference at the same head shapes.
 Prints markdown tables naming the CPU and thread count, and writes ``benchmarks/results/zip.json``.
 
     python benchmarks/bench_zip.py [--quick] [--max-o 10240] [--out path.json]
@@ -146,6 +145,23 @@ def run_group(shapes: list) -> list:
     return rows
 
 
+def run_group_zip(shapes: list, reference: bool) -> list:
+    """Group zip rows at head shapes, N = 2 (native vs reference where ``reference``)."""
+    rows = []
+    for heads, dim in shapes:
+        om = heads * dim
+        s = merge_similarity(om, 2, seed=om + heads)
+        t_nat, nat = median_time(lambda: mudsc.group_zip_match(s, 2, heads, backend="native"), 5)
+        row = {"family": "group_zip", "heads": heads, "head_dim": dim, "O": 2 * om, "native_s": t_nat}
+        if reference:
+            t_ref, ref = median_time(lambda: mudsc.group_zip_match(s, 2, heads, backend="reference"), 1)
+            row.update(reference_s=t_ref, speedup=t_ref / t_nat, identical=bool(np.array_equal(ref.labels, nat.labels)))
+        rows.append(row)
+        print(f"  group zip {heads}x{dim}: native {t_nat * 1e3:.2f} ms"
+              + (f", reference {row['reference_s']:.2f} s" if reference else ""), flush=True)
+    return rows
+
+
 def acceptance(zip_rows: list, group_rows: list) -> list:
     """The issue's floors, PASS/FAIL/n/a with the numbers."""
     out = []
@@ -198,6 +214,7 @@ def main(argv=None) -> int:
     print("# Matching benchmark\n\n" + header + "\n", flush=True)
     zip_rows = run_zip(sizes_ref, sizes_native)
     group_rows = run_group(shapes)
+    group_zip_rows = run_group_zip(shapes, reference=True)
 
     print("\n## Greedy zip, N = 2, reduce 0.5, alpha 0.5, beta 1, float32\n")
     print("| O | native s | reference s | reference / native | identical | native peak extra MiB | x O² float32 |")
@@ -214,7 +231,13 @@ def main(argv=None) -> int:
     for r in group_rows:
         print(f"| {r['heads']} x {r['head_dim']} | {r['native_s'] * 1e3:.2f} | {r['reference_s'] * 1e3:.1f} | "
               f"{r['speedup']:.1f}x | {'yes' if r['identical'] else 'NO'} |")
-    print("\nGroup zip: not implemented yet (ALGORITHM.md §4.d).")
+    print("\n## Group zip (heads), N = 2, reduce 0.5, float32\n")
+    print("| heads x dim | native ms | reference s | reference / native | identical |")
+    print("|---|---:|---:|---:|:---:|")
+    for r in group_zip_rows:
+        ref = f"{r['reference_s']:.2f} | {r['speedup']:.0f}x | {'yes' if r['identical'] else 'NO'}" \
+            if "reference_s" in r else "not run | | "
+        print(f"| {r['heads']} x {r['head_dim']} | {r['native_s'] * 1e3:.2f} | {ref} |")
 
     accept = acceptance(zip_rows, group_rows)
     print("\n## Acceptance\n")
@@ -222,10 +245,10 @@ def main(argv=None) -> int:
         print(f"- {status:4s} {name}: {detail}")
     out = args.out or ROOT / "benchmarks" / "results" / ("zip_quick.json" if args.quick else "zip.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"header": header, "zip": zip_rows, "group": group_rows,
+    out.write_text(json.dumps({"header": header, "zip": zip_rows, "group": group_rows, "group_zip": group_zip_rows,
                                "acceptance": [dict(zip(("status", "name", "detail"), a)) for a in accept]}, indent=1))
     print(f"\nresults written to {out}")
-    wrong = [r for r in zip_rows + group_rows if r.get("identical") is False]
+    wrong = [r for r in zip_rows + group_rows + group_zip_rows if r.get("identical") is False]
     return 1 if wrong else 0
 
 
