@@ -38,6 +38,43 @@ def zip_model_budget(num_units: int, num_models: int, width: int, beta: float) -
     return int(math.floor(math.floor((num_units - width) / num_models) * beta + 1e-4))
 
 
+def _first_maximum(s: torch.Tensor, merges: int, what: str, units: int, target: int) -> tuple[int, int, float]:
+    """(lo, hi, value) of the first maximum of ``s`` in row-major order (symmetric: lo < hi); ValueError when
+    every entry is -inf."""
+    flat = int(torch.argmax(s))
+    x, y = divmod(flat, s.shape[1])
+    value = float(s[x, y])
+    if value == NEG_INF:
+        raise ValueError(
+            f"{what}: after {merges} merges every remaining pair of units is forbidden (-inf); "
+            f"cannot reduce {units} units to {target}"
+        )
+    return min(x, y), max(x, y), value
+
+
+def _merge_pair(s: torch.Tensor, lo: int, hi: int, alpha: float) -> torch.Tensor:
+    """Unit ``lo`` absorbs ``hi``: its row and column become ``alpha·min`` of both (``-inf`` when alpha <= 0),
+    then row and column ``hi`` are cut out (a compacting copy, as the original does)."""
+    if alpha > 0:
+        merged = alpha * torch.minimum(s[:, lo], s[:, hi])  # stays in s.dtype
+        s[:, lo] = merged
+        s[lo, :] = merged
+    else:
+        s[:, lo] = NEG_INF
+        s[lo, :] = NEG_INF
+    s[lo, lo] = NEG_INF
+    keep = torch.cat([torch.arange(hi), torch.arange(hi + 1, s.shape[0])])
+    return s[keep][:, keep]
+
+
+def _spend(budget: list, labels: list, label: int, s: torch.Tensor) -> None:
+    """One merge inside ``label``'s units: spend its budget; at <= 0 forbid every pair among them."""
+    budget[label] -= 1
+    if budget[label] <= 0:
+        idx = torch.tensor([q for q, v in enumerate(labels) if v == label], dtype=torch.long)
+        s[idx.unsqueeze(1), idx] = NEG_INF
+
+
 def zip_match(sim: np.ndarray, num_models: int, reduce: float = 0.5, alpha: float = 0.5, beta: float = 1.0):
     """ZipIt!'s greedy zip (ALGORITHM.md §4.c): repeatedly merge the most similar pair of surviving units.
 
@@ -60,36 +97,15 @@ def zip_match(sim: np.ndarray, num_models: int, reduce: float = 0.5, alpha: floa
     budget = [zip_model_budget(o, num_models, k_target, beta)] * num_models
     values = []
     while len(alive) > k_target:
-        flat = int(torch.argmax(s))  # first maximum in row-major order
-        x, y = divmod(flat, s.shape[1])
-        value = float(s[x, y])
-        if value == NEG_INF:
-            raise ValueError(
-                f"zip_match: after {len(values)} merges every remaining pair of units is forbidden (-inf); "
-                f"cannot reduce {o} units to {k_target}"
-            )
-        lo, hi = min(x, y), max(x, y)
+        lo, hi, value = _first_maximum(s, len(values), "zip_match", o, k_target)
         values.append(value)
         members[alive[lo]].extend(members.pop(alive[hi]))
-        if alpha > 0:
-            merged = alpha * torch.minimum(s[:, lo], s[:, hi])  # stays in s.dtype
-            s[:, lo] = merged
-            s[lo, :] = merged
-        else:
-            s[:, lo] = NEG_INF
-            s[lo, :] = NEG_INF
-        s[lo, lo] = NEG_INF
-        keep = torch.cat([torch.arange(hi), torch.arange(hi + 1, s.shape[0])])
-        s = s[keep][:, keep]
+        s = _merge_pair(s, lo, hi, alpha)
         same_model = origin[lo] == origin[hi]
         del alive[hi]
         del origin[hi]
         if same_model:
-            m = origin[lo]
-            budget[m] -= 1
-            if budget[m] <= 0:
-                idx = torch.tensor([q for q, label in enumerate(origin) if label == m], dtype=torch.long)
-                s[idx.unsqueeze(1), idx] = NEG_INF
+            _spend(budget, origin, origin[lo], s)
     labels = np.empty(o, dtype=np.int64)
     for k, survivor in enumerate(alive):
         labels[members[survivor]] = k
@@ -135,42 +151,17 @@ def group_zip_match(
         for _ in range(og * num_models - remainder):
             allowed = torch.tensor([0.0 if gid in pair[j] else NEG_INF for gid in group_id], dtype=s.dtype)
             masked = s + allowed[:, None] + allowed[None, :]
-            flat = int(torch.argmax(masked))
-            x, y = divmod(flat, masked.shape[1])
-            value = float(masked[x, y])
-            if value == NEG_INF:
-                raise ValueError(
-                    f"group_zip_match: after {len(values)} merges every remaining pair of units is forbidden "
-                    f"(-inf); cannot reduce {o} units to {k_target}"
-                )
-            lo, hi = min(x, y), max(x, y)
+            lo, hi, value = _first_maximum(masked, len(values), "group_zip_match", o, k_target)
             values.append(value)
             members[alive[lo]].extend(members.pop(alive[hi]))
-            if alpha > 0:
-                merged = alpha * torch.minimum(s[:, lo], s[:, hi])
-                s[:, lo] = merged
-                s[lo, :] = merged
-            else:
-                s[:, lo] = NEG_INF
-                s[lo, :] = NEG_INF
-            s[lo, lo] = NEG_INF
-            keep = torch.cat([torch.arange(hi), torch.arange(hi + 1, s.shape[0])])
-            s = s[keep][:, keep]
+            s = _merge_pair(s, lo, hi, alpha)
             same_model = origin[lo] == origin[hi]
             same_group = group_id[lo] == group_id[hi]
             del alive[hi], origin[hi], group_id[hi]
             if same_model:
-                m = origin[lo]
-                budget[m] -= 1
-                if budget[m] <= 0:
-                    idx = torch.tensor([q for q, label in enumerate(origin) if label == m], dtype=torch.long)
-                    s[idx.unsqueeze(1), idx] = NEG_INF
+                _spend(budget, origin, origin[lo], s)
             if same_group:
-                gid = group_id[lo]
-                head_budget[gid] -= 1
-                if head_budget[gid] <= 0:
-                    idx = torch.tensor([q for q, label in enumerate(group_id) if label == gid], dtype=torch.long)
-                    s[idx.unsqueeze(1), idx] = NEG_INF
+                _spend(head_budget, group_id, group_id[lo], s)
     # 4. Output order: head-set by head-set, listed group order, then position.
     labels = np.empty(o, dtype=np.int64)
     out = 0

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "check.hpp"
 #include "lap.hpp"
 
 using mudsc::lap::ErrorKind;
@@ -20,18 +21,7 @@ using mudsc::lap::Workspace;
 
 namespace {
 
-int failures = 0;
 const double kInf = std::numeric_limits<double>::infinity();
-
-#define CHECK(cond, ...)                                        \
-  do {                                                          \
-    if (!(cond)) {                                              \
-      ++failures;                                               \
-      std::printf("FAIL %s:%d: %s  ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                 \
-      std::printf("\n");                                        \
-    }                                                           \
-  } while (0)
 
 /// Optimum over all injective maps rows -> cols (rows <= cols <= 8), by enumeration.
 double brute_force(const std::vector<double>& c, int n, int m, bool maximize) {
@@ -241,8 +231,8 @@ int main() {
   test_rectangular_and_views();
   test_errors();
   test_batch();
-  if (failures) {
-    std::printf("%d check(s) failed\n", failures);
+  if (test_support::failures) {
+    std::printf("%d check(s) failed\n", test_support::failures);
     return 1;
   }
   std::printf("all LAP core checks passed\n");

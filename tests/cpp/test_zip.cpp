@@ -10,21 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "check.hpp"
 #include "group_lap.hpp"
 #include "zip.hpp"
 
 namespace {
 
-int failures = 0;
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    if (!(cond)) {                                                \
-      ++failures;                                                 \
-      std::printf("FAIL %s:%d: %s  ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                   \
-      std::printf("\n");                                          \
-    }                                                             \
-  } while (0)
 
 const float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -166,8 +157,8 @@ int main() {
   test_zip_against_spec();
   test_group_alignment_planted();
   test_similarity_check();
-  if (failures) {
-    std::printf("%d check(s) failed\n", failures);
+  if (test_support::failures) {
+    std::printf("%d check(s) failed\n", test_support::failures);
     return 1;
   }
   std::printf("all matching core checks passed\n");
