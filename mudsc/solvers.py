@@ -395,17 +395,13 @@ def permute_match(sim: Any, num_models: int, *, backend: str = "auto") -> MatchR
         return MatchResult(np.zeros(0, dtype=np.int64), 0, 0.0)
     if backends.choose("permute_match", backend) == "reference":
         return MatchResult(*_reference_matching().permute_match(a, n))
-    o = a.shape[0]
-    om = o // n
-    labels = np.empty(o, dtype=np.int64)
-    labels[:om] = np.arange(om)
-    means = []
-    for i in range(1, n):
-        block = a[:om, i * om : (i + 1) * om]
+    om = a.shape[0] // n
+
+    def solve_block(block):
         cols, objective, _ = _native.core.lap_solve(block, True, None, False)
-        labels[i * om + cols] = np.arange(om)
-        means.append(objective / om if om else 0.0)
-    return MatchResult(labels, om, float(np.mean(means)) if means else 0.0)
+        return cols, objective / om
+
+    return _align_to_model0(a, n, solve_block)
 
 
 def group_permute_match(sim: Any, num_models: int, groups: int, *, backend: str = "auto") -> MatchResult:
@@ -425,13 +421,19 @@ def group_permute_match(sim: Any, num_models: int, groups: int, *, backend: str 
         return MatchResult(np.zeros(0, dtype=np.int64), 0, 0.0)
     if backends.choose("group_permute_match", backend) == "reference":
         return MatchResult(*_reference_matching().group_permute_match(a, n, g))
+    return _align_to_model0(a, n, lambda block: _native.core.group_permute_match(block, g))
+
+
+def _align_to_model0(a: np.ndarray, n: int, solve_block) -> MatchResult:
+    """Labels from matching every model i >= 1 to model 0: ``solve_block(sim[model 0, model i])`` returns
+    (model-i unit of each model-0 unit, block merge value); outputs are model 0's units."""
     o = a.shape[0]
     om = o // n
     labels = np.empty(o, dtype=np.int64)
     labels[:om] = np.arange(om)
     values = []
     for i in range(1, n):
-        cols, value = _native.core.group_permute_match(a[:om, i * om : (i + 1) * om], g)
+        cols, value = solve_block(a[:om, i * om : (i + 1) * om])
         labels[i * om + cols] = np.arange(om)
         values.append(value)
     return MatchResult(labels, om, float(np.mean(values)) if values else 0.0)

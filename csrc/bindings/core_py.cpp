@@ -97,8 +97,10 @@ py::tuple solve_many(const py::array& costs, bool maximize, int num_threads, con
   return py::make_tuple(col_of_row, objective, potentials ? py::object(*potentials) : py::none());
 }
 
-template <typename T>
-py::tuple zip_one(const py::array& sim, int64_t num_models, double reduce, double alpha, double beta) {
+/// Runs a zip-like solver `run(data, labels, &num_outputs) -> merge_value` on sim [O, O] with the GIL
+/// released; returns (labels int64[O], num_outputs, merge_value).
+template <typename T, typename Run>
+py::tuple zip_call(const py::array& sim, Run run) {
   const int64_t o = sim.shape(0);
   py::array_t<int64_t> labels(o);
   int64_t* out = labels.mutable_data();
@@ -107,7 +109,7 @@ py::tuple zip_one(const py::array& sim, int64_t num_models, double reduce, doubl
   double value;
   {
     py::gil_scoped_release release;
-    value = mudsc::zip::zip_match<T>(data, o, num_models, reduce, alpha, beta, out, &k);
+    value = run(data, o, out, &k);
   }
   return py::make_tuple(labels, k, value);
 }
@@ -125,22 +127,6 @@ py::tuple group_lap_one(const py::array& block, int64_t groups) {
     value = mudsc::lap::group_permute_match<T>(data, om, stride, groups, out);
   }
   return py::make_tuple(cols, value);
-}
-
-template <typename T>
-py::tuple group_zip_one(const py::array& sim, int64_t num_models, int64_t groups, double reduce, double alpha,
-                        double beta) {
-  const int64_t o = sim.shape(0);
-  py::array_t<int64_t> labels(o);
-  int64_t* out = labels.mutable_data();
-  const T* data = static_cast<const T*>(sim.data());
-  int64_t k = 0;
-  double value;
-  {
-    py::gil_scoped_release release;
-    value = mudsc::zip::group_zip_match<T>(data, o, num_models, groups, reduce, alpha, beta, out, &k);
-  }
-  return py::make_tuple(labels, k, value);
 }
 
 bool is_float32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
@@ -211,8 +197,11 @@ Returns (col_of_row int64[B, n], objective float64[B], potentials float64[B, m] 
         if (sim.ndim() != 2 || sim.shape(0) != sim.shape(1)) throw py::value_error("sim must be square 2-D");
         if (!(sim.flags() & py::array::c_style)) throw py::value_error("sim must be C-contiguous");
         if (num_models < 1 || sim.shape(0) % num_models != 0) throw py::value_error("O must divide by num_models");
-        if (is_float32(sim)) return zip_one<float>(sim, num_models, reduce, alpha, beta);
-        if (is_float64(sim)) return zip_one<double>(sim, num_models, reduce, alpha, beta);
+        auto run = [&](const auto* data, int64_t o, int64_t* out, int64_t* k) {
+          return mudsc::zip::zip_match(data, o, num_models, reduce, alpha, beta, out, k);
+        };
+        if (is_float32(sim)) return zip_call<float>(sim, run);
+        if (is_float64(sim)) return zip_call<double>(sim, run);
         throw py::value_error("sim must be float32 or float64");
       },
       py::arg("sim"), py::arg("num_models"), py::arg("reduce"), py::arg("alpha"), py::arg("beta"),
@@ -226,8 +215,11 @@ Returns (labels int64[O], num_outputs, merge_value).)doc");
         if (num_models < 1 || groups < 1 || sim.shape(0) % (num_models * groups) != 0) {
           throw py::value_error("O must divide by num_models * groups");
         }
-        if (is_float32(sim)) return group_zip_one<float>(sim, num_models, groups, reduce, alpha, beta);
-        if (is_float64(sim)) return group_zip_one<double>(sim, num_models, groups, reduce, alpha, beta);
+        auto run = [&](const auto* data, int64_t o, int64_t* out, int64_t* k) {
+          return mudsc::zip::group_zip_match(data, o, num_models, groups, reduce, alpha, beta, out, k);
+        };
+        if (is_float32(sim)) return zip_call<float>(sim, run);
+        if (is_float64(sim)) return zip_call<double>(sim, run);
         throw py::value_error("sim must be float32 or float64");
       },
       py::arg("sim"), py::arg("num_models"), py::arg("groups"), py::arg("reduce"), py::arg("alpha"), py::arg("beta"),
