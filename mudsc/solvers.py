@@ -55,7 +55,7 @@ class AssignmentResult:
     objective: float
     potentials: Optional[Any]
 
-    def __iter__(self):  # allows ``rows, cols = solve_assignment(...)[:2]``-style unpacking of the pair
+    def __iter__(self):  # ``rows, cols = solve_assignment(...)`` unpacks like scipy's pair
         return iter((self.row_ind, self.col_ind))
 
 
