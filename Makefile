@@ -32,7 +32,10 @@ $(VENV)/.deps: requirements-test.txt
 venv: $(VENV)/.deps
 
 $(VENV)/.built: $(VENV)/.deps $(SOURCES)
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | grep -vE "BuildBackendWarning|Editable installation|^\s*$$" || true
+	@mkdir -p build
+	@# A failed compile must stop here (the previous .so would otherwise still import); the log has the details.
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e . > build/pip-build.log 2>&1 || \
+		{ grep -E "error|Error" build/pip-build.log | head -40; echo "build failed: see build/pip-build.log"; exit 1; }
 	$(PY) -c "import mudsc, json; i = mudsc.build_info(); print(json.dumps(i)); assert i['core'] and i['torch_ops'], i"
 	touch $@
 

@@ -93,7 +93,9 @@ def torch_extension():
             "or MUDSC_WITH_CUDA=0 for a CPU-only build"
         )
 
-    sources = ["csrc/ops/ops.cpp", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/ops/cpu").glob("*.cpp"))]
+    sources = [
+        str(p.relative_to(ROOT)) for d in ("csrc/ops", "csrc/ops/cpu") for p in sorted((ROOT / d).glob("*.cpp"))
+    ]
     cxx = ["-std=c++20", *OPT]  # torch >= 2.10 headers need C++20
     define_macros = []
     include_dirs = [str(ROOT / "csrc/core"), str(ROOT / "csrc/ops")]

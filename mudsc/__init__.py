@@ -7,11 +7,17 @@ Public API (more arrives with the merge methods):
 - :func:`solve_assignment` - one problem with dual potentials, for warm-started re-solves.
 - :func:`zip_match`, :func:`group_zip_match`, :func:`permute_match`, :func:`group_permute_match` - unit matching of N models from a
   similarity matrix (ZipIt! zip, alignment, head/group alignment), returning a :class:`MatchResult`.
+- :class:`CorrelationAccumulator` - streaming mean / covariance / correlation of the units of N models (native
+  CPU/CUDA ops, float64-safe numerics, merge / all_reduce / checkpoint).
+- :func:`weight_similarity`, :class:`AxisMap` - Pearson / cosine similarity of units from their weights, other
+  groups' matchings applied by index.
 - :func:`build_info` - what the native build contains and what loaded.
 """
 
 from ._native import build_info
 from .backends import BackendUnavailableError, available_backends
+from .similarity import AxisMap, weight_similarity
+from .stats import CorrelationAccumulator
 from .solvers import (
     AssignmentResult,
     MatchResult,
@@ -28,6 +34,9 @@ from .solvers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AxisMap",
+    "CorrelationAccumulator",
+    "weight_similarity",
     "AssignmentResult",
     "BackendUnavailableError",
     "MatchResult",

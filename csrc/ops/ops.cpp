@@ -5,6 +5,15 @@
 //   mudsc::affine_selftest(Tensor x, float scale, float shift) -> Tensor
 //       y = scale * x + shift, elementwise (float32/float64). It exists to prove
 //       the build, dispatch and launch path of every backend end to end.
+//   mudsc::stats_prepare(Tensor[] xs, int[] channel_dims, Tensor shift, bool feature_major)
+//       -> (Tensor Y, Tensor sums, Tensor nonfinite)
+//       per-device kernel (cpu/stats_cpu.cpp, cuda/stats_cuda.cu): reads the inputs in their layouts,
+//       zeroes NaN/Inf, subtracts shift; see stats_layout.hpp and stats.cpp.
+//   mudsc::stats_update_(Tensor(a!) moment, Tensor(b!) sums, Tensor[] xs, int[] channel_dims, Tensor shift,
+//       int block_size, int fold_samples) -> Tensor nonfinite
+//   mudsc::stats_finalize(Tensor moment, Tensor sums, Tensor shift, int count, float eps)
+//       -> (Tensor mean, Tensor cov, Tensor corr, Tensor zero_variance)
+//       device-generic (stats.cpp): streaming second moments about a shift, and their finalization.
 //   mudsc::build_info() -> str
 //       which backends this library was compiled with.
 #include <Python.h>
@@ -28,6 +37,11 @@ std::string build_info() {
 
 TORCH_LIBRARY(mudsc, m) {
   m.def("affine_selftest(Tensor x, float scale, float shift) -> Tensor");
+  m.def("stats_prepare(Tensor[] xs, int[] channel_dims, Tensor shift, bool feature_major) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "stats_update_(Tensor(a!) moment, Tensor(b!) sums, Tensor[] xs, int[] channel_dims, Tensor shift, "
+      "int block_size, int fold_samples) -> Tensor");
+  m.def("stats_finalize(Tensor moment, Tensor sums, Tensor shift, int count, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &mudsc::ops::build_info);
 }
 

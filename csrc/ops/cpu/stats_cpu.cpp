@@ -1,0 +1,172 @@
+// CPU kernel of mudsc::stats_prepare (layout in stats_layout.hpp):
+//
+//   y[f, l] = (finite(x) ? x : 0) - shift[f]        (cast to shift's dtype first)
+//   Y = y as [F, L] (feature_major) or [L, F];  sums[f] = sum_l y[f, l] in float64;
+//   nonfinite = number of NaN/+-Inf inputs (they were zeroed, as the original's nan_to_num).
+//
+// Every input is read once, in its own strides; rows of the output are written
+// contiguously. feature_major parallelises over features (each sum is then one
+// sequential fp64 loop); sample-major parallelises over fixed chunks of 256
+// samples and adds the per-chunk fp64 partial sums in chunk order, so the
+// result does not depend on the thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <tuple>
+
+#include "stats_layout.hpp"
+
+namespace mudsc {
+namespace ops {
+namespace {
+
+constexpr int64_t kSampleChunk = 256;
+
+// One run of n values: dst[j * dst_stride] = clean(src[j * src_stride]) - s; returns the fp64 sum of what it wrote.
+// The contiguous case keeps 8 independent partial sums so the loop vectorises under strict IEEE rules.
+template <typename T, typename O>
+inline double copy_run(const T* src, int64_t src_stride, int64_t n, O* dst, O s, int64_t* nonfinite) {
+  int64_t bad = 0;
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  if (src_stride == 1) {
+    for (; j + 8 <= n; j += 8) {
+      for (int q = 0; q < 8; ++q) {
+        const O y = static_cast<O>(src[j + q]);
+        const bool ok = std::isfinite(y);
+        bad += !ok;
+        const O v = (ok ? y : O(0)) - s;
+        dst[j + q] = v;
+        lanes[q] += static_cast<double>(v);
+      }
+    }
+  }
+  for (; j < n; ++j) {
+    const O y = static_cast<O>(src[j * src_stride]);
+    const bool ok = std::isfinite(y);
+    bad += !ok;
+    const O v = (ok ? y : O(0)) - s;
+    dst[j] = v;
+    lanes[0] += static_cast<double>(v);
+  }
+  *nonfinite += bad;
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+// One sample's C features of one piece into a sample-major row; acc[c] += the written value (fp64).
+template <typename T, typename O>
+inline void copy_row(const T* src, int64_t src_stride, int64_t C, O* dst, const O* s, double* acc, int64_t* nonfinite) {
+  int64_t bad = 0;
+  if (src_stride == 1) {
+    for (int64_t c = 0; c < C; ++c) {
+      const O y = static_cast<O>(src[c]);
+      const bool ok = std::isfinite(y);
+      bad += !ok;
+      const O v = (ok ? y : O(0)) - s[c];
+      dst[c] = v;
+      acc[c] += static_cast<double>(v);
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const O y = static_cast<O>(src[c * src_stride]);
+      const bool ok = std::isfinite(y);
+      bad += !ok;
+      const O v = (ok ? y : O(0)) - s[c];
+      dst[c] = v;
+      acc[c] += static_cast<double>(v);
+    }
+  }
+  *nonfinite += bad;
+}
+
+template <typename O>
+void prepare_feature_major(const std::vector<StatsPiece>& pieces, const O* shift, int64_t F, int64_t L, O* Y,
+                           double* sums, std::atomic<int64_t>& nonfinite) {
+  for (const StatsPiece& p : pieces) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.view.scalar_type(), "stats_prepare_cpu", [&] {
+      const scalar_t* base = p.view.const_data_ptr<scalar_t>();
+      const int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(L, 1));
+      at::parallel_for(0, p.C, grain, [&](int64_t c0, int64_t c1) {
+        int64_t bad = 0;
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t f = p.f0 + c;
+          double sum = 0.0;
+          for (int64_t a = 0; a < p.A; ++a) {
+            sum += copy_run<scalar_t, O>(base + a * p.sA + c * p.sC, p.sB, p.Bk, Y + f * L + a * p.Bk, shift[f], &bad);
+          }
+          sums[f] = sum;
+        }
+        nonfinite += bad;
+      });
+    });
+  }
+  (void)F;
+}
+
+template <typename O>
+void prepare_sample_major(const std::vector<StatsPiece>& pieces, const O* shift, int64_t F, int64_t L, O* Y,
+                          double* sums, std::atomic<int64_t>& nonfinite) {
+  const int64_t chunks = (L + kSampleChunk - 1) / kSampleChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks * F), 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
+    int64_t bad = 0;
+    for (int64_t k = k0; k < k1; ++k) {
+      double* part = partial.data() + k * F;
+      const int64_t l1 = std::min(L, (k + 1) * kSampleChunk);
+      for (const StatsPiece& p : pieces) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.view.scalar_type(), "stats_prepare_cpu", [&] {
+          const scalar_t* base = p.view.const_data_ptr<scalar_t>();
+          for (int64_t l = k * kSampleChunk; l < l1; ++l) {
+            const int64_t a = l / p.Bk, b = l % p.Bk;
+            copy_row<scalar_t, O>(base + a * p.sA + b * p.sB, p.sC, p.C, Y + l * F + p.f0, shift + p.f0,
+                                  part + p.f0, &bad);
+          }
+        });
+      }
+    }
+    nonfinite += bad;
+  });
+  for (int64_t f = 0; f < F; ++f) sums[f] = 0.0;
+  for (int64_t k = 0; k < chunks; ++k) {
+    const double* part = partial.data() + k * F;
+    for (int64_t f = 0; f < F; ++f) sums[f] += part[f];
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_prepare_cpu(at::TensorList xs, at::IntArrayRef channel_dims,
+                                                                  const at::Tensor& shift, bool feature_major) {
+  TORCH_CHECK(shift.device().is_cpu(), "stats_prepare_cpu: expected CPU tensors, got ", shift.device());
+  int64_t L = 0;
+  const std::vector<StatsPiece> pieces = stats_pieces(xs, channel_dims, shift, &L);
+  const int64_t F = shift.size(0);
+  const at::Tensor s = shift.contiguous();
+  at::Tensor Y = feature_major ? at::empty({F, L}, s.options()) : at::empty({L, F}, s.options());
+  at::Tensor sums = at::empty({F}, s.options().dtype(at::kDouble));
+  std::atomic<int64_t> nonfinite{0};
+  AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "stats_prepare_cpu", [&] {
+    if (feature_major) {
+      prepare_feature_major<scalar_t>(pieces, s.const_data_ptr<scalar_t>(), F, L, Y.mutable_data_ptr<scalar_t>(),
+                                      sums.mutable_data_ptr<double>(), nonfinite);
+    } else {
+      prepare_sample_major<scalar_t>(pieces, s.const_data_ptr<scalar_t>(), F, L, Y.mutable_data_ptr<scalar_t>(),
+                                     sums.mutable_data_ptr<double>(), nonfinite);
+    }
+  });
+  at::Tensor count = at::scalar_tensor(static_cast<int64_t>(nonfinite.load()), s.options().dtype(at::kLong));
+  return {Y, sums, count};
+}
+
+}  // namespace ops
+}  // namespace mudsc
+
+TORCH_LIBRARY_IMPL(mudsc, CPU, m) { m.impl("stats_prepare", &mudsc::ops::stats_prepare_cpu); }

@@ -1,0 +1,121 @@
+// Device-generic (CompositeExplicitAutograd) parts of the streaming statistics:
+//
+//   mudsc::stats_update_(moment, sums, xs, channel_dims, shift, block_size, fold_samples) -> nonfinite
+//       Y, s, nf = stats_prepare(xs, channel_dims, shift)       (per-device kernel: layout read, cast,
+//                                                                 zero non-finite, subtract shift)
+//       sums   += s                                              (float64 [F])
+//       moment += Y^T Y on the block upper triangle              (float64 [F, F])
+//     The product runs in Y's dtype (float32: BLAS sgemm / cuBLAS) over at most fold_samples samples at a
+//     time and is folded into the float64 moment after each, so fp32 rounding never accumulates over more
+//     than one fold. Features are cut into blocks of block_size; only blocks (i, j) with i <= j are
+//     computed (about half the flops of a full Gram matrix for many blocks). Entries below the diagonal
+//     blocks are never written; stats_finalize reads the upper triangle only.
+//   mudsc::stats_finalize(moment, sums, shift, count, eps) -> (mean, cov, corr, zero_variance)
+//       d = sums / n;  mean = shift + d;  cov = sym(moment) / n - d d^T    (population covariance, fp64)
+//       corr = cov / max(sigma sigma^T, eps); a zero-variance unit gets 0 off the diagonal and 1 on it.
+//     Shifting by (nearly) the mean keeps d small, so the subtraction does not cancel.
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/outer.h>
+#include <ATen/ops/triu.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+namespace mudsc {
+namespace ops {
+namespace {
+
+using PrepareFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(at::TensorList, at::IntArrayRef, const at::Tensor&,
+                                                                 bool);
+
+// Channel-first inputs ([B, C, H, W], channel not last) are written feature-major so each channel's samples
+// stay contiguous runs; channel-last inputs ([.., C]) sample-major. Both feed the GEMM without a transpose.
+bool feature_major_for(const at::Tensor& x, int64_t channel_dim) {
+  const int64_t c = channel_dim < 0 ? channel_dim + x.dim() : channel_dim;
+  int64_t after = 1;
+  for (int64_t d = c + 1; d < x.dim(); ++d) after *= x.size(d);
+  return after > 1;
+}
+
+}  // namespace
+
+at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs, at::IntArrayRef channel_dims,
+                         const at::Tensor& shift, int64_t block_size, int64_t fold_samples) {
+  TORCH_CHECK(!xs.empty(), "stats_update_: expected at least one input tensor");
+  const int64_t F = shift.size(0);
+  TORCH_CHECK(moment.scalar_type() == at::kDouble && moment.dim() == 2 && moment.size(0) == F && moment.size(1) == F,
+              "stats_update_: moment must be float64 [", F, ", ", F, "], got ", moment.scalar_type(), " ",
+              moment.sizes());
+  TORCH_CHECK(sums.scalar_type() == at::kDouble && sums.dim() == 1 && sums.size(0) == F,
+              "stats_update_: sums must be float64 [", F, "], got ", sums.scalar_type(), " ", sums.sizes());
+  TORCH_CHECK(moment.device() == shift.device() && sums.device() == shift.device(),
+              "stats_update_: moment, sums and shift must share a device");
+  const int64_t c0 = channel_dims.empty() ? -1 : channel_dims[0];
+  const bool fm = feature_major_for(xs[0], c0);
+  static auto prepare =
+      c10::Dispatcher::singleton().findSchemaOrThrow("mudsc::stats_prepare", "").typed<PrepareFn>();
+  auto [Y, s, nonfinite] = prepare.call(xs, channel_dims, shift, fm);
+  sums.add_(s);
+  const int64_t L = fm ? Y.size(1) : Y.size(0);
+  if (L == 0 || F == 0) return nonfinite;
+  const int64_t bs = block_size > 0 ? std::min(block_size, F) : F;
+  const int64_t fold = fold_samples > 0 ? fold_samples : L;
+  for (int64_t l0 = 0; l0 < L; l0 += fold) {
+    const int64_t nl = std::min(fold, L - l0);
+    // rows(i0, n): the [n, nl] slice of features i0 .. i0 + n - 1 (a strided view, no copy).
+    auto rows = [&](int64_t i0, int64_t n) {
+      return fm ? Y.narrow(0, i0, n).narrow(1, l0, nl) : Y.narrow(0, l0, nl).narrow(1, i0, n).t();
+    };
+    for (int64_t i0 = 0; i0 < F; i0 += bs) {
+      const int64_t ni = std::min(bs, F - i0);
+      const at::Tensor Ai = rows(i0, ni);
+      for (int64_t j0 = i0; j0 < F; j0 += bs) {
+        const int64_t nj = std::min(bs, F - j0);
+        const at::Tensor block = at::mm(Ai, rows(j0, nj).t());
+        moment.narrow(0, i0, ni).narrow(1, j0, nj).add_(block);
+      }
+    }
+  }
+  return nonfinite;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stats_finalize(const at::Tensor& moment,
+                                                                          const at::Tensor& sums,
+                                                                          const at::Tensor& shift, int64_t count,
+                                                                          double eps) {
+  TORCH_CHECK(count > 0, "stats_finalize: no samples were accumulated");
+  const int64_t F = shift.size(0);
+  TORCH_CHECK(moment.dim() == 2 && moment.size(0) == F && moment.size(1) == F && sums.numel() == F,
+              "stats_finalize: moment [", F, ", ", F, "] and sums [", F, "] expected, got ", moment.sizes(), " and ",
+              sums.sizes());
+  const double n = static_cast<double>(count);
+  const at::Tensor m = moment.to(at::kDouble);
+  const at::Tensor upper = at::triu(m);
+  const at::Tensor second = upper.add(at::triu(m, 1).t()).div_(n);  // E[(x - shift)(x - shift)^T]
+  const at::Tensor d = sums.to(at::kDouble).div(n);
+  const at::Tensor mean = shift.to(at::kDouble).add(d);
+  at::Tensor cov = second.sub(at::outer(d, d));
+  const at::Tensor raw_var = cov.diagonal();
+  // Zero variance: exactly none left after the shift, or only rounding noise of the shifted second moment.
+  const at::Tensor zero_var = raw_var.le(second.diagonal().mul(1e-13));
+  const at::Tensor var = raw_var.clamp_min(0.0).masked_fill(zero_var, 0.0);
+  cov.diagonal().copy_(var);
+  const at::Tensor sigma = var.sqrt();
+  at::Tensor corr = cov.div(at::outer(sigma, sigma).clamp_min(eps));
+  const at::Tensor dead = zero_var.unsqueeze(1).logical_or(zero_var.unsqueeze(0));
+  corr.masked_fill_(dead, 0.0);
+  corr.diagonal().masked_fill_(zero_var, 1.0);
+  return {mean, cov, corr, zero_var};
+}
+
+}  // namespace ops
+}  // namespace mudsc
+
+TORCH_LIBRARY_IMPL(mudsc, CompositeExplicitAutograd, m) {
+  m.impl("stats_update_", &mudsc::ops::stats_update_);
+  m.impl("stats_finalize", &mudsc::ops::stats_finalize);
+}

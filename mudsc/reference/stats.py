@@ -1,0 +1,203 @@
+"""The original's activation statistics and weight similarity (ALGORITHM.md §2, §3), written its way.
+
+This is the "pure-Python" pipeline benchmarks compare against and the parity oracle of
+:mod:`mudsc.stats` / :mod:`mudsc.similarity`:
+
+- :class:`ReferenceCorrelationAccumulator`: per batch, move channels to dim 1, flatten each model's features to
+  ``(C, L)``, concatenate the models along rows, ``nan_to_num``, then the batch moments ``mean`` (over L),
+  ``outer = X Xᵀ / L`` and ``std`` (computed and accumulated, never used, as the original); accumulate them
+  weighted by the batch size B (rows of dim 0). Finalize in float32: ``Cov = E[xxᵀ] − μμᵀ`` (cancels for
+  large-mean channels), ``Corr = Cov / max(σσᵀ, eps)``.
+- :func:`reference_weight_similarity`: builds each model's unit vectors with *dense* matrices for the other
+  groups' maps (the original's ``P_iᵀ W``), concatenates them, and takes the Pearson correlation (or cosine) of
+  the rows the same float32 way.
+
+Deviations (each replaces a crash): the original calls ``breakpoint()`` on a NaN covariance and
+``pdb.set_trace()`` on a negative variance; here a NaN raises ValueError and a negative variance is clamped to
+0 (so σ = 0 and the unit's correlations are 0, its diagonal 0 as in the original).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+
+__all__ = ["ReferenceCorrelationAccumulator", "reference_weight_similarity"]
+
+
+class ReferenceCorrelationAccumulator:
+    """The original ``CovarianceMetric``: batch-weighted float32 moments. Same interface as
+    :class:`mudsc.CorrelationAccumulator` (which wraps it for ``backend="reference"``)."""
+
+    def __init__(self, num_features: int, device: Optional[torch.device] = None) -> None:
+        self.num_features = int(num_features)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.mean_sum: Optional[torch.Tensor] = None
+        self.outer_sum: Optional[torch.Tensor] = None
+        self.std_sum: Optional[torch.Tensor] = None
+        self.numel = 0
+        self.nonfinite = 0
+
+    def update(self, xs: Sequence[torch.Tensor], dims: Sequence[int]) -> None:
+        """One batch: ``xs[i]`` has its channels on ``dims[i]``; every other axis enumerates samples."""
+        rows = []
+        batch = None
+        for t, d in zip(xs, dims):
+            t = t.detach()
+            if t.dim() == 1:
+                t = t[:, None] if d == 0 else t[None, :]
+                d = 0 if d == 0 else 1
+            if d != 1:
+                t = torch.movedim(t, d, 1)
+            if batch is None:
+                batch = t.shape[0]
+            rows.append(t.transpose(0, 1).reshape(t.shape[1], -1).float())
+        x = torch.cat(rows, dim=0)
+        self.nonfinite += int((~torch.isfinite(x)).sum().item())
+        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        if x.shape[1] == 0:
+            return
+        mean = x.mean(dim=1)
+        outer = (x @ x.T) / x.shape[1]
+        std = x.std(dim=1)
+        if self.mean_sum is None:
+            self.mean_sum = torch.zeros_like(mean)
+            self.outer_sum = torch.zeros_like(outer)
+            self.std_sum = torch.zeros_like(std)
+        self.mean_sum += mean * batch
+        self.outer_sum += outer * batch
+        self.std_sum += std * batch
+        self.numel += batch
+
+    def merge(self, other: "ReferenceCorrelationAccumulator") -> None:
+        if other.numel == 0:
+            return
+        if self.mean_sum is None:
+            self.mean_sum = torch.zeros_like(other.mean_sum)
+            self.outer_sum = torch.zeros_like(other.outer_sum)
+            self.std_sum = torch.zeros_like(other.std_sum)
+        self.mean_sum += other.mean_sum
+        self.outer_sum += other.outer_sum
+        self.std_sum += other.std_sum
+        self.numel += other.numel
+        self.nonfinite += other.nonfinite
+
+    def all_reduce(self, group: Any = None) -> None:
+        import torch.distributed as dist
+
+        f = self.num_features
+        if self.mean_sum is None:
+            self.mean_sum = torch.zeros(f, device=self.device)
+            self.outer_sum = torch.zeros(f, f, device=self.device)
+            self.std_sum = torch.zeros(f, device=self.device)
+        counts = torch.tensor([self.numel, self.nonfinite], dtype=torch.float64, device=self.device)
+        for t in (self.mean_sum, self.outer_sum, self.std_sum, counts):
+            dist.all_reduce(t, group=group)
+        self.numel, self.nonfinite = int(counts[0].item()), int(counts[1].item())
+
+    @property
+    def num_samples(self) -> int:
+        return self.numel
+
+    @property
+    def nonfinite_count(self) -> int:
+        return self.nonfinite
+
+    def _check(self) -> None:
+        if self.numel == 0:
+            raise ValueError("no samples have been accumulated: call update() with a non-empty batch first")
+
+    def mean(self) -> torch.Tensor:
+        self._check()
+        return self.mean_sum / self.numel
+
+    def covariance(self) -> torch.Tensor:
+        self._check()
+        mean = self.mean_sum / self.numel
+        cov = self.outer_sum / self.numel - torch.outer(mean, mean)
+        if torch.isnan(cov).any():
+            raise ValueError("the covariance has NaN entries")
+        return cov
+
+    def correlation(self, eps: float = 1e-7) -> torch.Tensor:
+        cov = self.covariance()
+        std = torch.sqrt(cov.diagonal().clamp_min(0))
+        return cov / torch.clamp(torch.outer(std, std), min=eps)
+
+    def cosine_similarity(self, eps: float = 1e-8) -> torch.Tensor:
+        self._check()
+        raw = self.outer_sum / self.numel
+        norm = raw.diagonal().clamp_min(0).sqrt().clamp_min(eps)
+        return raw / torch.outer(norm, norm)
+
+    @property
+    def zero_variance_units(self) -> torch.Tensor:
+        return torch.nonzero(self.covariance().diagonal() <= 0).flatten()
+
+    def state_dict(self) -> dict:
+        return {
+            "num_features": self.num_features,
+            "numel": self.numel,
+            "nonfinite": self.nonfinite,
+            "mean_sum": self.mean_sum,
+            "outer_sum": self.outer_sum,
+            "std_sum": self.std_sum,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.numel, self.nonfinite = int(state["numel"]), int(state["nonfinite"])
+        for key in ("mean_sum", "outer_sum", "std_sum"):
+            value = state[key]
+            setattr(self, key, None if value is None else value.to(self.device).clone())
+
+
+def _dense_map(axis_map, rows: int) -> torch.Tensor:
+    """The original's dense matrix ``P_i[rows, K]`` of an index (gather) or AxisMap (scaled segment sum)."""
+    from ..similarity import AxisMap
+
+    if isinstance(axis_map, AxisMap):
+        p = torch.zeros(rows, axis_map.size)
+        p[torch.arange(rows), axis_map.labels.cpu()] = 1.0
+        if axis_map.scale is not None:
+            p = p * axis_map.scale.cpu().float()[None, :]
+        return p
+    index = torch.as_tensor(axis_map).cpu()
+    p = torch.zeros(rows, index.numel())
+    p[index, torch.arange(index.numel())] = 1.0
+    return p
+
+
+def _transform_dense(t: torch.Tensor, axis: int, p: torch.Tensor) -> torch.Tensor:
+    """``perm_`` (ALGORITHM.md §6.1): move ``axis`` first, flatten, left-multiply by ``Pᵀ``, restore."""
+    moved = torch.movedim(t, axis, 0)
+    shape = moved.shape
+    out = p.to(t.device, t.dtype).T @ moved.reshape(shape[0], -1)
+    return torch.movedim(out.reshape(p.shape[1], *shape[1:]), 0, axis)
+
+
+def reference_weight_similarity(pieces, kind: str = "pearson", eps: Optional[float] = None) -> torch.Tensor:
+    """The original's weight-vector similarity (same arguments as :func:`mudsc.weight_similarity`)."""
+    vectors = []
+    for model_pieces in pieces:
+        cols = []
+        for piece in model_pieces:
+            t, axis = piece[0], piece[1]
+            transforms = piece[2] if len(piece) > 2 and piece[2] is not None else {}
+            t = t.detach().float()
+            axis = axis % t.dim()
+            for other_axis, axis_map in transforms.items():
+                other_axis = other_axis % t.dim()
+                t = _transform_dense(t, other_axis, _dense_map(axis_map, t.shape[other_axis]))
+            cols.append(torch.movedim(t, axis, 0).reshape(t.shape[axis], -1))
+        vectors.append(torch.cat(cols, dim=1))
+    x = torch.nan_to_num(torch.cat(vectors, dim=0), nan=0.0, posinf=0.0, neginf=0.0)
+    if kind == "cosine":
+        x = x / torch.clamp(x.norm(dim=1, keepdim=True), min=1e-8 if eps is None else eps)
+        return x @ x.T
+    mean = x.mean(dim=1)
+    std = x.std(dim=1, unbiased=False)
+    cov = (x @ x.T) / x.shape[1] - torch.outer(mean, mean)
+    if torch.isnan(cov).any():
+        raise ValueError("the weight covariance has NaN entries")
+    return cov / torch.clamp(torch.outer(std, std), min=1e-7 if eps is None else eps)
