@@ -105,6 +105,11 @@ def test_vit_groups_heads_and_tie():
     assert axes[3][1] == residual.name
 
 
+def test_share_heads_false_reproduces_the_original_untied_heads():
+    spec = trace(models.vit(depth=1, dim=32, heads=2), torch.randn(1, 3, 32, 32), share_heads=False)
+    assert [(g.num_blocks, g.block_tie) for g in spec.groups] == [(1, None), (2, None), (2, None), (1, None)]
+
+
 def test_random_permutations_respect_blocks_and_ties():
     spec = trace(models.vit(depth=1, dim=64, heads=4), torch.randn(1, 3, 32, 32), check=False)
     perms = spec.random_permutations(seed=3)

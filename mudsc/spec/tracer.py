@@ -19,6 +19,7 @@ a warning names the node. Every traced spec is then verified by :func:`mudsc.spe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import warnings
@@ -972,6 +973,7 @@ def trace(
     check: bool = True,
     rtol: float = 1e-5,
     tracer: Optional[fx.Tracer] = None,
+    share_heads: bool = True,
 ) -> PermSpec:
     """Discover the permutation spec of ``model`` (see the module docstring for the method).
 
@@ -984,6 +986,10 @@ def trace(
         check: run :func:`mudsc.check_spec` on the result (random permutations of every group, float64).
         rtol: tolerance of that check.
         tracer: an ``fx.Tracer`` instance to trace with (e.g. one with custom leaf modules).
+        share_heads: True (default): q/k and v/o groups of one attention layer carry the same ``block_tie``, so
+            one head permutation serves both. False reproduces the original MuDSC (ALGORITHM.md §1.7, §8.1.12):
+            the ties are removed and the heads of q/k and v/o are matched independently; such a spec is not
+            function-preserving (``check_spec`` rejects it), so the check runs on the tied spec before untying.
 
     Returns:
         :class:`PermSpec`: groups in order of first appearance, each with members, block structure and taps.
@@ -1012,4 +1018,6 @@ def trace(
         from .check import check_spec
 
         check_spec(model, spec, example_inputs, rtol=rtol)
+    if not share_heads:
+        spec = PermSpec([dataclasses.replace(g, block_tie=None) for g in spec.groups])
     return spec
