@@ -217,6 +217,25 @@ def test_multihead_attention_module():
     assert qk.taps[0].linear == {"weight": "attn.in_proj_weight", "bias": "attn.in_proj_bias", "rows": (0, 16)}
 
 
+def test_embedding_token_model():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(11, 12)
+            self.norm = nn.LayerNorm(12)
+            self.fc = nn.Linear(12, 7)
+            self.out = nn.Linear(7, 3)
+
+        def forward(self, tokens):
+            return self.out(F.gelu(self.fc(self.norm(self.embed(tokens))))).mean(1)
+
+    spec = trace(Net(), torch.randint(0, 11, (2, 5)))
+    assert [g.size for g in spec.groups] == [12, 7]
+    embed = _group_with(spec, "embed.weight", 1)
+    assert _has(embed, "norm.weight", 0, "output") and _has(embed, "fc.weight", 1, "input")
+    assert spec.axes_of("embed.weight", ndim=2) == [(0, None, None), (1, embed.name, "output")]
+
+
 # -- unsupported constructs --------------------------------------------------------------------------------------
 class _Rolled(nn.Module):
     def __init__(self):

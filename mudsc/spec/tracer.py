@@ -761,10 +761,8 @@ class _Shape:
     """Adapter giving ``_select`` the current (partially indexed) axis sizes during ``__getitem__``."""
 
     def __init__(self, info, x, d, size):
-        self.shape = {d: size}
-        self._sizes = [dim_size(dd) for dd in info]
-        self._sizes[d] = size
-        self.shape = self._sizes
+        self.shape = [dim_size(dd) for dd in info]
+        self.shape[d] = size
 
 
 def _arg(args, kwargs, position, key):
