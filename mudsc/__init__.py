@@ -12,9 +12,13 @@ Public API (more arrives with the merge methods):
 - :func:`weight_similarity`, :class:`AxisMap` - Pearson / cosine similarity of units from their weights, other
   groups' matchings applied by index.
 - :func:`build_info` - what the native build contains and what loaded.
+- :class:`PermSpec`, :func:`trace`, :func:`check_spec`, :func:`permute_model`, :func:`apply_maps` - model graphs:
+  permutation specs discovered with torch.fx, verified by random permutations, and applied to models.
+- :mod:`mudsc.models` - small reference architectures (ResNet-20, VGG-11, ViT, MLP).
 """
 
 from ._native import build_info
+from . import models
 from .backends import BackendUnavailableError, available_backends
 from .similarity import AxisMap, weight_similarity
 from .stats import CorrelationAccumulator
@@ -30,6 +34,7 @@ from .solvers import (
     solve_assignment,
     zip_match,
 )
+from .spec import PermSpec, SpecCheckError, SpecTraceError, apply_maps, check_spec, permute_model, trace
 
 __version__ = "0.1.0"
 
@@ -50,5 +55,13 @@ __all__ = [
     "build_info",
     "linear_sum_assignment",
     "solve_assignment",
+    "PermSpec",
+    "SpecCheckError",
+    "SpecTraceError",
+    "apply_maps",
+    "check_spec",
+    "models",
+    "permute_model",
+    "trace",
     "__version__",
 ]

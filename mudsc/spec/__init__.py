@@ -1,0 +1,18 @@
+"""Model graphs: permutation specs (data model), the torch.fx tracer, the invariance check, and transforms.
+
+- :class:`PermSpec` / :class:`Group` / :class:`Member` / :class:`Tap`: the spec data model (``data.py``).
+- :func:`trace`: discover a spec with torch.fx (``tracer.py``).
+- :func:`check_spec`: verify a spec by random permutations (``check.py``).
+- :func:`permute_model`, :func:`apply_maps`: permute one model / merge N models by per-group maps
+  (``transform.py``).
+"""
+
+from .check import SpecCheckError, check_spec
+from .data import Group, Member, PermSpec, Tap
+from .tracer import SpecTraceError, trace
+from .transform import apply_maps, permute_model
+
+__all__ = [
+    "Group", "Member", "PermSpec", "SpecCheckError", "SpecTraceError", "Tap", "apply_maps", "check_spec",
+    "permute_model", "trace",
+]

@@ -1,0 +1,260 @@
+"""Model transforms driven by a PermSpec: permute one model, or merge N models with per-group unit maps.
+
+``permute_model``: for every group g with ``perm: int64[size]`` (new unit j takes old unit ``perm[j]``), every
+member axis is re-indexed with ``index_select``.
+
+``apply_maps`` (ALGORITHM.md §6.2, ZipIt!'s ``M (blockdiag W) U``): with N models and, per group, ``labels:
+int64[N·Om]`` (model-major) and K merged units, let ``U_i[u, k] = [labels[i·Om + u] == k]`` and
+``M_i = U_i / (c + eps)`` where ``c[k]`` counts the units of all models mapped to k. Each model's tensor is
+transformed with ``N·M_iᵀ`` on output-side axes (cluster means, written as segment sums with ``index_add``) and
+``U_i`` on input-side axes (segment sums of the columns merged together), then the N results are averaged:
+``W* = Σ_i M_iᵀ W_i U_i`` (``1/N · Σ_i W_i U_i`` for input-only tensors such as a classifier). Tensors in no group
+are averaged. Deviation from the original: ``eps`` defaults to 0 (the original keeps ``1e-5``, a 5e-6 relative
+shrink per output axis; pass ``merge_eps=1e-5`` for parity) so that exact permutation maps recover a model
+exactly. Module attributes (features, channels, normalized_shape, heads' ``head_dim`` ...) follow the new widths.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .data import Group, Member, PermSpec
+
+
+def _named_tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
+    out = dict(model.named_parameters())
+    out.update(dict(model.named_buffers()))
+    return out
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Replace parameter/buffer ``name`` (possibly with a new shape), keeping its kind and requires_grad."""
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    if leaf in module._parameters:
+        old = module._parameters[leaf]
+        module._parameters[leaf] = nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad)
+    elif leaf in module._buffers:
+        module._buffers[leaf] = value.to(module._buffers[leaf].dtype)
+    else:
+        raise ValueError(f"{name!r} is neither a parameter nor a buffer of {type(module).__name__}")
+
+
+def _check_members(spec: PermSpec, tensors: Dict[str, torch.Tensor], what: str) -> None:
+    for g in spec.groups:
+        for m in g.members:
+            if m.name not in tensors:
+                raise ValueError(f"group {g.name!r} names {m.name!r}, which is not a parameter or buffer of {what}")
+            t = tensors[m.name]
+            if m.axis >= t.dim() or m.extent(g.size) > t.shape[m.axis]:
+                raise ValueError(f"group {g.name!r}: member {m.name} axis {m.axis} (layout {m}) does not fit the "
+                                 f"tensor's shape {tuple(t.shape)} with group size {g.size}")
+
+
+def permute_model(model: nn.Module, spec: PermSpec, permutations: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of ``model`` with every group's units permuted.
+
+    Args:
+        permutations: ``{group name: LongTensor[size]}``; new unit j takes old unit ``perm[j]``. Groups left out
+            keep the identity.
+    """
+    unknown = sorted(set(permutations) - {g.name for g in spec.groups})
+    if unknown:
+        raise ValueError(f"permutations name groups that are not in the spec: {unknown}")
+    perms = {}
+    for g in spec.groups:
+        if g.name not in permutations:
+            continue
+        p = torch.as_tensor(permutations[g.name], dtype=torch.long).cpu()
+        if p.shape != (g.size,) or not torch.equal(torch.sort(p).values, torch.arange(g.size)):
+            raise ValueError(f"permutation for group {g.name!r} must be a permutation of range({g.size}), got shape "
+                             f"{tuple(p.shape)}")
+        perms[g.name] = p
+    new = copy.deepcopy(model)
+    tensors = _named_tensors(new)
+    _check_members(spec, tensors, type(model).__name__)
+    with torch.no_grad():
+        for name in spec.tensor_names():
+            t = tensors[name]
+            index: Dict[int, torch.Tensor] = {}
+            for member, group in spec.members_of(name):
+                if group.name not in perms:
+                    continue
+                positions = member.indices(group.size)
+                idx = index.setdefault(member.axis, torch.arange(t.shape[member.axis]))
+                idx[positions.reshape(-1)] = positions[:, perms[group.name], :].reshape(-1)
+            for axis, idx in index.items():
+                t.copy_(t.index_select(axis, idx.to(t.device)))
+    return new
+
+
+def _labels_of(spec: PermSpec, maps: Mapping[str, object], num_models: int) -> Dict[str, Tuple[torch.Tensor, int]]:
+    unknown = sorted(set(maps) - {g.name for g in spec.groups})
+    if unknown:
+        raise ValueError(f"maps name groups that are not in the spec: {unknown}")
+    out = {}
+    for g in spec.groups:
+        if g.name not in maps:
+            out[g.name] = (torch.arange(g.size).repeat(num_models), g.size)
+            continue
+        entry = maps[g.name]
+        if not hasattr(entry, "labels") or not hasattr(entry, "num_outputs"):
+            raise TypeError(f"maps[{g.name!r}] must have .labels and .num_outputs (a MatchResult), "
+                            f"got {type(entry).__name__}")
+        labels = torch.as_tensor(np.asarray(entry.labels), dtype=torch.long)
+        k = int(entry.num_outputs)
+        if labels.shape != (num_models * g.size,):
+            raise ValueError(f"maps[{g.name!r}].labels has shape {tuple(labels.shape)}; group {g.name!r} with "
+                             f"{num_models} models of {g.size} units needs ({num_models * g.size},)")
+        if k < 1 or labels.min() < 0 or labels.max() >= k:
+            raise ValueError(f"maps[{g.name!r}].labels must lie in [0, num_outputs={k}), got range "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        if g.num_blocks > 1 and k % g.num_blocks:
+            raise ValueError(f"group {g.name!r} has {g.num_blocks} blocks but maps give {k} merged units, "
+                             "which do not split into equal blocks")
+        out[g.name] = (labels, k)
+    return out
+
+
+def _transform_region(region: torch.Tensor, labels: torch.Tensor, k: int, scale) -> torch.Tensor:
+    """``region: [outer, Om, inner, rest]`` -> ``[outer, K, inner, rest]`` by segment sums (times ``scale[K]``)."""
+    out = region.new_zeros(region.shape[0], k, *region.shape[2:])
+    out.index_add_(1, labels.to(region.device), region)
+    if scale is not None:
+        out *= scale.to(region.device, region.dtype).view(1, -1, 1, 1)
+    return out
+
+
+def _transform_axis(t, axis, members: List[Tuple[Member, Group]], model_index, labels, counts, num_models, eps):
+    moved = t.movedim(axis, 0)
+    length = moved.shape[0]
+    rest = moved.shape[1:]
+    flat = moved.reshape(length, -1)
+    pieces, cursor = [], 0
+
+    def transformed(member, group, region):
+        lab, k = labels[group.name]
+        lab_i = lab[model_index * group.size:(model_index + 1) * group.size]
+        scale = None if member.role == "input" else num_models / (counts[group.name] + eps)
+        return _transform_region(region, lab_i, k, scale)
+
+    if len(members) == 1 and members[0][0].outer > 1:
+        member, group = members[0]
+        span = member.span or group.size * member.inner
+        if member.offset != 0 or span != group.size * member.inner or member.outer * span != length:
+            raise ValueError(f"{member.name} axis {axis}: merging a member with layout {member} is not supported")
+        region = flat.reshape(member.outer, group.size, member.inner, -1)
+        out = transformed(member, group, region).reshape(-1, flat.shape[1])
+    else:
+        for member, group in members:
+            if member.outer > 1:
+                raise ValueError(f"{member.name} axis {axis}: a repeated member shares its axis with others; "
+                                 "merging it is not supported")
+            if member.offset < cursor:
+                raise ValueError(f"{member.name} axis {axis}: members overlap at offset {member.offset}")
+            pieces.append(flat[cursor:member.offset])
+            width = group.size * member.inner
+            region = flat[member.offset:member.offset + width].reshape(1, group.size, member.inner, -1)
+            pieces.append(transformed(member, group, region).reshape(-1, flat.shape[1]))
+            cursor = member.offset + width
+        pieces.append(flat[cursor:])
+        out = torch.cat(pieces, 0)
+    return out.reshape(out.shape[0], *rest).movedim(0, axis)
+
+
+def apply_maps(models: Sequence[nn.Module], spec: PermSpec, maps: Mapping[str, object],
+               merge_eps: float = 0.0) -> nn.Module:
+    """Merge N same-architecture models into one with per-group unit maps (see the module docstring).
+
+    Args:
+        models: N models with identical parameter names and shapes.
+        spec: their permutation spec.
+        maps: ``{group name: obj}`` with ``obj.labels: int64[N·Om]`` (merged unit of each input unit, model-major)
+            and ``obj.num_outputs`` K, e.g. :class:`mudsc.MatchResult`. Groups left out are matched by identity.
+        merge_eps: the ``eps`` of ``M = U / (colsum(U) + eps)``; 1e-5 reproduces the original exactly.
+
+    Returns:
+        A new module (a deep copy of ``models[0]`` with merged tensors); widths may differ from the inputs'.
+    """
+    if len(models) < 1:
+        raise ValueError("apply_maps needs at least one model")
+    num_models = len(models)
+    named = [_named_tensors(m) for m in models]
+    for i, d in enumerate(named[1:], 1):
+        if d.keys() != named[0].keys() or any(d[k].shape != named[0][k].shape for k in d):
+            raise ValueError(f"model {i} does not have model 0's parameter names and shapes")
+    _check_members(spec, named[0], type(models[0]).__name__)
+    labels = _labels_of(spec, maps, num_models)
+    counts = {g: torch.bincount(lab, minlength=k).double() for g, (lab, k) in labels.items()}
+    merged = copy.deepcopy(models[0])
+    with torch.no_grad():
+        for name, ref in named[0].items():
+            if not torch.is_floating_point(ref):
+                continue  # integer buffers (num_batches_tracked) keep model 0's value
+            members = spec.members_of(name)
+            results = []
+            for i in range(num_models):
+                t = named[i][name].double()
+                by_axis: Dict[int, list] = {}
+                for member, group in members:
+                    by_axis.setdefault(member.axis, []).append((member, group))
+                for axis, ms in sorted(by_axis.items()):
+                    t = _transform_axis(t, axis, ms, i, labels, counts, num_models, merge_eps)
+                results.append(t)
+            _set_tensor(merged, name, torch.stack(results).mean(0).to(ref.dtype))
+    _check_fused_widths(spec, merged)
+    update_module_attributes(merged)
+    return merged
+
+
+def _check_fused_widths(spec: PermSpec, model: nn.Module) -> None:
+    """Fused q/k/v rows must keep equal thirds (the attention code splits them evenly)."""
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            rows, cols = m.in_proj_weight.shape
+            if rows != 3 * cols:
+                raise ValueError(f"merged MultiheadAttention has in_proj rows {rows} for embed_dim {cols}; torch's "
+                                 "MultiheadAttention needs q, k and v as wide as the residual stream")
+
+
+def update_module_attributes(model: nn.Module) -> None:
+    """Make module attributes agree with (possibly resized) parameters, in place."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            m.out_features, m.in_features = m.weight.shape
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            depthwise = m.groups > 1 and m.groups == m.in_channels
+            multiplier = m.out_channels // m.in_channels if depthwise else 1
+            m.out_channels = m.weight.shape[0]
+            if depthwise:
+                m.in_channels = m.groups = m.out_channels // multiplier
+            else:
+                m.in_channels = m.weight.shape[1] * m.groups
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            ref = m.weight if m.weight is not None else m.running_mean
+            if ref is not None:
+                m.num_features = ref.shape[0]
+        elif isinstance(m, nn.GroupNorm):
+            if m.weight is not None:
+                m.num_channels = m.weight.shape[0]
+                if m.num_channels % m.num_groups:
+                    raise ValueError(f"{name}: {m.num_channels} channels do not split into {m.num_groups} groups")
+        elif isinstance(m, nn.LayerNorm):
+            if m.weight is not None:
+                m.normalized_shape = tuple(m.weight.shape)
+        elif isinstance(m, nn.Embedding):
+            m.num_embeddings, m.embedding_dim = m.weight.shape
+        elif isinstance(m, nn.MultiheadAttention):
+            m.embed_dim = m.kdim = m.vdim = m.in_proj_weight.shape[1]
+            m.head_dim = m.embed_dim // m.num_heads
+        if hasattr(m, "num_heads") and hasattr(m, "head_dim") and isinstance(getattr(m, "qkv", None), nn.Linear):
+            m.head_dim = m.qkv.weight.shape[0] // 3 // m.num_heads
+        for attr in ("embed_dim", "dim"):
+            if hasattr(m, attr) and isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(
+                    getattr(m, attr), int):
+                setattr(m, attr, m.qkv.weight.shape[1])
