@@ -375,9 +375,17 @@ class CorrelationAccumulator:
             return self
         self._final = None
         self._count = int(state["count"])
-        self._shift = None if state["shift"] is None else state["shift"].to(self.device, self.dtype)
         self._moment = state["moment"].to(self.device, torch.float64).clone()
         self._sums = state["sums"].to(self.device, torch.float64).clone()
+        self._shift = None
+        if state["shift"] is not None:
+            # The saved moments are about the saved shift; a float64 shift loaded into a float32 accumulator is
+            # rounded, so re-express them about the rounded shift (exact algebra, see _rebased).
+            self._shift = state["shift"].to(self.device, torch.float64)
+            shift = self._shift.to(self.dtype)
+            if self._count:
+                self._moment, self._sums = self._rebased(shift)
+            self._shift = shift
         self._nonfinite = torch.tensor(int(state["nonfinite"]), dtype=torch.long, device=self.device)
         return self
 

@@ -140,9 +140,10 @@ class ReferenceCorrelationAccumulator:
             "num_features": self.num_features,
             "numel": self.numel,
             "nonfinite": self.nonfinite,
-            "mean_sum": self.mean_sum,
-            "outer_sum": self.outer_sum,
-            "std_sum": self.std_sum,
+            # copies: update() adds into these tensors in place, a state must not change after it was taken
+            "mean_sum": None if self.mean_sum is None else self.mean_sum.clone(),
+            "outer_sum": None if self.outer_sum is None else self.outer_sum.clone(),
+            "std_sum": None if self.std_sum is None else self.std_sum.clone(),
         }
 
     def load_state_dict(self, state: dict) -> None:
