@@ -21,7 +21,9 @@ echo "== cuda tests"; date
 echo "== cpu tests (sanity)"; date
 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_lap.py || status=1
 echo "== benchmarks"; date
-"$PY" benchmarks/bench_lap.py --quick --out "$OUT/lap_quick.json" || status=1  # CPU-side; no GPU benchmark exists yet
+"$PY" benchmarks/bench_lap.py --quick --out "$OUT/lap_quick.json" || status=1  # CPU-side
 "$PY" benchmarks/bench_zip.py --quick --out "$OUT/zip_quick.json" || status=1
+"$PY" benchmarks/bench_stats.py --device cuda --out "$OUT/stats_cuda.json" || status=1
+"$PY" benchmarks/bench_stats.py --device cuda --tf32 --out "$OUT/stats_cuda_tf32.json" || status=1
 echo "== done (status $status)"; date
 exit "$status"

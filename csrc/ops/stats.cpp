@@ -7,15 +7,18 @@
 //       moment += Y^T Y on the block upper triangle              (float64 [F, F])
 //     The product runs in Y's dtype (float32: BLAS sgemm / cuBLAS) over at most fold_samples samples at a
 //     time and is folded into the float64 moment after each, so fp32 rounding never accumulates over more
-//     than one fold. Features are cut into blocks of block_size; only blocks (i, j) with i <= j are
-//     computed (about half the flops of a full Gram matrix for many blocks). Entries below the diagonal
-//     blocks are never written; stats_finalize reads the upper triangle only.
+//     than one fold. Features are cut into blocks of block_size; block row i is one GEMM of its features
+//     against every feature from the block's first on (so only blocks (i, j) with i <= j are computed:
+//     about half the flops of a full Gram matrix for many blocks). Entries below the diagonal blocks are
+//     never written; stats_finalize reads the upper triangle only.
 //   mudsc::stats_finalize(moment, sums, shift, count, eps) -> (mean, cov, corr, zero_variance)
 //       d = sums / n;  mean = shift + d;  cov = sym(moment) / n - d d^T    (population covariance, fp64)
 //       corr = cov / max(sigma sigma^T, eps); a zero-variance unit gets 0 off the diagonal and 1 on it.
 //     Shifting by (nearly) the mean keeps d small, so the subtraction does not cancel.
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/outer.h>
 #include <ATen/ops/triu.h>
@@ -41,6 +44,33 @@ bool feature_major_for(const at::Tensor& x, int64_t channel_dim) {
   return after > 1;
 }
 
+// moment[i0 + r, i0 + c] += product[r, c] (float64 += product's dtype). On the CPU one parallel loop over rows:
+// a single parallel region per block row (ATen's type-promoting add_ on a strided view costs several, which
+// stall for milliseconds each when the cores are shared). Elsewhere the device's add_.
+void fold_into(at::Tensor& moment, const at::Tensor& product, int64_t i0) {
+  const int64_t ni = product.size(0), nj = product.size(1);
+  if (!moment.device().is_cpu() || !moment.is_contiguous()) {
+    moment.narrow(0, i0, ni).narrow(1, i0, nj).add_(product);
+    return;
+  }
+  const int64_t F = moment.size(1);
+  double* dst = moment.mutable_data_ptr<double>() + i0 * F + i0;
+  auto run = [&](auto* src) {
+    at::parallel_for(0, ni, std::max<int64_t>(1, 16384 / std::max<int64_t>(nj, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        double* d = dst + r * F;
+        const auto* q = src + r * nj;
+        for (int64_t c = 0; c < nj; ++c) d[c] += static_cast<double>(q[c]);
+      }
+    });
+  };
+  if (product.scalar_type() == at::kFloat) {
+    run(product.const_data_ptr<float>());
+  } else {
+    run(product.const_data_ptr<double>());
+  }
+}
+
 }  // namespace
 
 at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs, at::IntArrayRef channel_dims,
@@ -64,6 +94,8 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
   if (L == 0 || F == 0) return nonfinite;
   const int64_t bs = block_size > 0 ? std::min(block_size, F) : F;
   const int64_t fold = fold_samples > 0 ? fold_samples : L;
+  // One reused buffer for a block row of the product: [ni, F - i0] <= [bs, F] in Y's dtype.
+  at::Tensor scratch = at::empty({bs * F}, Y.options());
   for (int64_t l0 = 0; l0 < L; l0 += fold) {
     const int64_t nl = std::min(fold, L - l0);
     // rows(i0, n): the [n, nl] slice of features i0 .. i0 + n - 1 (a strided view, no copy).
@@ -71,13 +103,11 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
       return fm ? Y.narrow(0, i0, n).narrow(1, l0, nl) : Y.narrow(0, l0, nl).narrow(1, i0, n).t();
     };
     for (int64_t i0 = 0; i0 < F; i0 += bs) {
-      const int64_t ni = std::min(bs, F - i0);
-      const at::Tensor Ai = rows(i0, ni);
-      for (int64_t j0 = i0; j0 < F; j0 += bs) {
-        const int64_t nj = std::min(bs, F - j0);
-        const at::Tensor block = at::mm(Ai, rows(j0, nj).t());
-        moment.narrow(0, i0, ni).narrow(1, j0, nj).add_(block);
-      }
+      const int64_t ni = std::min(bs, F - i0), nj = F - i0;
+      // Block row i: features i0.. against every feature from i0 on, as one GEMM.
+      at::Tensor product = scratch.narrow(0, 0, ni * nj).view({ni, nj});
+      at::mm_out(product, rows(i0, ni), rows(i0, nj).t());
+      fold_into(moment, product, i0);
     }
   }
   return nonfinite;
