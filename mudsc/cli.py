@@ -1,4 +1,5 @@
-"""Command line: ``python -m mudsc info`` (build configuration), ``demo`` (the embedded default job) and ``bench``."""
+"""Command line: ``python -m mudsc info`` (build configuration), ``merge`` (merge checkpoints), ``demo`` (the
+embedded default job) and ``bench``."""
 
 from __future__ import annotations
 
@@ -20,12 +21,17 @@ def main(argv=None) -> int:
     bench = sub.add_parser("bench", help="run the benchmarks (benchmarks/bench_*.py of a source checkout)")
     bench.add_argument("--quick", action="store_true", help="smaller sizes (what CI runs)")
     bench.add_argument("names", nargs="*", help="which: merge, lap, zip (default: all present)")
+    from .cli_merge import add_merge_parser, run_merge
+
+    add_merge_parser(sub)  # `mudsc merge` lives in mudsc/cli_merge.py
     args = parser.parse_args(argv)
     if args.command == "info":
         from . import __version__, build_info
 
         print(json.dumps({"version": __version__, **build_info()}, indent=2))
         return 0
+    if args.command == "merge":
+        return run_merge(args)
     if args.command == "demo":
         from .demo import run_demo
 
