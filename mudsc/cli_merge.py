@@ -169,6 +169,9 @@ def _atomic_writer(path: str):
         raise CliError(f"the folder of {path!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=".mudsc-", suffix=".tmp", dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the output gets the usual permissions
     return tmp
 
 

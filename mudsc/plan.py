@@ -175,6 +175,9 @@ class MergePlan:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata={"mudsc_plan": meta})
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the plan gets the usual permissions
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
