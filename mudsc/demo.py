@@ -18,6 +18,11 @@ The job (ALGORITHM.md §5-§7 on data that ships with the test environment):
    softmaxes) and each merged model. Prints a table, whether MuDSC >= ZipIt >= Re-Basin >= averaging holds on
    joint accuracy (reported, not forced), and saves a bar chart (PNG).
 
+Sizes: ResNet-20 defaults to width 1 (``--resnet-width 4`` gives the issue's ResNet-20x4; on 2 CPU cores one
+epoch over 2,000 images takes about 2 minutes per model at width 4 and about 8 s at width 1), VGG-11 at 1/4 of
+the ImageNet widths, and a 4-block ViT of width 96 with 8x8 patches (17 tokens); CNNs train 2-3 epochs with
+SGD, the ViT 8 epochs with AdamW, each endpoint reaching >= 90% on its own task's 5-way test accuracy.
+
 ``--quick`` is a seconds-long smoke run (one small architecture, few images, one epoch); its accuracies mean
 nothing. ``--solvers`` prints the native-vs-reference matching-solver table instead (:mod:`mudsc.solver_demo`).
 """
@@ -62,7 +67,7 @@ class ArchConfig:
         return getattr(mudsc.models, self.builder)(num_classes=10, in_channels=1, **self.kwargs)
 
 
-def default_archs(resnet_width: int = 2) -> List[ArchConfig]:
+def default_archs(resnet_width: int = 1) -> List[ArchConfig]:
     """The four architectures of the full demo (ResNet-20 BN and GN, small VGG-11, small ViT)."""
     w = resnet_width
     return [
@@ -217,7 +222,7 @@ def save_chart(results: List[dict], path: Path, methods: Sequence[str]) -> None:
 
 
 def run_demo(quick: bool = False, solvers: bool = False, cache_dir: Optional[os.PathLike] = None,
-             out: Optional[os.PathLike] = None, resnet_width: int = 2, methods: Optional[Sequence[str]] = None,
+             out: Optional[os.PathLike] = None, resnet_width: int = 1, methods: Optional[Sequence[str]] = None,
              archs: Optional[Sequence[ArchConfig]] = None, log: Callable[[str], None] = print) -> int:
     """Run the demo; returns a process exit code (non-zero when a native and a reference plan differ).
 
