@@ -69,10 +69,12 @@ bench: build
 	$(VENV)/bin/pip install -q -r requirements-bench.txt || echo "some benchmark peers could not be installed; they will be reported as missing"
 	$(PY) benchmarks/bench_lap.py
 	$(PY) benchmarks/bench_zip.py
+	$(PY) benchmarks/bench_merge.py
 
 bench-quick: build
 	$(PY) benchmarks/bench_lap.py --quick
 	$(PY) benchmarks/bench_zip.py --quick
+	$(PY) benchmarks/bench_merge.py --quick
 
 gpu-check:
 	bash scripts/gpu_check.sh
