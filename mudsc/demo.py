@@ -184,10 +184,18 @@ def _fmt_pct(x: Optional[float]) -> str:
 
 
 def ordering_check(rows: Dict[str, Dict[str, float]], metric: str = "joint") -> tuple:
-    """``(holds, text)`` for MuDSC (best of its two variants) >= ZipIt >= Re-Basin >= averaging on ``metric``."""
-    vals = {"MuDSC": max(rows["mudsc-zip"][metric], rows["mudsc-align"][metric]), "ZipIt": rows["zipit"][metric],
-            "Re-Basin": rows["rebasin"][metric], "avg": rows["avg"][metric]}
+    """``(holds, text)`` for MuDSC (best of its two variants) >= ZipIt >= Re-Basin >= averaging on ``metric``.
+
+    Methods that did not run are left out of the chain; ``holds`` is None when fewer than two remain.
+    """
+    mudsc_rows = [rows[m][metric] for m in ("mudsc-zip", "mudsc-align") if m in rows]
+    vals = {"MuDSC": max(mudsc_rows) if mudsc_rows else None}
+    for label, key in (("ZipIt", "zipit"), ("Re-Basin", "rebasin"), ("avg", "avg")):
+        vals[label] = rows[key][metric] if key in rows else None
+    vals = {k: v for k, v in vals.items() if v is not None}
     names = list(vals)
+    if len(names) < 2:
+        return None, "not enough methods ran"
     holds = all(vals[names[i]] >= vals[names[i + 1]] for i in range(len(names) - 1))
     text = " >= ".join(f"{k} {100 * v:.1f}" for k, v in vals.items())
     return holds, text
@@ -293,14 +301,15 @@ def run_demo(quick: bool = False, solvers: bool = False, cache_dir: Optional[os.
         holds, text = ordering_check(rows)
         results.append({"arch": arch.name, "rows": rows, "ordering_holds": holds, "ordering": text})
         _print_arch_table(arch.name, rows, methods, log)
-        log(f"  MuDSC >= ZipIt >= Re-Basin >= averaging (joint acc): {'holds' if holds else 'does NOT hold'} "
-            f"({text})")
+        verdict = "holds" if holds else "n/a" if holds is None else "does NOT hold"
+        log(f"  MuDSC >= ZipIt >= Re-Basin >= averaging (joint acc): {verdict} ({text})")
 
     save_chart(results, png, methods)
     with open(png.with_suffix(".json"), "w") as f:
         json.dump({"threads": threads, "quick": quick, "results": results}, f, indent=1)
     log(f"\nchart: {png}\nnumbers: {png.with_suffix('.json')}")
-    summary = [f"{r['arch']}: {'holds' if r['ordering_holds'] else 'does not hold'}" for r in results]
+    summary = [f"{r['arch']}: " + {True: "holds", False: "does not hold", None: "n/a"}[r["ordering_holds"]]
+               for r in results]
     log("ordering MuDSC >= ZipIt >= Re-Basin >= avg: " + "; ".join(summary))
     log(f"total {time.perf_counter() - t_all:.0f}s (accuracies in %, times in seconds, {threads} threads)")
     return 0 if ok else 1

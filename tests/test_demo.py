@@ -57,18 +57,17 @@ def test_checkpoint_key_changes_with_what_determines_weights():
 def test_quick_demo_end_to_end_and_cache_hit(tmp_path):
     lines = []
     png = tmp_path / "chart.png"
-    methods = ("avg", "zipit", "mudsc-zip")
+    methods = ("avg", "zipit")  # all methods and the reference twin: the slow CLI test below
     code = demo.run_demo(quick=True, cache_dir=tmp_path / "cache", out=png, methods=methods, log=lines.append)
     text = "\n".join(lines)
     assert code == 0, text
     assert png.exists() and png.stat().st_size > 1000
-    assert "| model A |" in text and "| mudsc-zip |" in text and "MuDSC >= ZipIt" in text
-    assert "trained" in text and "matching (similarity + solve)" in text
+    assert "| model A |" in text and "| zipit |" in text and "MuDSC >= ZipIt" in text
+    assert "model A (trained" in text
     saved = json.loads(png.with_suffix(".json").read_text())
     rows = saved["results"][0]["rows"]
     assert set(rows) == {"model A", "model B", "ensemble", *methods}
     assert all(0.0 <= rows[k]["joint"] <= 1.0 for k in rows)
-    assert saved["results"][0]["rows"]["mudsc-zip"]["same_plan_as_reference"] is not None
     ckpts = sorted(p.name for p in (tmp_path / "cache").glob("*.pt"))
     assert len(ckpts) == 2
 
@@ -83,8 +82,13 @@ def test_quick_demo_end_to_end_and_cache_hit(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_quick_demo_all_methods(tmp_path):
+def test_cli_quick_demo_all_methods(tmp_path, capsys):
+    """Every method, plus mudsc-zip on the reference backend with its plan compared (2-3 minutes on 2 cores)."""
     from mudsc.cli import main
 
     assert main(["demo", "--quick", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "d.png")]) == 0
     assert (tmp_path / "d.png").exists()
+    text = capsys.readouterr().out
+    assert "matching (similarity + solve)" in text and "identical plans: yes" in text
+    rows = json.loads((tmp_path / "d.json").read_text())["results"][0]["rows"]
+    assert set(rows) >= {"avg", "rebasin", "act-align", "zipit", "wzip", "mudsc-align", "mudsc-zip"}
