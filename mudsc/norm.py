@@ -1,0 +1,78 @@
+"""Normalisation repair after merging: recompute BatchNorm statistics (ALGORITHM.md §6.3, "reset BN stats").
+
+Merging averages running means/variances of units that were merged, which does not give the statistics of the
+merged network's own activations. ``reset_bn`` forgets them and re-estimates them with one pass over data:
+for every BatchNorm layer, ``momentum = None`` (PyTorch's cumulative average: after b batches the running mean
+is the plain average of the b per-batch means, and the running variance the average of the b unbiased per-batch
+variances), ``reset_running_stats()``, then a forward pass in train mode under ``no_grad``. Afterwards each
+module's momentum and train/eval flag are restored.
+
+Deviation from the original: it resets only modules whose type is exactly ``nn.BatchNorm2d``; this resets every
+``torch.nn.modules.batchnorm._BatchNorm`` (BatchNorm1d/2d/3d, SyncBatchNorm, subclasses), and runs in the
+model's own precision rather than under fp16 autocast. REPAIR's rescaling is not applied.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ["reset_bn", "first_input"]
+
+
+def first_input(batch):
+    """The model input of a loader item: the item itself if a tensor, else the first element of a tuple/list."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise TypeError(f"a loader must yield tensors or (inputs, targets) tuples/lists, got {type(batch).__name__}")
+
+
+def reset_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] = None,
+             device: Optional[Union[str, torch.device]] = None) -> nn.Module:
+    """Recompute the running statistics of every BatchNorm layer of ``model`` in place, and return it.
+
+    Args:
+        model: any module; without BatchNorm layers it is returned unchanged (no pass over the data).
+        loader: yields ``Tensor[B, ...]`` inputs or ``(inputs, targets)`` tuples/lists.
+        max_batches: use at most this many batches (None: the whole loader).
+        device: move each batch there (default: the device of the model's first parameter).
+
+    Raises:
+        ValueError: the loader yielded no batch (the statistics would stay reset).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
+        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    flags = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in norms}
+    seen = 0
+    try:
+        for m in norms:
+            m.momentum = None
+            m.reset_running_stats()
+        model.train()
+        with torch.no_grad():
+            for batch in loader:
+                if max_batches is not None and seen >= max_batches:
+                    break
+                model(first_input(batch).to(device))
+                seen += 1
+    finally:
+        for m, training in flags.items():
+            m.training = training
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+    if seen == 0:
+        raise ValueError("reset_bn: the loader yielded no batches, so the BatchNorm statistics cannot be recomputed")
+    return model

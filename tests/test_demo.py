@@ -1,0 +1,94 @@
+"""The demo: MNIST-5k split, the quick end-to-end run (table, chart, JSON), and the checkpoint cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mudsc import demo, mnist
+
+
+def test_digits_shape_and_normalisation():
+    images, labels = mnist.load_digits(32)
+    assert images.shape == (5000, 1, 32, 32) and images.dtype == torch.float32
+    assert labels.shape == (5000,) and labels.dtype == torch.int64
+    # The 2-pixel padding holds the background value (0 before normalisation).
+    assert torch.allclose(images[:, :, :2, :], torch.tensor(-mnist.MEAN / mnist.STD))
+    assert np.bincount(labels.numpy()).tolist() == [500] * 10
+
+
+def test_split_is_deterministic_stratified_and_disjoint():
+    _, labels = mnist.load_digits(28)
+    train, test = mnist.stratified_split(labels, test_per_class=100)
+    train2, test2 = mnist.stratified_split(labels.clone(), test_per_class=100)
+    assert np.array_equal(train, train2) and np.array_equal(test, test2)
+    assert len(train) == 4000 and len(test) == 1000
+    assert not set(train) & set(test)
+    assert np.bincount(labels.numpy()[test]).tolist() == [100] * 10
+    other = mnist.stratified_split(labels, test_per_class=100, seed=1)[1]
+    assert not np.array_equal(other, test)
+    a = mnist.task_subset(labels, train, 0)
+    assert len(a) == 2000 and set(labels.numpy()[a]) == {0, 1, 2, 3, 4}
+    assert mnist.task_of(torch.tensor([0, 4, 5, 9])).tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="cannot hold out"):
+        mnist.stratified_split(labels, test_per_class=500)
+
+
+def test_accuracies_joint_and_per_task():
+    labels = torch.tensor([1, 7])
+    logits = torch.full((2, 10), -5.0)
+    logits[0, 1], logits[0, 8] = 1.0, 2.0   # joint argmax 8 (wrong), task-A argmax 1 (right)
+    logits[1, 7] = 3.0                      # right both ways
+    acc = demo.accuracies(logits, labels)
+    assert acc["joint"] == 0.5 and acc["task_A"] == 1.0 and acc["task_B"] == 1.0 and acc["task_avg"] == 1.0
+
+
+def test_checkpoint_key_changes_with_what_determines_weights():
+    arch = demo.quick_archs()[0]
+    key = demo.checkpoint_key(arch, 1, 0, 100)
+    assert key == demo.checkpoint_key(arch, 1, 0, 100)
+    assert len({key, demo.checkpoint_key(arch, 2, 0, 100), demo.checkpoint_key(arch, 1, 1, 100),
+                demo.checkpoint_key(arch, 1, 0, 99)}) == 4
+
+
+def test_quick_demo_end_to_end_and_cache_hit(tmp_path):
+    lines = []
+    png = tmp_path / "chart.png"
+    methods = ("avg", "zipit")  # all methods and the reference twin: the slow CLI test below
+    code = demo.run_demo(quick=True, cache_dir=tmp_path / "cache", out=png, methods=methods, log=lines.append)
+    text = "\n".join(lines)
+    assert code == 0, text
+    assert png.exists() and png.stat().st_size > 1000
+    assert "| model A |" in text and "| zipit |" in text and "MuDSC >= ZipIt" in text
+    assert "model A (trained" in text
+    saved = json.loads(png.with_suffix(".json").read_text())
+    rows = saved["results"][0]["rows"]
+    assert set(rows) == {"model A", "model B", "ensemble", *methods}
+    assert all(0.0 <= rows[k]["joint"] <= 1.0 for k in rows)
+    ckpts = sorted(p.name for p in (tmp_path / "cache").glob("*.pt"))
+    assert len(ckpts) == 2
+
+    # Second run: both endpoints come from the cache (nothing retrained, same files).
+    lines.clear()
+    assert demo.run_demo(quick=True, cache_dir=tmp_path / "cache", out=png, methods=("avg",),
+                         log=lines.append) == 0
+    text = "\n".join(lines)
+    assert "model A (cached), model B (cached)" in text, text
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.pt")) == ckpts
+    assert json.loads(png.with_suffix(".json").read_text())["results"][0]["rows"]["model A"] == rows["model A"]
+
+
+@pytest.mark.slow
+def test_cli_quick_demo_all_methods(tmp_path, capsys):
+    """Every method, plus mudsc-zip on the reference backend with its plan compared (2-3 minutes on 2 cores)."""
+    from mudsc.cli import main
+
+    assert main(["demo", "--quick", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "d.png")]) == 0
+    assert (tmp_path / "d.png").exists()
+    text = capsys.readouterr().out
+    assert "matching (similarity + solve)" in text and "identical plans: yes" in text
+    rows = json.loads((tmp_path / "d.json").read_text())["results"][0]["rows"]
+    assert set(rows) >= {"avg", "rebasin", "act-align", "zipit", "wzip", "mudsc-align", "mudsc-zip"}
