@@ -6,8 +6,15 @@ This is the "pure-Python" pipeline benchmarks compare against and the parity ora
 - :class:`ReferenceCorrelationAccumulator`: per batch, move channels to dim 1, flatten each model's features to
   ``(C, L)``, concatenate the models along rows, ``nan_to_num``, then the batch moments ``mean`` (over L),
   ``outer = X Xᵀ / L`` and ``std`` (computed and accumulated, never used, as the original); accumulate them
-  weighted by the batch size B (rows of dim 0). Finalize in float32: ``Cov = E[xxᵀ] − μμᵀ`` (cancels for
+  weighted by the batch's number of columns L. Finalize in float32: ``Cov = E[xxᵀ] − μμᵀ`` (cancels for
   large-mean channels), ``Corr = Cov / max(σσᵀ, eps)``.
+
+  The original weights by the batch size B (rows of dim 0). With one tap per group, as in the original, every
+  batch has the same L/B, and the two weightings give the same moments; a traced spec may tap a group at several
+  places of different shapes (a residual stream entering a conv ``[B, C, H, W]`` and the classifier ``[B, C]``),
+  where B-weighting would over-weight the small tensors. Weighting by L keeps the reference estimating the same
+  moments as :class:`mudsc.CorrelationAccumulator`, so both backends can be compared end to end.
+  ``num_samples`` still counts batch rows, as the original's ``numel``.
 - :func:`reference_weight_similarity`: builds each model's unit vectors with *dense* matrices for the other
   groups' maps (the original's ``P_iᵀ W``), concatenates them, and takes the Pearson correlation (or cosine) of
   the rows the same float32 way.
@@ -37,6 +44,7 @@ class ReferenceCorrelationAccumulator:
         self.outer_sum: Optional[torch.Tensor] = None
         self.std_sum: Optional[torch.Tensor] = None
         self.numel = 0
+        self.weight = 0
         self.nonfinite = 0
 
     def update(self, xs: Sequence[torch.Tensor], dims: Sequence[int]) -> None:
@@ -65,10 +73,12 @@ class ReferenceCorrelationAccumulator:
             self.mean_sum = torch.zeros_like(mean)
             self.outer_sum = torch.zeros_like(outer)
             self.std_sum = torch.zeros_like(std)
-        self.mean_sum += mean * batch
-        self.outer_sum += outer * batch
-        self.std_sum += std * batch
+        columns = x.shape[1]
+        self.mean_sum += mean * columns
+        self.outer_sum += outer * columns
+        self.std_sum += std * columns
         self.numel += batch
+        self.weight += columns
 
     def merge(self, other: "ReferenceCorrelationAccumulator") -> None:
         if other.numel == 0:
@@ -81,6 +91,7 @@ class ReferenceCorrelationAccumulator:
         self.outer_sum += other.outer_sum
         self.std_sum += other.std_sum
         self.numel += other.numel
+        self.weight += other.weight
         self.nonfinite += other.nonfinite
 
     def all_reduce(self, group: Any = None) -> None:
@@ -91,10 +102,10 @@ class ReferenceCorrelationAccumulator:
             self.mean_sum = torch.zeros(f, device=self.device)
             self.outer_sum = torch.zeros(f, f, device=self.device)
             self.std_sum = torch.zeros(f, device=self.device)
-        counts = torch.tensor([self.numel, self.nonfinite], dtype=torch.float64, device=self.device)
+        counts = torch.tensor([self.numel, self.nonfinite, self.weight], dtype=torch.float64, device=self.device)
         for t in (self.mean_sum, self.outer_sum, self.std_sum, counts):
             dist.all_reduce(t, group=group)
-        self.numel, self.nonfinite = int(counts[0].item()), int(counts[1].item())
+        self.numel, self.nonfinite, self.weight = (int(c) for c in counts.tolist())
 
     @property
     def num_samples(self) -> int:
@@ -110,12 +121,12 @@ class ReferenceCorrelationAccumulator:
 
     def mean(self) -> torch.Tensor:
         self._check()
-        return self.mean_sum / self.numel
+        return self.mean_sum / self.weight
 
     def covariance(self) -> torch.Tensor:
         self._check()
-        mean = self.mean_sum / self.numel
-        cov = self.outer_sum / self.numel - torch.outer(mean, mean)
+        mean = self.mean_sum / self.weight
+        cov = self.outer_sum / self.weight - torch.outer(mean, mean)
         if torch.isnan(cov).any():
             raise ValueError("the covariance has NaN entries")
         return cov
@@ -127,7 +138,7 @@ class ReferenceCorrelationAccumulator:
 
     def cosine_similarity(self, eps: float = 1e-8) -> torch.Tensor:
         self._check()
-        raw = self.outer_sum / self.numel
+        raw = self.outer_sum / self.weight
         norm = raw.diagonal().clamp_min(0).sqrt().clamp_min(eps)
         return raw / torch.outer(norm, norm)
 
@@ -139,6 +150,7 @@ class ReferenceCorrelationAccumulator:
         return {
             "num_features": self.num_features,
             "numel": self.numel,
+            "weight": self.weight,
             "nonfinite": self.nonfinite,
             # copies: update() adds into these tensors in place, a state must not change after it was taken
             "mean_sum": None if self.mean_sum is None else self.mean_sum.clone(),
@@ -148,6 +160,7 @@ class ReferenceCorrelationAccumulator:
 
     def load_state_dict(self, state: dict) -> None:
         self.numel, self.nonfinite = int(state["numel"]), int(state["nonfinite"])
+        self.weight = int(state["weight"])
         for key in ("mean_sum", "outer_sum", "std_sum"):
             value = state[key]
             setattr(self, key, None if value is None else value.to(self.device).clone())
