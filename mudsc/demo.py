@@ -72,7 +72,8 @@ def default_archs(resnet_width: int = 1) -> List[ArchConfig]:
     w = resnet_width
     return [
         ArchConfig(f"ResNet-20x{w} (BN)", "resnet20", {"width": w, "norm": "bn"}, epochs=2),
-        ArchConfig(f"ResNet-20x{w} (GN)", "resnet20", {"width": w, "norm": "gn"}, epochs=2),
+        # GroupNorm ResNets diverge at the BN learning rate (chance accuracy at lr 0.05): smaller lr, more epochs.
+        ArchConfig(f"ResNet-20x{w} (GN)", "resnet20", {"width": w, "norm": "gn"}, epochs=4, lr=0.01),
         ArchConfig("VGG-11/4 (BN)", "vgg11", {"width": 2, "batch_norm": True}, epochs=3),
         ArchConfig("ViT 4x96/8", "vit", {"depth": 4, "dim": 96, "heads": 3, "patch": 8, "image_size": 32},
                    epochs=8, lr=2e-3, optimizer="adamw"),
