@@ -21,7 +21,8 @@ The job (ALGORITHM.md §5-§7 on data that ships with the test environment):
 Sizes: ResNet-20 defaults to width 1 (``--resnet-width 4`` gives the issue's ResNet-20x4; on 2 CPU cores one
 epoch over 2,000 images takes about 2 minutes per model at width 4 and about 8 s at width 1), VGG-11 at 1/4 of
 the ImageNet widths, and a 4-block ViT of width 96 with 8x8 patches (17 tokens); CNNs train 2-3 epochs with
-SGD, the ViT 8 epochs with AdamW, each endpoint reaching >= 90% on its own task's 5-way test accuracy.
+SGD (the GroupNorm ResNet 4 epochs at a lower rate), the ViT 8 epochs with AdamW. Measured own-task 5-way
+test accuracy of the endpoints: 93-99% for the BN ResNet, VGG and ViT; the GN ResNet trains worst (80-93%).
 
 ``--quick`` is a seconds-long smoke run (one small architecture, few images, one epoch); its accuracies mean
 nothing. ``--solvers`` prints the native-vs-reference matching-solver table instead (:mod:`mudsc.solver_demo`).
@@ -72,7 +73,8 @@ def default_archs(resnet_width: int = 1) -> List[ArchConfig]:
     w = resnet_width
     return [
         ArchConfig(f"ResNet-20x{w} (BN)", "resnet20", {"width": w, "norm": "bn"}, epochs=2),
-        ArchConfig(f"ResNet-20x{w} (GN)", "resnet20", {"width": w, "norm": "gn"}, epochs=2),
+        # GroupNorm ResNets diverge at the BN learning rate (chance accuracy at lr 0.05): smaller lr, more epochs.
+        ArchConfig(f"ResNet-20x{w} (GN)", "resnet20", {"width": w, "norm": "gn"}, epochs=4, lr=0.01),
         ArchConfig("VGG-11/4 (BN)", "vgg11", {"width": 2, "batch_norm": True}, epochs=3),
         ArchConfig("ViT 4x96/8", "vit", {"depth": 4, "dim": 96, "heads": 3, "patch": 8, "image_size": 32},
                    epochs=8, lr=2e-3, optimizer="adamw"),
