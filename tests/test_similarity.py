@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 import mudsc
 from mudsc import AxisMap, MatchResult, weight_similarity
 
+from float64_oracle import truth
+
 HAS_NATIVE = "native" in mudsc.available_backends() and mudsc.build_info().get("torch_ops", False)
 needs_native = pytest.mark.skipif(not HAS_NATIVE, reason="mudsc._C (the stats torch ops) did not load")
 TRANSFORMS = ("none", "perm", "unmerge", "merge")
@@ -63,23 +65,11 @@ def apply_dense(w: np.ndarray, axis: int, p: np.ndarray) -> np.ndarray:
 
 def pearson64(v: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     """Rows of ``v`` are the units' vectors."""
-    mean = v.mean(axis=1, keepdims=True)
-    c = v - mean
-    cov = c @ c.T / v.shape[1]
-    zero = np.ptp(v, axis=1) == 0
-    cov[zero, :] = 0.0
-    cov[:, zero] = 0.0
-    sigma = np.sqrt(np.diag(cov))
-    corr = cov / np.maximum(np.outer(sigma, sigma), eps)
-    corr[zero, :] = 0.0
-    corr[:, zero] = 0.0
-    corr[zero, zero] = 1.0
-    return corr
+    return truth(v.T, eps=eps)["corr"]
 
 
 def cosine64(v: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    u = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), eps)
-    return u @ u.T
+    return truth(v.T, cos_eps=eps)["cos"]
 
 
 def build_problem(seed: int, n: int, o: int, i: int, kn: int, transform: str, next_perm: bool, dtype=torch.float32):

@@ -32,6 +32,8 @@ from hypothesis import strategies as st
 import mudsc
 from mudsc import CorrelationAccumulator
 
+from float64_oracle import truth
+
 HAS_NATIVE = "native" in mudsc.available_backends() and mudsc.build_info().get("torch_ops", False)
 needs_native = pytest.mark.skipif(not HAS_NATIVE, reason="mudsc._C (the stats torch ops) did not load")
 
@@ -86,27 +88,6 @@ def rows64(t: torch.Tensor, dim: int) -> np.ndarray:
     x = t.detach().cpu().to(torch.float64)
     x = x.movedim(dim, -1).reshape(-1, x.shape[dim])
     return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).numpy()
-
-
-def truth(x: np.ndarray, eps: float = 1e-7) -> dict:
-    """Mean, population covariance, correlation (zero-variance: row/col 0, diag 1) and cosine in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    n = x.shape[0]
-    mean = x.mean(axis=0)
-    xc = x - mean
-    cov = xc.T @ xc / n
-    zero = np.ptp(x, axis=0) == 0
-    cov[zero, :] = 0.0
-    cov[:, zero] = 0.0
-    sigma = np.sqrt(np.diag(cov))
-    corr = cov / np.maximum(np.outer(sigma, sigma), eps)
-    corr[zero, :] = 0.0
-    corr[:, zero] = 0.0
-    corr[zero, zero] = 1.0
-    raw = x.T @ x
-    norm = np.maximum(np.sqrt(np.diag(raw)), 1e-8)
-    cos = raw / np.outer(norm, norm)
-    return dict(mean=mean, cov=cov, corr=corr, zero=np.flatnonzero(zero), cos=cos, n=n)
 
 
 def correlated_rows(gen: torch.Generator, length: int, f: int, offset: float = 0.0, dtype=torch.float32):
