@@ -330,8 +330,7 @@ class CorrelationAccumulator:
             return self._reference.cosine_similarity(eps).to(dtype or self.dtype)
         if self._count == 0:
             raise ValueError("no samples have been accumulated: call update() with a non-empty batch first")
-        m = torch.triu(self._moment)
-        m = m + torch.triu(self._moment, 1).T
+        m = _symmetric(self._moment)
         s = self._shift.to(torch.float64)
         raw = m + torch.outer(self._sums, s) + torch.outer(s, self._sums + self._count * s)
         norm = raw.diagonal().clamp_min(0).sqrt().clamp_min(eps)
@@ -396,10 +395,15 @@ class CorrelationAccumulator:
         )
 
 
+def _symmetric(moment: torch.Tensor) -> torch.Tensor:
+    """The full matrix from the upper triangle (the only part ``stats_update_`` writes)."""
+    return torch.triu(moment) + torch.triu(moment, 1).T
+
+
 def _finalize_torch(moment, sums, shift, count, eps):
     """``mudsc::stats_finalize`` in plain torch ops (fallback for devices without the native library)."""
     n = float(count)
-    second = (torch.triu(moment) + torch.triu(moment, 1).T) / n
+    second = _symmetric(moment) / n
     d = sums / n
     mean = shift.to(torch.float64) + d
     cov = second - torch.outer(d, d)
