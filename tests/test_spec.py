@@ -64,6 +64,34 @@ def test_resnet20_bn_groups():
     assert running and not any(m.similarity for m in running)
     internal = _group_with(spec, "layer1.0.conv1.weight", 0)
     assert internal.taps == [mudsc.spec.Tap("layer1.0.conv2", "input", 1)]
+    # the downsampling block's conv1 and shortcut read one tensor: tapped once (not counted twice)
+    taps = [t.module for t in stream.taps]
+    assert "layer2.0.conv1" in taps and "layer2.0.shortcut.0" not in taps
+
+
+class _SharedInput(torch.nn.Module):
+    """Two convs read one tensor; with ``mutate`` an in-place op changes it between the reads."""
+
+    def __init__(self, mutate: bool):
+        super().__init__()
+        self.mutate = mutate
+        self.stem = torch.nn.Conv2d(3, 6, 1)
+        self.a = torch.nn.Conv2d(6, 4, 1)
+        self.b = torch.nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = self.a(h)
+        if self.mutate:
+            h.mul_(2.0)
+        return y + self.b(h)
+
+
+@pytest.mark.parametrize("mutate", [False, True])
+def test_a_tensor_read_twice_is_tapped_once_unless_modified_in_place(mutate):
+    spec = trace(_SharedInput(mutate), torch.randn(2, 3, 8, 8))
+    stem = _group_with(spec, "stem.weight", 0)
+    assert [t.module for t in stem.taps] == (["a", "b"] if mutate else ["a"])
 
 
 def test_resnet20_gn_groups_have_group_blocks():

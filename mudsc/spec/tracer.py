@@ -96,7 +96,8 @@ class _SpecInterpreter(fx.Interpreter):
         self.param_dims: Dict[str, List[Optional[Dim]]] = {}
         self.param_roles: Dict[Tuple[str, int], str] = {}
         self.param_order: List[str] = []
-        self.module_taps: List[Tuple[str, str, TensorInfo]] = []
+        # (module, "input"|"output", channel info, the fx node whose tensor the hook sees)
+        self.module_taps: List[Tuple[str, str, TensorInfo, str]] = []
         self.special_taps: List[Tuple[int, Tap]] = []
         self.node: Optional[fx.Node] = None
         self.tensors = dict(gm.named_parameters())
@@ -318,12 +319,13 @@ class _SpecInterpreter(fx.Interpreter):
             return None
         if n.op == "call_module":
             module = self.module.get_submodule(n.target)
-            first = next((i for a, i in zip(args, iargs) if _is_tensor(a)), None)
+            first = next(((node, i) for node, a, i in zip(n.args, args, iargs) if _is_tensor(a)), None)
             if first is not None:
-                self.module_taps.append((n.target, "input", first))
+                source = first[0].name if isinstance(first[0], fx.Node) else f"{n.name}.arg"
+                self.module_taps.append((n.target, "input", first[1], source))
             out = self._handle_module(n, module, args, kwargs, iargs, ikwargs, result)
             if _is_tensor(result):
-                self.module_taps.append((n.target, "output", out))
+                self.module_taps.append((n.target, "output", out, n.name))
             return out
         tensor_args = [a for a in list(args) + list(kwargs.values()) if _is_tensor(a)
                        or (isinstance(a, (list, tuple)) and any(_is_tensor(x) for x in a))]
@@ -921,7 +923,12 @@ def _collect_taps(interp: _SpecInterpreter, found: Dict[int, dict]) -> Dict[int,
     consumers: Dict[int, List[Tap]] = {leaf: [] for leaf in found}
     producers: Dict[int, List[Tuple[int, Tap]]] = {leaf: [] for leaf in found}
     input_modules = {leaf: {m.name for m in e["members"] if m.role == "input"} for leaf, e in found.items()}
-    for index, (module, kind, info) in enumerate(interp.module_taps):
+    # A tensor read by several modules (a downsampling block's conv1 and shortcut both read the residual
+    # stream) is tapped once: a second tap would count the same samples twice in the group's statistics.
+    # Not when an in-place op may change the tensor between the reads (fx keeps the node name).
+    mutated = _mutated_in_place(interp.module)
+    seen_inputs: Dict[int, set] = {leaf: set() for leaf in found}
+    for index, (module, kind, info, source) in enumerate(interp.module_taps):
         if not isinstance(info, tuple):
             continue
         for j, dim in enumerate(info):
@@ -937,7 +944,10 @@ def _collect_taps(interp: _SpecInterpreter, found: Dict[int, dict]) -> Dict[int,
                 tap = Tap(module, kind, -1 if j == len(info) - 1 else j, None if (lo, hi) == (0, n) else (lo, hi))
                 prefix = module + "."
                 if kind == "input" and any(name.startswith(prefix) for name in input_modules[leaf]):
-                    if tap not in consumers[leaf]:
+                    key = (source, tap.channel_dim, tap.channel_slice)
+                    if tap not in consumers[leaf] and key not in seen_inputs[leaf]:
+                        if source not in mutated:
+                            seen_inputs[leaf].add(key)
                         consumers[leaf].append(tap)
                 elif kind == "output":
                     producers[leaf].append((index, tap))
@@ -953,6 +963,26 @@ def _collect_taps(interp: _SpecInterpreter, found: Dict[int, dict]) -> Dict[int,
             out[leaf] = _unique([t for _, t in producers[leaf] if t.module == last])
         else:
             out[leaf] = _unique(special.get(leaf, []))
+    return out
+
+
+def _mutated_in_place(gm: fx.GraphModule) -> set:
+    """Names of the fx nodes whose tensor some node may modify in place (``relu_``, ``x.add_(...)``,
+    ``inplace=True``, a module with ``inplace=True``): their readers may see different values."""
+    out = set()
+    for node in gm.graph.nodes:
+        if node.op not in ("call_function", "call_method", "call_module") or not node.args:
+            continue
+        target = node.target
+        if node.op == "call_module":
+            inplace = bool(getattr(gm.get_submodule(target), "inplace", False))
+        else:
+            name = target if isinstance(target, str) else getattr(target, "__name__", "")
+            inplace = bool(node.kwargs.get("inplace", False)) or (
+                name.endswith("_") and not name.endswith("__")) or name in ("__iadd__", "__imul__", "__isub__",
+                                                                             "__itruediv__", "setitem")
+        if inplace and isinstance(node.args[0], fx.Node):
+            out.add(node.args[0].name)
     return out
 
 
