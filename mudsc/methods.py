@@ -85,6 +85,10 @@ from .stats import CorrelationAccumulator
 __all__ = ["METHODS", "ActivationStats", "MergeResult", "collect_stats", "match", "merge"]
 
 
+# Reuse a group's weight similarity while its neighbours' maps are unchanged (see match); tests switch it off.
+_CACHE_WEIGHT_SIMILARITY = True
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     """What a method needs and does: activation statistics, coordinate descent, solver ("lap"/"zip"/None)."""
@@ -626,6 +630,36 @@ def match(
              "max_sweeps": int(max_sweeps), "patience": int(patience), "seed": int(seed), "axis_rule": axis_rule,
              "backend": backend}
 
+    # A group's weight similarity depends only on its members' weights and on the current maps of the groups
+    # on their other axes (its neighbours). The native path keeps the last one per group and recomputes it
+    # only when a neighbour's labels changed: late sweeps mostly revisit unchanged neighbourhoods. The
+    # reference backend recomputes every time, as the original does.
+    cache_similarity = backend != "reference" and _CACHE_WEIGHT_SIMILARITY
+    neighbours = {g.name: sorted({g2.name for mem in g.members if mem.similarity
+                                  for m2, g2 in spec.members_of(mem.name) if m2.axis != mem.axis})
+                  for g in spec.groups}
+    sim_cache: Dict[str, Tuple[tuple, torch.Tensor]] = {}
+    cache_hits = [0, 0]  # reused, computed
+
+    def neighbourhood(group: Group) -> tuple:
+        out = []
+        for name in neighbours[group.name]:
+            r = state.maps[name]
+            out.append(None if r is None else (int(r.num_outputs), np.asarray(r.labels, dtype=np.int64).tobytes()))
+        return tuple(out)
+
+    def weight_part(group: Group) -> torch.Tensor:
+        key = neighbourhood(group) if cache_similarity else None
+        hit = sim_cache.get(group.name)
+        if hit is not None and hit[0] == key:
+            cache_hits[0] += 1
+            return hit[1]
+        sw = weight_similarity(state.pieces(group, tensors), backend=backend).float().cpu()
+        cache_hits[1] += 1
+        if cache_similarity:
+            sim_cache[group.name] = (key, sw)
+        return sw
+
     def similarity(group: Group, mix: Optional[float]) -> torch.Tensor:
         """mix None: activation only; else ``mix·S_w + (1−mix)·S_act`` (S_w alone without activations)."""
         t0 = time.perf_counter()
@@ -633,8 +667,7 @@ def match(
         if act is not None and mix is not None and mix == 0.0:
             mix = None
         if act is None or mix is not None:
-            pieces = state.pieces(group, tensors)
-            sw = weight_similarity(pieces, backend=backend).float().cpu()
+            sw = weight_part(group)
             s = sw if act is None else mix * sw + (1.0 - mix) * act
         else:
             s = act
@@ -684,6 +717,7 @@ def match(
     maps = {name: MatchResult(np.asarray(r.labels, dtype=np.int64), int(r.num_outputs), float(values[name]))
             for name, r in state.maps.items()}
     info = {"history": history, "sweeps": len(history), "fallback_groups": fallback, "timing": timing,
+            "weight_similarity": {"computed": cache_hits[1], "reused": cache_hits[0]},
             "merge_value": float(np.mean(list(values.values()))) if values else 0.0}
     return MergePlan(spec=spec, maps=maps, num_models=n, method=method, hyperparameters=hyper,
                      fingerprints=[fingerprint(m) for m in models], info=info)
