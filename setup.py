@@ -96,7 +96,7 @@ def torch_extension():
     sources = [
         str(p.relative_to(ROOT)) for d in ("csrc/ops", "csrc/ops/cpu") for p in sorted((ROOT / d).glob("*.cpp"))
     ]
-    cxx = ["-std=c++20", *OPT]  # torch >= 2.10 headers need C++20
+    cxx = ["-std=c++20", *OPT, *ARCH]  # torch >= 2.10 headers need C++20; ARCH vectorises the prepare loops
     define_macros = []
     include_dirs = [str(ROOT / "csrc/core"), str(ROOT / "csrc/ops")]
     if with_cuda:

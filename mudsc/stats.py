@@ -5,7 +5,8 @@
 - ``n``: the number of samples seen (every non-channel position of every tensor is a sample: batch, pixels,
   tokens; ALGORITHM.md §2 counts batches instead, which gives the same moments when every batch has the same
   number of positions per sample),
-- a fixed per-feature shift ``s`` (the mean of the first batch, in the compute dtype),
+- a fixed per-feature shift ``s`` (the mean of the first batch's first ``fold_samples`` samples, in the
+  compute dtype),
 - ``sums = Σ (x − s)`` and ``moment = Σ (x − s)(x − s)ᵀ``, both float64.
 
 Why a shift: the original computes ``E[xxᵀ] − μμᵀ`` in float32, which cancels catastrophically for channels
@@ -81,6 +82,25 @@ def _prod(shape, skip: int) -> int:
         if k != skip:
             p *= s
     return p
+
+
+def _leading_samples(xs: list[torch.Tensor], dims: list[int], samples: int) -> list[torch.Tensor]:
+    """Views of the first whole outer indices (first non-channel axis) of every input covering at least
+    ``samples`` samples, or the inputs themselves when they hold fewer or split their samples differently.
+    The shift only has to lie near the mean, so it is taken from these (cheap) samples."""
+    outer, per = set(), set()
+    for t, d in zip(xs, dims):
+        if t.dim() < 2:
+            return xs
+        a = 1 if d % t.dim() == 0 else 0
+        outer.add(t.shape[a])
+        per.add(_prod(t.shape, d) // max(t.shape[a], 1))
+    if len(outer) != 1 or len(per) != 1 or 0 in per:
+        return xs
+    k = -(-samples // per.pop())
+    if k >= outer.pop():
+        return xs
+    return [t.narrow(1 if d % t.dim() == 0 else 0, 0, k) for t, d in zip(xs, dims)]
 
 
 def _prepare_torch(xs: list[torch.Tensor], dims: list[int], shift: torch.Tensor):
@@ -191,8 +211,9 @@ class CorrelationAccumulator:
         self._final = None
         if self._shift is None:
             zero = torch.zeros(self.num_features, dtype=self.dtype, device=self.device)
-            _, sums, _ = self._prepare(xs, dims, zero)
-            self._shift = (sums / n).to(self.dtype)
+            head = _leading_samples(xs, dims, self.fold_samples)
+            _, sums, _ = self._prepare(head, dims, zero)
+            self._shift = (sums / _prod(head[0].shape, dims[0])).to(self.dtype)
         if self._use_op:
             nonfinite = torch.ops.mudsc.stats_update_(
                 self._moment, self._sums, xs, dims, self._shift, self.block_size, self.fold_samples
