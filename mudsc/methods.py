@@ -68,7 +68,8 @@ import torch.nn.functional as F
 
 from .norm import first_input, reset_bn
 from .plan import MergePlan, fingerprint
-from .similarity import AxisMap, weight_similarity
+from . import _native
+from .similarity import AxisMap, PieceCache, weight_moments, weight_similarity
 from .solvers import (
     MatchResult,
     _check_zip_parameters,
@@ -451,6 +452,15 @@ class _MapState:
         scale = torch.cat(scales)
         return AxisMap(assigned, cursor + int(rest.sum()), None if bool((scale == 1).all()) else scale.float())
 
+    def piece_neighbours(self, group: Group, tensors: Sequence[Mapping[str, torch.Tensor]]) -> List[List[str]]:
+        """Per piece of :meth:`pieces` (same order), the groups whose maps enter it (on its other axes)."""
+        out = []
+        for member in group.members:
+            if not member.similarity or not tensors[0][member.name].is_floating_point():
+                continue
+            out.append(sorted({g2.name for m2, g2 in self.spec.members_of(member.name) if m2.axis != member.axis}))
+        return out
+
     def pieces(self, group: Group, tensors: Sequence[Mapping[str, torch.Tensor]]) -> List[list]:
         """``pieces[i]`` for :func:`mudsc.weight_similarity`: every similarity member of ``group`` in model i,
         narrowed to its units (the unit axis reshaped to ``(outer, size, inner)``), other axes mapped."""
@@ -630,35 +640,24 @@ def match(
              "max_sweeps": int(max_sweeps), "patience": int(patience), "seed": int(seed), "axis_rule": axis_rule,
              "backend": backend}
 
-    # A group's weight similarity depends only on its members' weights and on the current maps of the groups
-    # on their other axes (its neighbours). The native path keeps the last one per group and recomputes it
-    # only when a neighbour's labels changed: late sweeps mostly revisit unchanged neighbourhoods. The
-    # reference backend recomputes every time, as the original does.
-    cache_similarity = backend != "reference" and _CACHE_WEIGHT_SIMILARITY
-    neighbours = {g.name: sorted({g2.name for mem in g.members if mem.similarity
-                                  for m2, g2 in spec.members_of(mem.name) if m2.axis != mem.axis})
-                  for g in spec.groups}
-    sim_cache: Dict[str, Tuple[tuple, torch.Tensor]] = {}
-    cache_hits = [0, 0]  # reused, computed
+    # A group's weight similarity is a sum over its pieces (member tensors), and a piece depends only on its
+    # weights and on the current maps of the groups on its other axes. The native path keeps every large
+    # piece's moments and recomputes a piece only when one of those maps changed (late sweeps mostly revisit
+    # unchanged neighbourhoods). The reference backend recomputes everything, as the original does.
+    cache = PieceCache() if backend != "reference" and _native.HAS_C else None
+    if cache is not None:
+        cache.reuse = _CACHE_WEIGHT_SIMILARITY
 
-    def neighbourhood(group: Group) -> tuple:
-        out = []
-        for name in neighbours[group.name]:
-            r = state.maps[name]
-            out.append(None if r is None else (int(r.num_outputs), np.asarray(r.labels, dtype=np.int64).tobytes()))
-        return tuple(out)
+    def map_key(name: str):
+        r = state.maps[name]
+        return None if r is None else (int(r.num_outputs), np.asarray(r.labels, dtype=np.int64).tobytes())
 
     def weight_part(group: Group) -> torch.Tensor:
-        key = neighbourhood(group) if cache_similarity else None
-        hit = sim_cache.get(group.name)
-        if hit is not None and hit[0] == key:
-            cache_hits[0] += 1
-            return hit[1]
-        sw = weight_similarity(state.pieces(group, tensors), backend=backend).float().cpu()
-        cache_hits[1] += 1
-        if cache_similarity:
-            sim_cache[group.name] = (key, sw)
-        return sw
+        pieces = state.pieces(group, tensors)
+        if cache is None:
+            return weight_similarity(pieces, backend=backend).float().cpu()
+        keys = [tuple(map_key(name) for name in names) for names in state.piece_neighbours(group, tensors)]
+        return weight_moments(pieces, cache, group.name, keys).correlation(1e-7, dtype=torch.float32).cpu()
 
     def similarity(group: Group, mix: Optional[float]) -> torch.Tensor:
         """mix None: activation only; else ``mix·S_w + (1−mix)·S_act`` (S_w alone without activations)."""
@@ -717,7 +716,7 @@ def match(
     maps = {name: MatchResult(np.asarray(r.labels, dtype=np.int64), int(r.num_outputs), float(values[name]))
             for name, r in state.maps.items()}
     info = {"history": history, "sweeps": len(history), "fallback_groups": fallback, "timing": timing,
-            "weight_similarity": {"computed": cache_hits[1], "reused": cache_hits[0]},
+            "weight_pieces": {"computed": cache.computed if cache else None, "reused": cache.reused if cache else None},
             "merge_value": float(np.mean(list(values.values()))) if values else 0.0}
     return MergePlan(spec=spec, maps=maps, num_models=n, method=method, hyperparameters=hyper,
                      fingerprints=[fingerprint(m) for m in models], info=info)

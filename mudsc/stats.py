@@ -257,9 +257,13 @@ class CorrelationAccumulator:
         self._final = None
         if self._count == 0:
             self._shift = other._shift.to(self.device, self.dtype).clone()
-        moment, sums = other._rebased(self._shift.to(other.device))
-        self._moment += moment.to(self.device)
-        self._sums += sums.to(self.device)
+        if other._shift.device == self._shift.device and torch.equal(other._shift, self._shift):
+            self._moment += other._moment  # same shift: the sums add as they are
+            self._sums += other._sums
+        else:
+            moment, sums = other._rebased(self._shift.to(other.device))
+            self._moment += moment.to(self.device)
+            self._sums += sums.to(self.device)
         self._count += other._count
         self._nonfinite += other._nonfinite.to(self.device)
         return self

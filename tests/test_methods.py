@@ -202,16 +202,16 @@ def test_descent_stops_after_patience_and_returns_best():
 
 @pytest.mark.parametrize("arch", ["resnet20-bn", "vit"])
 def test_similarity_cache_gives_the_same_plan_as_recomputing(setups, arch, monkeypatch):
-    """The native descent reuses a group's weight similarity while its neighbours' maps are unchanged: the plan
-    and the sweep history must equal those of a descent that recomputes every similarity."""
+    """The native descent reuses a piece's weight moments while the maps on its other axes are unchanged: the
+    plan and the sweep history must equal those of a descent that recomputes every piece."""
     ms, spec, _, stats = setups[arch]
     kw = dict(stats=stats, max_sweeps=8, patience=3, progress=False, backend="native")
     cached = match(ms, spec, "mudsc-zip", **kw)
     monkeypatch.setattr(mudsc.methods, "_CACHE_WEIGHT_SIMILARITY", False)
     fresh = match(ms, spec, "mudsc-zip", **kw)
-    counts = cached.info["weight_similarity"]
-    assert counts["reused"] > 0 and fresh.info["weight_similarity"]["reused"] == 0
-    assert counts["computed"] + counts["reused"] == fresh.info["weight_similarity"]["computed"]
+    counts = cached.info["weight_pieces"]
+    assert counts["reused"] > 0 and fresh.info["weight_pieces"]["reused"] == 0
+    assert counts["computed"] + counts["reused"] == fresh.info["weight_pieces"]["computed"]
     assert cached.info["history"] == fresh.info["history"]
     for name in fresh.maps:
         np.testing.assert_array_equal(cached.maps[name].labels, fresh.maps[name].labels)
