@@ -10,7 +10,7 @@ Knobs (environment):
   TORCH_CUDA_ARCH_LIST       required for a CUDA build on a host without a GPU (e.g. "9.0").
   CUDA_HOME                  toolkit root; default: $CUDA_PATH, /usr/local/cuda, then torch's guess.
   MUDSC_DEBUG=1              -O0 -g.
-  MUDSC_NATIVE_ARCH=0        do not pass -march=native to the core (portable binaries).
+  MUDSC_NATIVE_ARCH=0        do not pass -march=native (core and torch ops; portable binaries).
   MAX_JOBS                   parallel compile jobs (ninja).
 
 Install with ``pip install --no-build-isolation -e .`` (build isolation would pull a multi-GB torch).
