@@ -85,6 +85,7 @@ struct Workspace {
   std::vector<int64_t> transposed_assignment;  // row_of_col of a transposed solve [m]
   std::vector<float> transposed_f;  // copy used when rows > cols (float input)
   std::vector<double> transposed_d; // copy used when rows > cols (double input)
+  std::vector<double> small_matrices;  // padded signed copies of small square problems (<= 64 x 64)
 
   /// Frees the matrix-sized copies (kept workspaces should not pin them).
   void release_copies() {
