@@ -345,6 +345,8 @@ void shortest_augmenting_paths(const Problem<T>& p, Workspace& ws) {
 //     code's "min over free columns <= min over all", free columns being a
 //     subset) at the lowest such column, else scans the lowest column there, as
 //     the general code does;
+//   - phases 3 and 4 are split into steps, so that solve_pair can advance two
+//     independent problems in turns and the processor overlaps their chains;
 //   - nothing is allocated per solve beyond the reused matrix buffer.
 // ---------------------------------------------------------------------------
 
@@ -654,6 +656,58 @@ double solve_small(const Problem<T>& p, const SolveOptions& opt, int64_t* col_of
   return finish_small(s, p, col_of_row, opt.out_col_potentials);
 }
 
+/// Two small problems of one size: phases 1-2 of each, then phases 3 and 4 with the
+/// steps of the two in turns. Errors in the order of sequential solves: a's first.
+/// The workspace's stats are b's counters (no phase timings: the phases overlap).
+template <int NB, bool Max, typename T>
+void solve_small_pair(const Problem<T>& pa, const Problem<T>& pb, int64_t* col_of_row_a, int64_t* col_of_row_b,
+                      double* objective, Workspace& ws) {
+  double* ca = small_matrices<NB>(ws, pa.n, 2);
+  double* cb = ca + pa.n * small::kBlock * NB;
+  copy_small<NB, Max>(pa, ca);
+  copy_small<NB, Max>(pb, cb);
+  SolveStats stats_a;
+  SmallSolver<NB> a(ca, pa.n, stats_a), b(cb, pb.n, ws.stats);
+  small::Row<NB> va, vb;
+  raise_check<Max>(small_phase1<Max>(a, va, pa), pa);
+  const SmallCheck check_b = small_phase1<Max>(b, vb, pb);  // raised once a is solved
+  const bool both = check_b == SmallCheck::ok;
+  a.reduction_transfer(va);
+  if (both) b.reduction_transfer(vb);
+
+  bool run_a = true, run_b = both;
+  while (run_a && run_b) {
+    run_a = a.arr_step(va);
+    run_b = b.arr_step(vb);
+  }
+  while (run_a) run_a = a.arr_step(va);
+  while (run_b) run_b = b.arr_step(vb);
+
+  Search<NB> sa, sb;
+  run_a = !a.failed();
+  run_b = both && !b.failed();
+  if (run_a) {
+    a.begin_paths(va);
+    run_a = a.begin_search(sa);
+  }
+  if (run_b) {
+    b.begin_paths(vb);
+    run_b = b.begin_search(sb);
+  }
+  while (run_a && run_b) {
+    run_a = a.path_step(sa);
+    run_b = b.path_step(sb);
+  }
+  while (run_a) run_a = a.path_step(sa);
+  while (run_b) run_b = b.path_step(sb);
+
+  if (a.failed()) fail_infeasible(Max, pa);
+  objective[0] = finish_small(a, pa, col_of_row_a, nullptr);
+  raise_check<Max>(check_b, pb);
+  if (b.failed()) fail_infeasible(Max, pb);
+  objective[1] = finish_small(b, pb, col_of_row_b, nullptr);
+}
+
 /// Rows padded to 8, 16, 32 or 64 columns: the smallest that holds n.
 template <typename F>
 auto with_blocks(int64_t n, F f) {
@@ -792,6 +846,37 @@ double solve(const MatrixView<T>& cost, const SolveOptions& options, int64_t* co
 }
 
 template <typename T>
+void solve_pair(const MatrixView<T>& a, const MatrixView<T>& b, bool maximize, int64_t* col_of_row_a,
+                int64_t* col_of_row_b, double* objective, Workspace& ws) {
+  // The row-major square problem that solve() would hand to the small solver, if any
+  // (strides normalised as there).
+  auto small_problem = [](const MatrixView<T>& c, Problem<T>& p) {
+    const int64_t n = c.rows;
+    if (n != c.cols || n < 1 || n > small::kMaxCols) return false;
+    const int64_t col_stride = n == 1 ? 1 : c.col_stride;
+    if (col_stride != 1) return false;
+    p = Problem<T>{c.data, n, n, n == 1 ? n : c.row_stride, n, n};
+    return true;
+  };
+  Problem<T> pa{}, pb{};
+  if (small_problem(a, pa) && small_problem(b, pb) && pa.n == pb.n) {
+    with_blocks(pa.n, [&](auto nb) {
+      constexpr int NB = decltype(nb)::value;
+      if (maximize) {
+        solve_small_pair<NB, true>(pa, pb, col_of_row_a, col_of_row_b, objective, ws);
+      } else {
+        solve_small_pair<NB, false>(pa, pb, col_of_row_a, col_of_row_b, objective, ws);
+      }
+    });
+    return;
+  }
+  SolveOptions options;
+  options.maximize = maximize;
+  objective[0] = solve(a, options, col_of_row_a, ws);
+  objective[1] = solve(b, options, col_of_row_b, ws);
+}
+
+template <typename T>
 void solve_batch(const T* data, int64_t batch, int64_t rows, int64_t cols, int64_t batch_stride,
                  int64_t row_stride, int64_t col_stride, bool maximize, const double* init_col_potentials,
                  double* out_col_potentials, int64_t* col_of_row, double* objective, int num_threads) {
@@ -843,6 +928,10 @@ void solve_batch(const T* data, int64_t batch, int64_t rows, int64_t cols, int64
 
 template double solve<float>(const MatrixView<float>&, const SolveOptions&, int64_t*, Workspace&);
 template double solve<double>(const MatrixView<double>&, const SolveOptions&, int64_t*, Workspace&);
+template void solve_pair<float>(const MatrixView<float>&, const MatrixView<float>&, bool, int64_t*, int64_t*,
+                                double*, Workspace&);
+template void solve_pair<double>(const MatrixView<double>&, const MatrixView<double>&, bool, int64_t*, int64_t*,
+                                 double*, Workspace&);
 template void solve_batch<float>(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool,
                                  const double*, double*, int64_t*, double*, int);
 template void solve_batch<double>(const double*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool,
