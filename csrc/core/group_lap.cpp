@@ -34,13 +34,14 @@ double group_permute_match(const T* block, int64_t om, int64_t row_stride, int64
   double objective[2];
   for (int64_t q = 0; q < count; q += 2) {
     int64_t* cols = &inner[q * og];
+    const MatrixView<T> first{sub_block(q), og, og, row_stride, 1};
     if (q + 1 < count) {
-      solve_pair(MatrixView<T>{sub_block(q), og, og, row_stride, 1}, MatrixView<T>{sub_block(q + 1), og, og, row_stride, 1},
-                 true, cols, cols + og, objective, ws);
+      const MatrixView<T> second{sub_block(q + 1), og, og, row_stride, 1};
+      solve_pair(first, second, true, cols, cols + og, objective, ws);
       score_of(q, cols);
       score_of(q + 1, cols + og);
     } else {
-      solve(MatrixView<T>{sub_block(q), og, og, row_stride, 1}, opt, cols, ws);
+      solve(first, opt, cols, ws);
       score_of(q, cols);
     }
   }

@@ -102,6 +102,10 @@ struct SolveOptions {
   const double* init_col_potentials = nullptr;
   /// Where to write the final column potentials [cols] (square problems), or null.
   double* out_col_potentials = nullptr;
+  /// Cold-start square problems of at most 64 rows take the small-problem solver
+  /// (lap.cpp, SmallSolver: the same decisions, faster); false forces the general
+  /// code, which the tests compare it with.
+  bool small_solver = true;
 };
 
 /// Solves one problem. Writes col_of_row[rows]: the column assigned to each row,

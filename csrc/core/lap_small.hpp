@@ -22,10 +22,11 @@
 //
 // Block8 is 8 doubles: one AVX-512 register, two AVX2 registers, or a plain array
 // (portable builds), chosen at compile time. The matrix copy is double whatever
-// the input type (float32 is widened once, exactly; measured faster than widening
-// on every load, which sits on the step-to-step chain). No NaN reaches these kernels (the solver validates its input
-// first), so min/max need no NaN rules; they may return either zero when comparing
-// +0 with -0, which changes no comparison and hence no decision.
+// the input type: float32 is widened once, exactly (measured faster than widening
+// on every load, which sits on the step-to-step chain). No NaN reaches these
+// kernels (the solver validates its input first), so min/max need no NaN rules;
+// they may return either zero when comparing +0 with -0, which changes no
+// comparison and hence no decision.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +34,14 @@
 
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+
+// The step kernels are meant to inline into the solver's loops, so that their Row
+// arguments stay in registers (GCC 12 left two_smallest out of line otherwise).
+#if defined(__GNUC__)
+#define MUDSC_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define MUDSC_ALWAYS_INLINE inline
 #endif
 
 namespace mudsc {
@@ -236,11 +245,13 @@ inline Row<NB> filled(double value) {
 }
 
 /// The lanes of block b whose column bit is set in `columns`.
-inline Mask8 block_mask(uint64_t columns, int b) { return mask_from_bits(static_cast<unsigned>(columns >> (kBlock * b))); }
+inline Mask8 block_mask(uint64_t columns, int b) {
+  return mask_from_bits(static_cast<unsigned>(columns >> (kBlock * b)));
+}
 
 /// r[j] -= amount for column j only (a masked subtraction: r[j] - amount rounds as the scalar one).
 template <int NB>
-inline void subtract_at(Row<NB>& r, int64_t j, double amount) {
+MUDSC_ALWAYS_INLINE void subtract_at(Row<NB>& r, int64_t j, double amount) {
   const uint64_t one = uint64_t{1} << j;
   const Block8 a = broadcast(amount);
   for (int b = 0; b < NB; ++b) r.b[b] = select(block_mask(one, b), r.b[b], r.b[b] - a);
@@ -249,7 +260,7 @@ inline void subtract_at(Row<NB>& r, int64_t j, double amount) {
 /// Every lane: the smallest value of the row (a balanced tree over blocks, then a
 /// butterfly across lanes). Written as a recursion on NB so that it unrolls fully.
 template <int NB>
-inline Block8 row_min(const Row<NB>& r) {
+MUDSC_ALWAYS_INLINE Block8 row_min(const Row<NB>& r) {
   if constexpr (NB == 1) {
     Block8 m = r.b[0];
     m = min8(m, swap4(m));
@@ -264,7 +275,7 @@ inline Block8 row_min(const Row<NB>& r) {
 
 /// Bit j set where r[j] == value (value broadcast in every lane).
 template <int NB>
-inline uint64_t equal_bits(const Row<NB>& r, Block8 value) {
+MUDSC_ALWAYS_INLINE uint64_t equal_bits(const Row<NB>& r, Block8 value) {
   uint64_t out = 0;
   for (int b = 0; b < NB; ++b) out |= static_cast<uint64_t>(bits(equal(r.b[b], value))) << (kBlock * b);
   return out;
@@ -297,7 +308,7 @@ inline bool column_minima(const double* c, int64_t n, Row<NB>& v, double* row_of
 
 /// min over j != skip of row[j] - v[j].
 template <int NB>
-inline double min_reduced_except(const double* row, const Row<NB>& v, int64_t skip) {
+MUDSC_ALWAYS_INLINE double min_reduced_except(const double* row, const Row<NB>& v, int64_t skip) {
   const uint64_t one = uint64_t{1} << skip;
   const Block8 inf = broadcast(kInf);
   Row<NB> h;
@@ -313,7 +324,7 @@ struct TwoSmallest {
 /// Per lane (smallest, second smallest) of two disjoint sets, merged: the smallest is
 /// the smaller smallest; the second is the larger smallest or the smaller second,
 /// whichever is less.
-inline void merge_two(Block8& a1, Block8& a2, Block8 b1, Block8 b2) {
+MUDSC_ALWAYS_INLINE void merge_two(Block8& a1, Block8& a2, Block8 b1, Block8 b2) {
   a2 = min8(max8(a1, b1), min8(a2, b2));
   a1 = min8(a1, b1);
 }
@@ -321,7 +332,7 @@ inline void merge_two(Block8& a1, Block8& a2, Block8 b1, Block8 b2) {
 /// Every lane: the two smallest values of the rows' lanes, given per-lane pairs
 /// (m1 <= m2); a tree over blocks, then a butterfly (recursion on NB, as row_min).
 template <int NB>
-inline void two_min(const Row<NB>& m1, const Row<NB>& m2, Block8& first, Block8& second) {
+MUDSC_ALWAYS_INLINE void two_min(const Row<NB>& m1, const Row<NB>& m2, Block8& first, Block8& second) {
   if constexpr (NB == 1) {
     Block8 a1 = m1.b[0], a2 = m2.b[0];
     merge_two(a1, a2, swap4(a1), swap4(a2));
@@ -342,7 +353,7 @@ inline void two_min(const Row<NB>& m1, const Row<NB>& m2, Block8& first, Block8&
 
 /// The two smallest of row[j] - v[j], as a multiset (equal when the minimum is tied).
 template <int NB>
-inline TwoSmallest two_smallest(const double* row, const Row<NB>& v) {
+MUDSC_ALWAYS_INLINE TwoSmallest two_smallest(const double* row, const Row<NB>& v) {
   Row<NB> h, none = filled<NB>(kInf);
   for (int b = 0; b < NB; ++b) h.b[b] = load8(row + kBlock * b) - v.b[b];
   Block8 first, second;
@@ -358,7 +369,7 @@ struct Relaxed {
 /// One Dijkstra step from row i with offset u, over the columns not in `scanned`:
 /// dist[j] = min(dist[j], row[j] - v[j] - u), pred[j] = i where it improved (strictly).
 template <int NB>
-inline Relaxed relax(const double* row, const double* v, double u, Row<NB>& dist, int64_t* pred, int64_t i,
+MUDSC_ALWAYS_INLINE Relaxed relax(const double* row, const double* v, double u, Row<NB>& dist, int64_t* pred, int64_t i,
                      uint64_t scanned) {
   const Block8 uu = broadcast(u), inf = broadcast(kInf);
   Row<NB> live_dist;  // dist, +inf on scanned columns
