@@ -128,7 +128,8 @@ void solve_pair(const MatrixView<T>& a, const MatrixView<T>& b, bool maximize, i
 
 /// Solves `batch` independent problems of the same shape on `num_threads` threads
 /// (<= 0: hardware concurrency), one Workspace per thread and no other allocation
-/// per problem. Problem b starts at data + b * batch_stride (elements). Potentials
+/// per problem; square problems of at most 64 rows without potentials two at a
+/// time (solve_pair). Problem b starts at data + b * batch_stride (elements). Potentials
 /// (square problems only) are [batch, cols], contiguous; either pointer may be null.
 /// Writes col_of_row[batch, rows] and objective[batch] (objective may be null).
 /// On failure throws the error of the lowest failing problem index, prefixed by it.
