@@ -255,6 +255,33 @@ def test_solve_assignment_matches_scipy(backend, problem, layout):
         assert res.potentials is None
 
 
+# Square problems of at most 64 rows take the native small-problem solver (csrc/core/lap_small.hpp), rows padded
+# to 8, 16, 32 or 64 columns: sizes on both sides of each padding, and just past the limit (the general solver).
+SMALL_SQUARE_SIZES = [1, 2, 7, 8, 9, 16, 17, 32, 33, 63, 64, 65]
+
+
+@pytest.mark.parametrize("n", SMALL_SQUARE_SIZES)
+@pytest.mark.parametrize("kind", ["uniform", "int_ties", "binary", "all_equal", "signed_zeros", "forbidden"])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_small_square_sizes_match_scipy(backend, n, kind, maximize):
+    for seed, dtype in ((n, np.float64), (n + 1000, np.float32)):
+        rng = np.random.default_rng(seed)
+        if kind == "signed_zeros":
+            c = np.where(rng.random((n, n)) < 0.5, 0.0, -0.0)
+        elif kind == "forbidden":
+            c = np.where(rng.random((n, n)) < 0.3, forbidden_value(maximize), make_values("normal", (n, n), seed, 0))
+        else:
+            c = make_values(kind, (n, n), seed, -3.5)
+        c = c.astype(dtype)
+        what = f"n={n} {kind} {np.dtype(dtype).name} maximize={maximize}"
+        if not scipy_optimum(c.astype(np.float64), maximize)[0]:
+            with pytest.raises(ValueError, match="infeasible"):
+                mudsc.linear_sum_assignment(c, maximize, backend=backend)
+            continue
+        rows, cols = mudsc.linear_sum_assignment(c, maximize, backend=backend)
+        check_solution(c, maximize, rows, cols, rtol_for(dtype), what)
+
+
 @given(
     data=st.data(),
     dtype=st.sampled_from([torch.float32, torch.float64, torch.int64, torch.float16]),

@@ -526,6 +526,22 @@ def test_permute_native_matches_reference(n, groups, og, seed, dtype, symmetric)
     assert_value_close(nat.merge_value, ref.merge_value, sim)
 
 
+@needs_native
+@pytest.mark.parametrize("groups", [1, 2, 3])
+@pytest.mark.parametrize("og", [5, 8, 9, 16, 33, 64, 65])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_group_permute_native_matches_reference_head_sizes(groups, og, dtype):
+    """Head-sized groups: the native inner problems of up to 64 units are solved two at a time by the small-problem
+    solver (an odd count leaves the last one alone); 65 units take the general solver."""
+    om = groups * og
+    sim = continuous_sim(100 * groups + og, 2 * om, dtype)
+    nat = mudsc.group_permute_match(sim, 2, groups, backend="native")
+    ref = mudsc.group_permute_match(sim, 2, groups, backend="reference")
+    np.testing.assert_array_equal(nat.labels, ref.labels)
+    assert nat.num_outputs == ref.num_outputs == om
+    assert_value_close(nat.merge_value, ref.merge_value, sim)
+
+
 def _model_perms(labels: np.ndarray, n: int, om: int) -> list[np.ndarray]:
     """For each model i, ``col[k]`` = unit of model i (local index) matched to model 0's unit k."""
     labels = np.asarray(labels)

@@ -85,6 +85,7 @@ struct Workspace {
   std::vector<int64_t> transposed_assignment;  // row_of_col of a transposed solve [m]
   std::vector<float> transposed_f;  // copy used when rows > cols (float input)
   std::vector<double> transposed_d; // copy used when rows > cols (double input)
+  std::vector<double> small_matrices;  // padded signed copies of small square problems (<= 2 x 64 x 64)
 
   /// Frees the matrix-sized copies (kept workspaces should not pin them).
   void release_copies() {
@@ -101,6 +102,10 @@ struct SolveOptions {
   const double* init_col_potentials = nullptr;
   /// Where to write the final column potentials [cols] (square problems), or null.
   double* out_col_potentials = nullptr;
+  /// Cold-start square problems of at most 64 rows take the small-problem solver
+  /// (lap.cpp, SmallSolver: the same decisions, faster); false forces the general
+  /// code, which the tests compare it with.
+  bool small_solver = true;
 };
 
 /// Solves one problem. Writes col_of_row[rows]: the column assigned to each row,
@@ -110,9 +115,21 @@ template <typename T>
 double solve(const MatrixView<T>& cost, const SolveOptions& options, int64_t* col_of_row,
              Workspace& workspace);
 
+/// Solves two independent problems as two solve() calls would (same assignments and
+/// objectives; on failure the error of the first failing one, in order). Square
+/// row-major problems of at most 64 rows are solved together, their steps taken in
+/// turns: each step of such a small problem is a chain of dependent operations
+/// (a row read, a minimum, its column, the next row), and the processor overlaps
+/// the chains of two independent problems. Writes col_of_row_a[a.rows],
+/// col_of_row_b[b.rows] and objective[2].
+template <typename T>
+void solve_pair(const MatrixView<T>& a, const MatrixView<T>& b, bool maximize, int64_t* col_of_row_a,
+                int64_t* col_of_row_b, double* objective, Workspace& workspace);
+
 /// Solves `batch` independent problems of the same shape on `num_threads` threads
 /// (<= 0: hardware concurrency), one Workspace per thread and no other allocation
-/// per problem. Problem b starts at data + b * batch_stride (elements). Potentials
+/// per problem; square problems of at most 64 rows without potentials two at a
+/// time (solve_pair). Problem b starts at data + b * batch_stride (elements). Potentials
 /// (square problems only) are [batch, cols], contiguous; either pointer may be null.
 /// Writes col_of_row[batch, rows] and objective[batch] (objective may be null).
 /// On failure throws the error of the lowest failing problem index, prefixed by it.

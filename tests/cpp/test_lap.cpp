@@ -206,7 +206,19 @@ void test_batch() {
     std::vector<int64_t> a;
     const double s = solve(one, n, n, true, a);
     CHECK(std::fabs(s - obj[b]) < 1e-9, "batch %d: %g vs %g", b, obj[b], s);
+    CHECK(std::equal(a.begin(), a.end(), out.begin() + b * n), "batch %d: assignment differs", b);
   }
+  // Small squares go in pairs: a failure in the first problem of a pair is attributed to it.
+  std::vector<float> d = c;
+  d[6 * n * n + 3] = std::nanf("");
+  d[9 * n * n + 3] = std::nanf("");
+  std::string first;
+  try {
+    mudsc::lap::solve_batch<float>(d.data(), B, n, n, n * n, n, 1, true, nullptr, nullptr, out.data(), nullptr, 1);
+  } catch (const LapError& e) {
+    first = e.what();
+  }
+  CHECK(first.find("problem 6 ") == 0, "batch error: %s", first.c_str());
   // The error of the lowest failing problem is reported, with its index.
   c[5 * n * n + 3] = std::nanf("");
   c[9 * n * n + 3] = std::nanf("");
@@ -217,6 +229,136 @@ void test_batch() {
     msg = e.what();
   }
   CHECK(msg.find("problem 5 ") == 0, "batch error: %s", msg.c_str());
+}
+
+/// A small square matrix (the solver's n <= 64 path) of one of several kinds: continuous,
+/// many ties, signed zeros, and a share of forbidden entries.
+template <typename T>
+std::vector<T> small_matrix(std::mt19937& rng, int n, int kind, bool maximize) {
+  std::vector<T> c(size_t(n) * n);
+  std::uniform_real_distribution<double> u(-1, 1);
+  for (T& x : c) {
+    if (kind == 0) x = T(u(rng));
+    else if (kind == 1) x = T(double(rng() % 3));                  // many ties
+    else if (kind == 2) x = T(rng() % 2 ? 0.0 : -0.0);             // all zero, signs mixed
+    else x = (rng() % 4 == 0) ? T(maximize ? -kInf : kInf) : T(double(rng() % 10));  // forbidden entries
+  }
+  return c;
+}
+
+/// The small square solver against the general code (SolveOptions::small_solver =
+/// false) on the same problem: the same decisions, hence the same assignment, the
+/// same objective and potentials equal as numbers, or the same error; ties, signed
+/// zeros and forbidden entries included. Plus a dual certificate.
+template <typename T>
+void test_small_square_vs_general() {
+  std::mt19937 rng(21);
+  const int sizes[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 50, 63, 64, 65};
+  for (int trial = 0; trial < 800; ++trial) {
+    const int n = sizes[trial % 16];
+    const bool maximize = rng() % 2;
+    const int kind = (trial / 16) % 4;
+    const std::vector<T> c = small_matrix<T>(rng, n, kind, maximize);
+    Workspace ws;
+    std::vector<int64_t> a(n, -2), b(n, -2);
+    std::vector<double> va(n), vb(n);
+    std::string error_a, error_b;
+    double obj_a = 0, obj_b = 0;
+    SolveOptions opt;
+    opt.maximize = maximize;
+    opt.out_col_potentials = va.data();
+    try {
+      obj_a = mudsc::lap::solve(MatrixView<T>{c.data(), n, n, n, 1}, opt, a.data(), ws);
+    } catch (const LapError& e) {
+      error_a = e.what();
+    }
+    opt.small_solver = false;
+    opt.out_col_potentials = vb.data();
+    try {
+      obj_b = mudsc::lap::solve(MatrixView<T>{c.data(), n, n, n, 1}, opt, b.data(), ws);
+    } catch (const LapError& e) {
+      error_b = e.what();
+    }
+    CHECK(error_a == error_b, "n=%d kind=%d max=%d: error '%s' vs general '%s'", n, kind, maximize, error_a.c_str(),
+          error_b.c_str());
+    if (!error_a.empty() || !error_b.empty()) continue;
+    CHECK(a == b, "n=%d kind=%d max=%d: assignment differs from the general code's", n, kind, maximize);
+    CHECK(obj_a == obj_b, "n=%d kind=%d max=%d: objective %.17g vs %.17g", n, kind, maximize, obj_a, obj_b);
+    CHECK(va == vb, "n=%d kind=%d max=%d: potentials differ", n, kind, maximize);
+    const double sgn = maximize ? -1 : 1;
+    double worst = 0;
+    for (int i = 0; i < n; ++i) {
+      const double u = sgn * double(c[size_t(i) * n + a[i]]) - va[a[i]];
+      for (int j = 0; j < n; ++j) worst = std::min(worst, sgn * double(c[size_t(i) * n + j]) - u - va[j]);
+    }
+    CHECK(worst > -1e-9, "n=%d kind=%d max=%d: reduced cost %g < 0", n, kind, maximize, worst);
+  }
+}
+
+/// solve_pair == two solve() calls: the same assignments and objectives (bitwise),
+/// small squares (interleaved) and the shapes that fall back alike.
+template <typename T>
+void test_pair() {
+  std::mt19937 rng(5);
+  Workspace ws;
+  for (int trial = 0; trial < 300; ++trial) {
+    const int n = trial % 5 == 0 ? 65 : 1 + int(rng() % 64);
+    const bool maximize = rng() % 2;
+    const std::vector<T> ca = small_matrix<T>(rng, n, trial % 4, maximize);
+    const std::vector<T> cb = small_matrix<T>(rng, n, (trial / 4) % 4, maximize);
+    std::vector<int64_t> wa, wb;
+    std::string want_error;
+    double want[2] = {0, 0};
+    try {
+      want[0] = solve(ca, n, n, maximize, wa);
+      want[1] = solve(cb, n, n, maximize, wb);
+    } catch (const LapError& e) {
+      want_error = e.what();
+    }
+    std::vector<int64_t> ga(n, -2), gb(n, -2);
+    double got[2] = {0, 0};
+    std::string error;
+    try {
+      mudsc::lap::solve_pair(MatrixView<T>{ca.data(), n, n, n, 1}, MatrixView<T>{cb.data(), n, n, n, 1}, maximize,
+                             ga.data(), gb.data(), got, ws);
+    } catch (const LapError& e) {
+      error = e.what();
+    }
+    CHECK(error == want_error, "pair n=%d: error '%s' vs '%s'", n, error.c_str(), want_error.c_str());
+    if (!want_error.empty()) continue;
+    CHECK(ga == wa && gb == wb, "pair n=%d max=%d: assignments differ", n, maximize);
+    CHECK(got[0] == want[0] && got[1] == want[1], "pair n=%d: objectives %.17g %.17g vs %.17g %.17g", n, got[0],
+          got[1], want[0], want[1]);
+  }
+}
+
+/// solve_pair reports errors as two solve() calls in order would: the first problem's
+/// error first, even when the second problem's error is found earlier.
+void test_pair_errors() {
+  const int n = 3;
+  const std::vector<double> fine = {1, 2, 3, 4, 5, 6, 7, 8, 0};
+  const std::vector<double> nan = {1, 2, 3, 4, std::nan(""), 6, 7, 8, 0};
+  const std::vector<double> empty_row = {kInf, kInf, kInf, 4, 5, 6, 7, 8, 0};  // infeasible, found after phase 1
+  const std::vector<double> empty_col = {kInf, 2, 3, kInf, 5, 6, kInf, 8, 0};  // infeasible, found in phase 1
+  struct Case {
+    const std::vector<double>* a;
+    const std::vector<double>* b;
+    const char* want;
+  } cases[] = {{&nan, &fine, "NaN"},          {&fine, &nan, "NaN"},         {&empty_row, &nan, "infeasible"},
+               {&empty_col, &nan, "infeasible"}, {&nan, &empty_col, "NaN"}, {&fine, &empty_row, "infeasible"}};
+  Workspace ws;
+  for (const Case& k : cases) {
+    std::vector<int64_t> a(n), b(n);
+    double obj[2];
+    std::string msg;
+    try {
+      mudsc::lap::solve_pair(MatrixView<double>{k.a->data(), n, n, n, 1}, MatrixView<double>{k.b->data(), n, n, n, 1},
+                             false, a.data(), b.data(), obj, ws);
+    } catch (const LapError& e) {
+      msg = e.what();
+    }
+    CHECK(msg.find(k.want) != std::string::npos, "pair error: want %s, got '%s'", k.want, msg.c_str());
+  }
 }
 
 }  // namespace
@@ -231,6 +373,11 @@ int main() {
   test_rectangular_and_views();
   test_errors();
   test_batch();
+  test_small_square_vs_general<double>();
+  test_small_square_vs_general<float>();
+  test_pair<double>();
+  test_pair<float>();
+  test_pair_errors();
   if (test_support::failures) {
     std::printf("%d check(s) failed\n", test_support::failures);
     return 1;
