@@ -86,7 +86,7 @@ from .stats import CorrelationAccumulator
 __all__ = ["METHODS", "ActivationStats", "MergeResult", "collect_stats", "match", "merge"]
 
 
-# Reuse a group's weight similarity while its neighbours' maps are unchanged (see match); tests switch it off.
+# Reuse a weight piece's moments while the maps on its other axes are unchanged (see match); tests switch it off.
 _CACHE_WEIGHT_SIMILARITY = True
 
 
@@ -452,32 +452,32 @@ class _MapState:
         scale = torch.cat(scales)
         return AxisMap(assigned, cursor + int(rest.sum()), None if bool((scale == 1).all()) else scale.float())
 
-    def piece_neighbours(self, group: Group, tensors: Sequence[Mapping[str, torch.Tensor]]) -> List[List[str]]:
-        """Per piece of :meth:`pieces` (same order), the groups whose maps enter it (on its other axes)."""
-        out = []
+    def _similarity_members(self, group: Group, tensors: Sequence[Mapping[str, torch.Tensor]]):
+        """``(member, {other axis: [(member, group)]})`` for every floating-point similarity member of ``group``:
+        the pieces of :meth:`pieces`, in order, with the groups mapping their other axes."""
         for member in group.members:
             if not member.similarity or not tensors[0][member.name].is_floating_point():
                 continue
-            out.append(sorted({g2.name for m2, g2 in self.spec.members_of(member.name) if m2.axis != member.axis}))
-        return out
+            others: Dict[int, list] = {}
+            for m2, g2 in self.spec.members_of(member.name):
+                if m2.axis != member.axis:
+                    others.setdefault(m2.axis, []).append((m2, g2))
+            yield member, others
+
+    def piece_neighbours(self, group: Group, tensors: Sequence[Mapping[str, torch.Tensor]]) -> List[List[str]]:
+        """Per piece of :meth:`pieces` (same order), the names of the groups whose maps enter it."""
+        return [sorted({g2.name for ms in others.values() for _, g2 in ms})
+                for _, others in self._similarity_members(group, tensors)]
 
     def pieces(self, group: Group, tensors: Sequence[Mapping[str, torch.Tensor]]) -> List[list]:
         """``pieces[i]`` for :func:`mudsc.weight_similarity`: every similarity member of ``group`` in model i,
         narrowed to its units (the unit axis reshaped to ``(outer, size, inner)``), other axes mapped."""
         out: List[list] = [[] for _ in range(self.n)]
-        for member in group.members:
-            if not member.similarity:
-                continue
+        for member, others in self._similarity_members(group, tensors):
             a = member.axis
-            others: Dict[int, list] = {}
-            for m2, g2 in self.spec.members_of(member.name):
-                if m2.axis != a:
-                    others.setdefault(m2.axis, []).append((m2, g2))
             idx = member.indices(group.size).reshape(-1)
             for i in range(self.n):
                 t = tensors[i][member.name].detach()
-                if not t.is_floating_point():
-                    break
                 whole = idx.numel() == t.shape[a] and member.offset == 0 and member.outer == 1
                 x = t if whole else t.index_select(a, idx.to(t.device))
                 shape = list(x.shape)
@@ -642,8 +642,8 @@ def match(
 
     # A group's weight similarity is a sum over its pieces (member tensors), and a piece depends only on its
     # weights and on the current maps of the groups on its other axes. The native path keeps every large
-    # piece's moments and recomputes a piece only when one of those maps changed (late sweeps mostly revisit
-    # unchanged neighbourhoods). The reference backend recomputes everything, as the original does.
+    # piece's moments and recomputes a piece only when one of those maps changed (how often depends on how much
+    # the maps still move). The reference backend recomputes everything, as the original does.
     cache = PieceCache() if backend != "reference" and _native.HAS_C else None
     if cache is not None:
         cache.reuse = _CACHE_WEIGHT_SIMILARITY
