@@ -163,9 +163,11 @@ def weight_similarity(
     return acc.correlation(1e-7 if eps is None else eps, dtype=dtype)
 
 
-# Pieces with fewer entries per unit than this (biases, norm scales) are not worth a product of their own:
-# they are stacked into one update.
+# Pieces with fewer entries per unit than this (biases, norm scales), or whose product is under _SMALL_WORK
+# multiply-adds (small models), are not worth a product and a cache entry of their own: they are stacked
+# into one update.
 _SMALL_PIECE = 64
+_SMALL_WORK = 1 << 24
 
 
 class PieceCache:
@@ -262,7 +264,8 @@ def weight_moments(
     total = fresh()
     small = []
     for k in range(num_pieces):
-        if pieces[0][k][0].numel() // max(units, 1) < _SMALL_PIECE:
+        per_unit = pieces[0][k][0].numel() // max(units, 1)
+        if per_unit < _SMALL_PIECE or f * f * per_unit < _SMALL_WORK:
             small.append(k)
             continue
         if cache is None:
