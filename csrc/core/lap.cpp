@@ -248,6 +248,20 @@ void augmenting_row_reduction(const Problem<T>& p, Workspace& ws) {
   fr.resize(num_free);
 }
 
+/// Augments along the predecessor tree from free column end_col back to row start: every column on the
+/// path takes its predecessor row, which gives up its previous column to the next step.
+inline void flip_path(const int64_t* pred, int64_t* x, int64_t* y, int64_t start, int64_t end_col) {
+  int64_t j = end_col;
+  for (;;) {
+    const int64_t row = pred[j];
+    y[j] = row;
+    const int64_t previous = x[row];
+    x[row] = j;
+    j = previous;
+    if (row == start) break;
+  }
+}
+
 /// Phase 4: Dijkstra from each free row to the nearest free column; see file header.
 /// Ties between an assigned and a free column go to the free one (paths end as
 /// early as possible, which matters for integer costs). Free columns are found
@@ -311,15 +325,7 @@ void shortest_augmenting_paths(const Problem<T>& p, Workspace& ws) {
     const auto it = std::find(free_cols.begin(), free_cols.end(), end_col);
     *it = free_cols.back();
     free_cols.pop_back();
-    int64_t j = end_col;
-    for (;;) {
-      const int64_t row = pred[j];
-      y[j] = row;
-      const int64_t previous = x[row];
-      x[row] = j;
-      j = previous;
-      if (row == start) break;
-    }
+    flip_path(pred, x, y, start, end_col);
   }
   ws.free_rows.clear();
 }
@@ -533,15 +539,7 @@ class SmallSolver {
       v_mem_[j] = v_mem_[j] + scanned_dist_[q] - end_dist;
     }
     free_cols_ &= ~(uint64_t{1} << end_col);
-    int64_t j = end_col;
-    for (;;) {
-      const int64_t row = pred_[j];
-      y_[j] = row;
-      const int64_t previous = x_[row];
-      x_[row] = j;
-      j = previous;
-      if (row == start) break;
-    }
+    flip_path(pred_, x_, y_, start, end_col);
   }
 
   const double* c_;
