@@ -293,3 +293,26 @@ def test_bad_inputs_fail_early_with_clear_errors():
         match([a, b], trace(a, loader[0][0][:2]), "zipit")
     with pytest.raises(TypeError, match="loader must yield tensors"):
         merge([a, b], [{"x": 1}])
+
+
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("arch, method", [("resnet20-bn", "act-align"), ("resnet20-bn", "mudsc-zip"),
+                                          ("vit", "act-align"), ("vit", "mudsc-zip")])
+def test_merge_on_a_device_recovers_a_permuted_model(dev, arch, method):
+    """The whole pipeline on one device (statistics through the device's kernels, similarity, solve, apply,
+    BN reset): a model merged with a function-preserving permutation of itself comes back. The cpu case checks
+    the test itself on every machine; the cuda case runs where a GPU is."""
+    if dev == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    torch.manual_seed(6)
+    a = ARCHS[arch]().eval().to(dev)
+    loader = _loader()
+    spec = trace(a, loader[0][0][:2].to(dev))
+    b = permute_model(a, spec, spec.random_permutations(seed=3)).eval()
+    x = loader[1][0].to(dev)
+    with torch.no_grad():
+        r = merge([a, b], loader, method=method, spec=spec, reset_bn_stats=False, max_sweeps=10, patience=2,
+                  progress=False)
+        merged = r.model.eval()
+        assert next(merged.parameters()).device.type == dev
+        torch.testing.assert_close(merged(x), a(x), rtol=1e-4, atol=1e-4)

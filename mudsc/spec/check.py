@@ -49,10 +49,11 @@ def _perturb_(model: nn.Module, seed: int) -> None:
             if not torch.is_floating_point(t):
                 continue
             if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=gen, dtype=t.dtype) * 1.5 + 0.5)
+                t.copy_(torch.rand(t.shape, generator=gen, dtype=t.dtype).to(t.device) * 1.5 + 0.5)
                 continue
             scale = 0.1 * max(float(t.std()) if t.numel() > 1 else 0.0, 0.1)
-            t.add_(torch.randn(t.shape, generator=gen, dtype=t.dtype) * scale)
+            # drawn on the CPU (a CPU generator gives the same noise whatever the model's device)
+            t.add_(torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) * scale)
 
 
 def _max_error(a: List[torch.Tensor], b: List[torch.Tensor]) -> float:
