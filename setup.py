@@ -69,6 +69,21 @@ def core_extension():
     )
 
 
+def _find_cublas(cuda_home):
+    """libcublas to link the CUDA ops against: the toolkit's, else the one torch's pip wheels ship."""
+    dirs = []
+    if cuda_home:
+        dirs += [Path(cuda_home) / "lib64", Path(cuda_home) / "lib", Path(cuda_home) / "targets/x86_64-linux/lib"]
+    for entry in sys.path:
+        for sub in ("nvidia/cu13/lib", "nvidia/cublas/lib", "nvidia/cu12/lib"):
+            dirs.append(Path(entry) / sub)
+    for d in dirs:
+        for name in ("libcublas.so", "libcublas.so.13", "libcublas.so.12"):
+            if (d / name).is_file():
+                return (d / name).resolve()
+    return None
+
+
 def torch_extension():
     """Returns (extension or None, BuildExtension class or None, description lines)."""
     try:
@@ -108,11 +123,20 @@ def torch_extension():
             if extra.is_dir():
                 include_dirs.append(str(extra))
                 break
+        cublas = _find_cublas(cuda_home)
+        if cublas is None:
+            sys.exit(
+                "the CUDA ops call cuBLAS, but no libcublas.so was found under $CUDA_HOME/lib64 or the pip "
+                "nvidia packages; set CUDA_HOME to a full toolkit, or MUDSC_WITH_CUDA=0 for a CPU-only build"
+            )
         ext = cpp_extension.CUDAExtension(
             "mudsc._C",
             sources=sources,
             include_dirs=include_dirs,
             define_macros=define_macros,
+            # The library file itself (pip ships only libcublas.so.N): the module then needs its soname, which
+            # torch's CUDA library has already loaded when mudsc._C is imported.
+            extra_link_args=[str(cublas), f"-Wl,-rpath-link,{cublas.parent}"],
             extra_compile_args={"cxx": cxx, "nvcc": [*OPT, "-std=c++20", "--expt-relaxed-constexpr"]},
         )
     else:
@@ -123,6 +147,7 @@ def torch_extension():
         f"torch                 : {torch.__version__} (CUDA {torch.version.cuda})",
         f"torch ops (mudsc._C)  : cpu{' + cuda' if with_cuda else ''}  [MUDSC_WITH_CUDA={mode}]",
         f"CUDA_HOME             : {cuda_home}",
+        *([f"cuBLAS                : {_find_cublas(cuda_home)}"] if with_cuda else []),
         f"TORCH_CUDA_ARCH_LIST  : {os.environ.get('TORCH_CUDA_ARCH_LIST', '(from the visible GPU)')}",
     ]
     return ext, cpp_extension.BuildExtension.with_options(use_ninja=True), lines

@@ -84,21 +84,68 @@ def interleaved_medians(fns: dict, repeats: int, device: torch.device) -> dict:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+
 def accuracy_check(device: torch.device) -> dict:
-    """Large-mean channels (mean 1e4, std 1): max |corr − float64 truth| for native and reference."""
+    """Large-mean channels (mean 1e4, std 1): max |corr − float64 truth| for native (default precision; on CUDA
+    also every precision, as ``native_<precision>``) and reference."""
     g = torch.Generator().manual_seed(0)
     xs = [(torch.randn(16, 197, 64, generator=g) + 1e4 * torch.rand(64, generator=g)) for _ in range(2)]
     truth = torch.corrcoef(torch.cat([x.reshape(-1, 64) for x in xs], 1).double().T)
+    configs = {"native": dict(backend="native"), "reference": dict(backend="reference")}
+    if device.type == "cuda":
+        configs.update({f"native_{p}": dict(backend="native", precision=p) for p in PRECISIONS})
     out = {}
-    for backend in ("native", "reference"):
-        acc = mudsc.CorrelationAccumulator(128, device=device, backend=backend)
+    for name, kw in configs.items():
+        acc = mudsc.CorrelationAccumulator(128, device=device, **kw)
         for k in range(0, 16, 4):
             acc.update([x[k : k + 4].to(device) for x in xs], channel_dim=-1)
-        out[backend] = float((acc.correlation().double().cpu() - truth).abs().max())
+        out[name] = float((acc.correlation().double().cpu() - truth).abs().max())
     return out
 
 
-def run(quick: bool, device: torch.device, repeats: int) -> list:
+def _with_tf32(fn):
+    """fn run with TF32 cuBLAS matmuls allowed (the bare-GEMM limit at the TF32 variants' precision)."""
+
+    def run():
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return fn()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+
+    return run
+
+
+def cuda_variants(f: int, xs: list, cdim: int, y: torch.Tensor, device: torch.device) -> dict:
+    """On CUDA: the native update at every precision and a few block sizes, and the bare GEMM in TF32."""
+    fns = {}
+    default_bs = mudsc.stats._default_block_size(f, device.type)
+    for p in PRECISIONS:
+        for bs in sorted({f, max(64, f // 2), default_bs, max(64, f // 8)}, reverse=True):
+            acc = mudsc.CorrelationAccumulator(f, device=device, backend="native", precision=p, block_size=bs)
+            fns[f"nat_{p}_b{bs}"] = (lambda a: lambda: a.update(xs, channel_dim=cdim))(acc)
+    fns["mm_tf32"] = _with_tf32(lambda: torch.mm(y.T, y))
+    return fns
+
+
+def profile_update(acc, xs: list, cdim: int, title: str) -> None:
+    """Per-kernel CUDA and CPU time of one ``update`` (torch.profiler), printed: where a small update's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acc.update(xs, channel_dim=cdim)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            acc.update(xs, channel_dim=cdim)
+        torch.cuda.synchronize()
+    print(f"## profile, 5 updates: {title}")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+
+
+def run(quick: bool, device: torch.device, repeats: int, profile: bool = False) -> list:
     rows = []
     shapes = SHAPES[:2] if quick else SHAPES
     for name, shape, cdim in shapes:
@@ -116,7 +163,12 @@ def run(quick: bool, device: torch.device, repeats: int) -> list:
             "reference": lambda: reference.update(xs, dims),
             "mm": lambda: torch.mm(y.T, y),
         }
+        if device.type == "cuda":
+            fns.update(cuda_variants(f, xs, cdim, y, device))
         t = interleaved_medians(fns, repeats, device)
+        if profile and device.type == "cuda" and f <= 1536:
+            profile_update(native, xs, cdim, f"{name}, default accumulator ({native.precision}, "
+                                             f"block {native.block_size})")
         flop = 2.0 * length * f * f
         row = {
             "shape": name,
@@ -129,6 +181,12 @@ def run(quick: bool, device: torch.device, repeats: int) -> list:
             "native_vs_reference": t["reference"] / t["native"],
         }
         rows.append(row)
+        if device.type == "cuda":
+            for k in sorted(t):
+                if k.startswith("nat_") or k == "mm_tf32":
+                    print(f"    {k:<22} {t[k] * 1e3:8.3f} ms  {flop / t[k] / 1e12:7.1f} TFLOP/s  "
+                          f"vs mm {t['mm'] / t[k]:5.2f}x  vs mm_tf32 {t['mm_tf32'] / t[k]:5.2f}x  "
+                          f"vs ref {t['reference'] / t[k]:5.2f}x", flush=True)
         print(
             f"| {name:<20} | {f:>5} | {length:>6} | {t['native'] * 1e3:>9.1f} | {t['reference'] * 1e3:>9.1f} | "
             f"{t['mm'] * 1e3:>9.1f} | {row['native_gflops']:>7.0f} | {row['mm_gflops']:>7.0f} | "
@@ -145,6 +203,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 tensor-core matmuls (CUDA; both columns)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--profile", action="store_true", help="CUDA: print a torch.profiler table of the small shapes")
     parser.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = parser.parse_args(argv)
     if args.threads:
@@ -162,11 +221,11 @@ def main(argv=None) -> int:
     print(f"# stats update, N = 2 models: {header['device']} ({device.type}), {header['threads']} threads, "
           f"torch {torch.__version__}, median of {repeats}")
     acc = accuracy_check(device)
-    print(f"large-mean channels (mean up to 1e4, std 1): max |corr error| native {acc['native']:.1e}, "
-          f"reference {acc['reference']:.1e}")
+    print("large-mean channels (mean up to 1e4, std 1): max |corr error| "
+          + ", ".join(f"{k} {v:.1e}" for k, v in acc.items()))
     print("| shape                |     F |      L | native ms |    ref ms |     mm ms | nat GF/s | mm GF/s | vs mm | vs ref |")
     print("|----------------------|-------|--------|-----------|-----------|-----------|---------|---------|-------|--------|")
-    rows = run(args.quick, device, repeats)
+    rows = run(args.quick, device, repeats, args.profile)
     floor_mm = FLOOR_VS_MM_CUDA if device.type == "cuda" else FLOOR_VS_MM_CPU
     floor_ref = FLOOR_VS_REFERENCE_CUDA if device.type == "cuda" else FLOOR_VS_REFERENCE_CPU
     vitb = next(r for r in rows if r["F"] == 1536)

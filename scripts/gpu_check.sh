@@ -13,17 +13,16 @@ if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_
 status=0
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 echo "== device"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || true
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" || true
 echo "== build"; date
 "$PY" setup.py -q build_ext --inplace 2>&1 | grep -vE "Warning|warn" || true
 "$PY" -m mudsc info || status=1
+# Each step is time-boxed so one hang cannot cost the rest of the run.
 echo "== cuda tests"; date
-"$PY" -m pytest -q -m cuda -p no:cacheprovider tests || status=1
-echo "== cpu tests (sanity)"; date
-"$PY" -m pytest -q -x -p no:cacheprovider tests/test_lap.py || status=1
+timeout 300 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests -rfs --tb=short > "$OUT/pytest_cuda.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_cuda.log" | head -40
 echo "== benchmarks"; date
-"$PY" benchmarks/bench_lap.py --quick --out "$OUT/lap_quick.json" || status=1  # CPU-side
-"$PY" benchmarks/bench_zip.py --quick --out "$OUT/zip_quick.json" || status=1
-"$PY" benchmarks/bench_stats.py --device cuda --out "$OUT/stats_cuda.json" || status=1
-"$PY" benchmarks/bench_stats.py --device cuda --tf32 --out "$OUT/stats_cuda_tf32.json" || status=1
+timeout 240 "$PY" benchmarks/bench_stats.py --device cuda --profile --out "$OUT/stats_cuda.json" || status=1
+timeout 60 "$PY" benchmarks/bench_zip.py --quick --out "$OUT/zip_quick.json" || status=1  # CPU side
 echo "== done (status $status)"; date
 exit "$status"

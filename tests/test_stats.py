@@ -884,3 +884,84 @@ def test_cuda_accumulator_matches_cpu(in_dtype):
     torch.testing.assert_close(gpu.mean().cpu(), cpu.mean(), rtol=1e-6, atol=0)
     want = truth(np.nan_to_num(rows.double().numpy(), posinf=0.0))
     np.testing.assert_allclose(gpu.correlation(dtype=torch.float64).cpu().numpy(), want["corr"], rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# precision: how CUDA forms the float32 products (ieee / tf32 / tf32x3); the CPU always runs IEEE sgemm
+
+
+def test_precision_is_validated_and_ignored_on_the_cpu():
+    with pytest.raises(ValueError, match="precision must be"):
+        CorrelationAccumulator(4, precision="fp16")
+    gen = torch.Generator().manual_seed(5)
+    x = correlated_rows(gen, 300, 8, offset=2.0)
+    accs = {p: CorrelationAccumulator(8, precision=p) for p in ("auto", "ieee", "tf32", "tf32x3")}
+    assert accs["auto"].precision == "ieee"
+    for acc in accs.values():
+        acc.update(x)
+    for p, acc in accs.items():
+        assert torch.equal(acc.covariance(), accs["ieee"].covariance()), p
+
+
+@needs_native
+def test_op_rejects_an_unknown_precision():
+    with pytest.raises(RuntimeError, match="precision must be 0"):
+        torch.ops.mudsc.stats_update_(torch.zeros(5, 5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64),
+                                      [torch.randn(3, 5)], [1], torch.zeros(5), 0, 0, 3)
+
+
+@needs_native
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision, tol", [(0, 2e-6), (1, 3e-3), (2, 2e-6)])
+@pytest.mark.parametrize("layout", ["BCHW", "BTC"])
+@pytest.mark.parametrize("block,fold", [(0, 0), (3, 100), (4, 37), (64, 8192)])
+def test_cuda_update_precisions_match_float64(precision, tol, layout, block, fold):
+    """Every precision, both layouts (feature-major and sample-major cuBLAS operands), partial blocks and
+    folds that start mid-batch (one block in IEEE: SSYRK): the upper triangle of the moment against float64
+    numpy; blocks below the diagonal blocks stay untouched (below the diagonal inside a diagonal block is left
+    unspecified: SSYRK does not write it)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    gen = torch.Generator().manual_seed(7 + block + fold)
+    f = 10
+    rows = correlated_rows(gen, 256, f, offset=3.0)
+    x = rows.reshape(4, 8, 8, f).permute(0, 3, 1, 2) if layout == "BCHW" else rows.reshape(4, 64, f)
+    cdim = 1 if layout == "BCHW" else 2
+    shift = torch.randn(f, generator=gen)
+    moment = torch.zeros(f, f, dtype=torch.float64, device="cuda")
+    sums = torch.zeros(f, dtype=torch.float64, device="cuda")
+    torch.ops.mudsc.stats_update_(moment, sums, [_same_strides_cuda(x)], [cdim], shift.cuda(), block, fold,
+                                  precision)
+    y = (rows - shift).double().numpy()  # the kernel subtracts in float32: Y is exactly these values
+    want = y.T @ y
+    bs = block if block > 0 else f
+    blk = np.arange(f) // bs
+    upper = blk[:, None] <= blk[None, :]
+    m = moment.cpu().numpy()
+    tri = upper & np.triu(np.ones((f, f), dtype=bool))
+    np.testing.assert_allclose(m[tri], want[tri], rtol=0, atol=tol * np.abs(want).max())
+    assert np.all(m[~upper] == 0)
+    np.testing.assert_allclose(sums.cpu().numpy(), y.sum(axis=0), rtol=1e-12, atol=1e-9)
+
+
+@needs_native
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+def test_cuda_large_mean_accuracy_holds_whatever_torch_tf32_flag(precision):
+    """The acceptance accuracy (1e-6 on large-mean channels) on CUDA for the float32-class precisions, with
+    torch's global TF32 switch on: the op sets its own cuBLAS compute type."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    gen = torch.Generator().manual_seed(0)
+    xs = [(torch.randn(16, 197, 64, generator=gen) + 1e4 * torch.rand(64, generator=gen)) for _ in range(2)]
+    want = torch.corrcoef(torch.cat([x.reshape(-1, 64) for x in xs], 1).double().T)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        acc = CorrelationAccumulator(128, device="cuda", precision=precision)
+        for k in range(0, 16, 4):
+            acc.update([x[k : k + 4].cuda() for x in xs], channel_dim=-1)
+        err = float((acc.correlation().double().cpu() - want).abs().max())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert err <= 1e-6, err

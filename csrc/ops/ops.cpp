@@ -10,7 +10,8 @@
 //       per-device kernel (cpu/stats_cpu.cpp, cuda/stats_cuda.cu): reads the inputs in their layouts,
 //       zeroes NaN/Inf, subtracts shift; see stats_layout.hpp and stats.cpp.
 //   mudsc::stats_update_(Tensor(a!) moment, Tensor(b!) sums, Tensor[] xs, int[] channel_dims, Tensor shift,
-//       int block_size, int fold_samples) -> Tensor nonfinite
+//       int block_size, int fold_samples, int precision=0) -> Tensor nonfinite
+//       precision: how CUDA forms float32 products, 0 ieee / 1 tf32 / 2 tf32x3 (stats_gemm.hpp)
 //   mudsc::stats_finalize(Tensor moment, Tensor sums, Tensor shift, int count, float eps)
 //       -> (Tensor mean, Tensor cov, Tensor corr, Tensor zero_variance)
 //       device-generic (stats.cpp): streaming second moments about a shift, and their finalization.
@@ -40,7 +41,7 @@ TORCH_LIBRARY(mudsc, m) {
   m.def("stats_prepare(Tensor[] xs, int[] channel_dims, Tensor shift, bool feature_major) -> (Tensor, Tensor, Tensor)");
   m.def(
       "stats_update_(Tensor(a!) moment, Tensor(b!) sums, Tensor[] xs, int[] channel_dims, Tensor shift, "
-      "int block_size, int fold_samples) -> Tensor");
+      "int block_size, int fold_samples, int precision=0) -> Tensor");
   m.def("stats_finalize(Tensor moment, Tensor sums, Tensor shift, int count, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &mudsc::ops::build_info);
 }

@@ -1,6 +1,7 @@
 // Device-generic (CompositeExplicitAutograd) parts of the streaming statistics:
 //
-//   mudsc::stats_update_(moment, sums, xs, channel_dims, shift, block_size, fold_samples) -> nonfinite
+//   mudsc::stats_update_(moment, sums, xs, channel_dims, shift, block_size, fold_samples, precision=0)
+//       -> nonfinite
 //       Y, s, nf = stats_prepare(xs, channel_dims, shift)       (per-device kernel: layout read, cast,
 //                                                                 zero non-finite, subtract shift)
 //       sums   += s                                              (float64 [F])
@@ -10,7 +11,10 @@
 //     than one fold. Features are cut into blocks of block_size; block row i is one GEMM of its features
 //     against every feature from the block's first on (so only blocks (i, j) with i <= j are computed:
 //     about half the flops of a full Gram matrix for many blocks). Entries below the diagonal blocks are
-//     never written; stats_finalize reads the upper triangle only.
+//     never written, and on CUDA a single IEEE block is one SSYRK that leaves everything below the diagonal
+//     unwritten: only the upper triangle is defined, and stats_finalize reads only that. precision (stats_gemm.hpp) picks how
+//     float32 products are formed on CUDA (IEEE SGEMM, TF32, or TF32x3 on tensor cores); the CPU and
+//     float64 products ignore it.
 //   mudsc::stats_finalize(moment, sums, shift, count, eps) -> (mean, cov, corr, zero_variance)
 //       d = sums / n;  mean = shift + d;  cov = sym(moment) / n - d d^T    (population covariance, fp64)
 //       corr = cov / max(sigma sigma^T, eps); a zero-variance unit gets 0 off the diagonal and 1 on it.
@@ -19,6 +23,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/outer.h>
 #include <ATen/ops/triu.h>
@@ -28,6 +34,8 @@
 #include <algorithm>
 #include <tuple>
 #include <vector>
+
+#include "stats_gemm.hpp"
 
 namespace mudsc {
 namespace ops {
@@ -103,8 +111,10 @@ int64_t outer_chunk(at::TensorList xs, at::IntArrayRef channel_dims, int64_t fol
 }  // namespace
 
 at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs, at::IntArrayRef channel_dims,
-                         const at::Tensor& shift, int64_t block_size, int64_t fold_samples) {
+                         const at::Tensor& shift, int64_t block_size, int64_t fold_samples, int64_t precision) {
   TORCH_CHECK(!xs.empty(), "stats_update_: expected at least one input tensor");
+  TORCH_CHECK(precision >= kIeee && precision <= kTf32x3, "stats_update_: precision must be 0 (ieee), 1 (tf32) or ",
+              "2 (tf32x3), got ", precision);
   const int64_t F = shift.size(0);
   TORCH_CHECK(moment.scalar_type() == at::kDouble && moment.dim() == 2 && moment.size(0) == F && moment.size(1) == F,
               "stats_update_: moment must be float64 [", F, ", ", F, "], got ", moment.scalar_type(), " ",
@@ -137,6 +147,46 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
     const int64_t L = fm ? Y.size(1) : Y.size(0);
     if (L == 0 || F == 0) continue;
     const int64_t fold = fold_samples > 0 ? fold_samples : L;
+#if defined(MUDSC_WITH_CUDA)
+    // float32 on CUDA: cuBLAS with an explicit compute type (torch's global TF32 flags do not apply).
+    const bool cublas = Y.is_cuda() && Y.scalar_type() == at::kFloat && Y.is_contiguous();
+    at::Tensor small;
+    if (cublas && precision == kTf32x3) {
+      small = at::empty_like(Y);
+      split_tf32_cuda(Y, small);
+    }
+#endif
+#if defined(MUDSC_WITH_CUDA)
+    if (cublas && moment.is_contiguous() && precision == kIeee && bs >= F) {
+      // One block in IEEE float32: SSYRK computes just the triangle. The buffer starts zeroed, so the entries
+      // SSYRK leaves alone fold as zeros.
+      at::Tensor seg = at::zeros({F * F}, Y.options());
+      for (int64_t l0 = 0; l0 < L; l0 += fold) {
+        gram_syrk_cuda(seg, Y, fm, l0, std::min(fold, L - l0));
+        fold_block_rows_cuda(moment, seg, F);
+      }
+      continue;
+    }
+    if (cublas && moment.is_contiguous()) {
+      // All block rows of a fold go into one buffer, row after row, and are folded by one kernel launch
+      // (one add_ per block row costs a launch and a TensorIterator setup each).
+      int64_t total = 0;
+      for (int64_t i0 = 0; i0 < F; i0 += bs) total += std::min(bs, F - i0) * (F - i0);
+      at::Tensor seg = at::empty({total}, Y.options());
+      for (int64_t l0 = 0; l0 < L; l0 += fold) {
+        const int64_t nl = std::min(fold, L - l0);
+        int64_t off = 0;
+        for (int64_t i0 = 0; i0 < F; i0 += bs) {
+          const int64_t ni = std::min(bs, F - i0), nj = F - i0;
+          at::Tensor product = seg.narrow(0, off, ni * nj).view({ni, nj});
+          gram_block_cuda(product, Y, small, fm, l0, nl, i0, ni, nj, precision);
+          off += ni * nj;
+        }
+        fold_block_rows_cuda(moment, seg, bs);
+      }
+      continue;
+    }
+#endif
     // One reused buffer for a block row of the product: [ni, F - i0] <= [bs, F] in Y's dtype.
     if (!scratch.defined()) scratch = at::empty({bs * F}, Y.options());
     for (int64_t l0 = 0; l0 < L; l0 += fold) {
@@ -149,7 +199,15 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
         const int64_t ni = std::min(bs, F - i0), nj = F - i0;
         // Block row i: features i0.. against every feature from i0 on, as one GEMM.
         at::Tensor product = scratch.narrow(0, 0, ni * nj).view({ni, nj});
+#if defined(MUDSC_WITH_CUDA)
+        if (cublas) {  // a non-contiguous moment
+          gram_block_cuda(product, Y, small, fm, l0, nl, i0, ni, nj, precision);
+        } else {
+          at::mm_out(product, rows(i0, ni), rows(i0, nj).t());
+        }
+#else
         at::mm_out(product, rows(i0, ni), rows(i0, nj).t());
+#endif
         fold_into(moment, product, i0);
       }
     }

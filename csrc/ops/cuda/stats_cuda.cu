@@ -11,7 +11,9 @@
 // count of non-finite values uses integer atomics (exact).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/Exceptions.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
@@ -19,8 +21,10 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <climits>
 #include <tuple>
 
+#include "stats_gemm.hpp"
 #include "stats_layout.hpp"
 
 namespace mudsc {
@@ -48,7 +52,8 @@ __global__ void prepare_tile_kernel(const T* __restrict__ base, int64_t C, int64
     const int64_t c = c_base + cl, l = l_base + ll;
     O v = O(0);
     if (c < C && l < L) {
-      const int64_t a = l / Bk, b = l - a * Bk;
+      // Channel-last inputs (Bk == 1) skip the 64-bit division (the branch is uniform across the grid).
+      const int64_t a = Bk == 1 ? l : l / Bk, b = l - a * Bk;
       O y = static_cast<O>(base[a * sA + c * sC + b * sB]);
       if (!isfinite(y)) {
         y = O(0);
@@ -83,7 +88,151 @@ __global__ void prepare_tile_kernel(const T* __restrict__ base, int64_t C, int64
   }
 }
 
+// big = y with its 13 low mantissa bits cleared (a TF32 value, so the tensor cores read it exactly);
+// small = y - big is exact in float32 (it is those 13 bits).
+__global__ void split_tf32_kernel(float* __restrict__ y, float* __restrict__ small, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const float v = y[i];
+    const float b = __uint_as_float(__float_as_uint(v) & 0xFFFFE000u);
+    y[i] = b;
+    small[i] = v - b;
+  }
+}
+
+// moment[g, i0 + c] += seg[off(b) + r * nj + c] for feature row g = i0 + r of block row b (i0 = b * bs,
+// nj = F - i0), where block row b's product [ni, nj] starts at off(b) = sum_{b' < b} bs * (F - b' * bs).
+// One CUDA block per row: reads and writes are contiguous runs.
+__global__ void fold_block_rows_kernel(double* __restrict__ moment, const float* __restrict__ seg, int64_t F,
+                                       int64_t bs) {
+  const int64_t g = blockIdx.x;
+  const int64_t b = g / bs, i0 = b * bs, r = g - i0, nj = F - i0;
+  const int64_t off = bs * (b * F - bs * (b * (b - 1) / 2));
+  const float* src = seg + off + r * nj;
+  double* dst = moment + g * F + i0;
+  for (int64_t c = threadIdx.x; c < nj; c += blockDim.x) dst[c] += static_cast<double>(src[c]);
+}
+
 }  // namespace
+
+void fold_block_rows_cuda(at::Tensor& moment, const at::Tensor& seg, int64_t block_size) {
+  const int64_t F = moment.size(0);
+  TORCH_CHECK(moment.is_cuda() && moment.scalar_type() == at::kDouble && moment.is_contiguous() &&
+                  moment.dim() == 2 && moment.size(1) == F,
+              "fold_block_rows_cuda: moment must be a contiguous float64 [F, F] CUDA tensor");
+  TORCH_CHECK(seg.is_cuda() && seg.scalar_type() == at::kFloat && seg.is_contiguous() && block_size > 0,
+              "fold_block_rows_cuda: expected contiguous float32 block-row products");
+  if (F == 0) return;
+  TORCH_CHECK(F <= 2147483647LL, "fold_block_rows_cuda: too many features for one launch: ", F);
+  const c10::cuda::CUDAGuard guard(moment.device());
+  fold_block_rows_kernel<<<static_cast<unsigned>(F), 256, 0, at::cuda::getCurrentCUDAStream()>>>(
+      moment.mutable_data_ptr<double>(), seg.const_data_ptr<float>(), F, block_size);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void split_tf32_cuda(at::Tensor& Y, at::Tensor& small) {
+  TORCH_CHECK(Y.is_cuda() && Y.scalar_type() == at::kFloat && Y.is_contiguous() && small.is_contiguous() &&
+                  small.scalar_type() == at::kFloat && small.numel() == Y.numel() && small.device() == Y.device(),
+              "split_tf32_cuda: expected two contiguous float32 CUDA tensors of one size");
+  const c10::cuda::CUDAGuard guard(Y.device());
+  const int64_t n = Y.numel();
+  if (n == 0) return;
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 4096);
+  split_tf32_kernel<<<static_cast<unsigned>(blocks), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      Y.mutable_data_ptr<float>(), small.mutable_data_ptr<float>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// cuBLAS is column-major: a row-major [rows, cols] array is a column-major cols x rows one. With y_f the
+// samples of feature f:
+//   feature-major Y [F, L]: column-major X (L x F, ld L); out^T (nj x ni) = X_j^T X_i  (op T, op N)
+//   sample-major  Y [L, F]: column-major Z (F x L, ld F); out^T (nj x ni) = Z_j Z_i^T  (op N, op T)
+// where X_j / Z_j start at feature i0 and sample l0 and span nj features (X_i / Z_i: the first ni of them).
+// The row-major out [ni, nj] is exactly the column-major out^T with ld nj.
+void gram_block_cuda(at::Tensor& out, const at::Tensor& Y, const at::Tensor& small, bool feature_major, int64_t l0,
+                     int64_t nl, int64_t i0, int64_t ni, int64_t nj, int64_t precision) {
+  TORCH_CHECK(Y.is_cuda() && Y.scalar_type() == at::kFloat && Y.is_contiguous() && Y.dim() == 2,
+              "gram_block_cuda: Y must be a contiguous float32 CUDA matrix");
+  TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kFloat && out.numel() == ni * nj,
+              "gram_block_cuda: out must be a contiguous float32 [", ni, ", ", nj, "] buffer");
+  TORCH_CHECK(precision >= kIeee && precision <= kTf32x3, "gram_block_cuda: unknown precision ", precision);
+  const bool x3 = precision == kTf32x3;
+  TORCH_CHECK(!x3 || (small.defined() && small.sizes() == Y.sizes() && small.is_contiguous()),
+              "gram_block_cuda: the TF32x3 product needs the small part of Y");
+  const c10::cuda::CUDAGuard guard(Y.device());
+  const int64_t F = feature_major ? Y.size(0) : Y.size(1);
+  const int64_t L = feature_major ? Y.size(1) : Y.size(0);
+  const int64_t ld = feature_major ? L : F;
+  TORCH_CHECK(i0 >= 0 && ni >= 0 && nj >= ni && i0 + nj <= F && l0 >= 0 && nl >= 0 && l0 + nl <= L,
+              "gram_block_cuda: block out of range");
+  TORCH_CHECK(ld <= INT_MAX && nl <= INT_MAX && nj <= INT_MAX,
+              "gram_block_cuda: a dimension exceeds cuBLAS's 32-bit sizes (features ", F, ", samples ", L, ")");
+  if (ni == 0 || nj == 0) return;
+  if (nl == 0) {
+    out.zero_();
+    return;
+  }
+  auto at_block = [&](const at::Tensor& t) {
+    const float* p = t.const_data_ptr<float>();
+    return feature_major ? p + i0 * L + l0 : p + l0 * F + i0;
+  };
+  const cublasOperation_t ta = feature_major ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t tb = feature_major ? CUBLAS_OP_N : CUBLAS_OP_T;
+  // The compute type, not torch's global TF32 flags, decides: NoTF32Guard keeps the handle in default math.
+  const at::NoTF32Guard no_tf32;
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  cublasMath_t previous_math;
+  TORCH_CUDABLAS_CHECK(cublasGetMathMode(handle, &previous_math));
+  TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+  const cublasComputeType_t compute = precision == kIeee ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
+  const float one = 1.0f, zero = 0.0f;
+  float* c = out.mutable_data_ptr<float>();
+  auto gemm = [&](const float* a, const float* b, const float* beta) {
+    TORCH_CUDABLAS_CHECK(cublasGemmEx(handle, ta, tb, static_cast<int>(nj), static_cast<int>(ni), static_cast<int>(nl),
+                                      &one, a, CUDA_R_32F, static_cast<int>(ld), b, CUDA_R_32F, static_cast<int>(ld),
+                                      beta, c, CUDA_R_32F, static_cast<int>(nj), compute, CUBLAS_GEMM_DEFAULT));
+  };
+  const float* big = at_block(Y);
+  if (x3) {
+    const float* sm = at_block(small);
+    gemm(sm, big, &zero);  // the two small cross terms first, then the big product on top
+    gemm(big, sm, &one);
+    gemm(big, big, &one);
+  } else {
+    gemm(big, big, &zero);
+  }
+  TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, previous_math));  // leave the shared handle as torch set it
+}
+
+// The whole upper triangle in one cuBLAS SSYRK (half the flops of a full product, no block rows). The row-major
+// [F, F] out is the column-major out^T, so the row-major upper triangle is SYRK's lower one; the rest of out is
+// left as it was. IEEE float32 only.
+void gram_syrk_cuda(at::Tensor& out, const at::Tensor& Y, bool feature_major, int64_t l0, int64_t nl) {
+  TORCH_CHECK(Y.is_cuda() && Y.scalar_type() == at::kFloat && Y.is_contiguous() && Y.dim() == 2,
+              "gram_syrk_cuda: Y must be a contiguous float32 CUDA matrix");
+  const int64_t F = feature_major ? Y.size(0) : Y.size(1);
+  const int64_t L = feature_major ? Y.size(1) : Y.size(0);
+  const int64_t ld = feature_major ? L : F;
+  TORCH_CHECK(out.is_contiguous() && out.scalar_type() == at::kFloat && out.numel() == F * F,
+              "gram_syrk_cuda: out must be a contiguous float32 [", F, ", ", F, "] buffer");
+  TORCH_CHECK(l0 >= 0 && nl >= 0 && l0 + nl <= L, "gram_syrk_cuda: samples out of range");
+  TORCH_CHECK(ld <= INT_MAX && nl <= INT_MAX && F <= INT_MAX,
+              "gram_syrk_cuda: a dimension exceeds cuBLAS's 32-bit sizes (features ", F, ", samples ", L, ")");
+  if (F == 0 || nl == 0) return;
+  const c10::cuda::CUDAGuard guard(Y.device());
+  const float* a = Y.const_data_ptr<float>() + (feature_major ? l0 : l0 * F);
+  const at::NoTF32Guard no_tf32;
+  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  cublasMath_t previous_math;
+  TORCH_CUDABLAS_CHECK(cublasGetMathMode(handle, &previous_math));
+  TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+  const float one = 1.0f, zero = 0.0f;
+  TORCH_CUDABLAS_CHECK(cublasSsyrk(handle, CUBLAS_FILL_MODE_LOWER, feature_major ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                   static_cast<int>(F), static_cast<int>(nl), &one, a, static_cast<int>(ld), &zero,
+                                   out.mutable_data_ptr<float>(), static_cast<int>(F)));
+  TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, previous_math));
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_prepare_cuda(at::TensorList xs, at::IntArrayRef channel_dims,
                                                                    const at::Tensor& shift, bool feature_major) {
@@ -95,7 +244,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_prepare_cuda(at::TensorList
   const at::Tensor s = shift.contiguous();
   at::Tensor Y = feature_major ? at::empty({F, L}, s.options()) : at::empty({L, F}, s.options());
   const int64_t l_tiles = (L + kTile - 1) / kTile;
-  at::Tensor partial = at::zeros({std::max<int64_t>(l_tiles, 1), F}, s.options().dtype(at::kDouble));
+  // Every (sample tile, feature) entry is written by the kernel when there are samples: no zero fill then.
+  at::Tensor partial = L > 0 ? at::empty({l_tiles, F}, s.options().dtype(at::kDouble))
+                             : at::zeros({1, F}, s.options().dtype(at::kDouble));
   // int64 storage, incremented as unsigned long long (same width; counts never reach 2^63).
   at::Tensor nonfinite = at::zeros({}, s.options().dtype(at::kLong));
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
