@@ -100,6 +100,43 @@ __global__ void split_tf32_kernel(float* __restrict__ y, float* __restrict__ sma
   }
 }
 
+// Channel-last inputs read into a sample-major Y (the ViT case: x[l, c] with unit feature stride) need no
+// transpose: thread c walks kTile consecutive samples of feature c, so every load and store of a warp is one
+// contiguous run, and its fp64 partial sum is written like the tile kernel's (same order, same result).
+constexpr int kRowThreads = 128;
+
+template <typename T, typename O>
+__global__ void prepare_rows_kernel(const T* __restrict__ base, int64_t C, int64_t sA, int64_t L, int64_t F,
+                                    int64_t f0, const O* __restrict__ shift, O* __restrict__ Y,
+                                    double* __restrict__ partial, unsigned long long* __restrict__ nonfinite) {
+  __shared__ unsigned int bad_in_block;
+  if (threadIdx.x == 0) bad_in_block = 0;
+  __syncthreads();
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * kRowThreads + threadIdx.x;
+  const int64_t l_base = static_cast<int64_t>(blockIdx.x) * kTile;
+  unsigned int bad = 0;
+  if (c < C) {
+    const O s = shift[f0 + c];
+    const int64_t l_end = l_base + kTile < L ? l_base + kTile : L;
+    double sum = 0.0;
+#pragma unroll 8
+    for (int64_t l = l_base; l < l_end; ++l) {
+      O y = static_cast<O>(base[l * sA + c]);
+      if (!isfinite(y)) {
+        y = O(0);
+        ++bad;
+      }
+      const O v = y - s;
+      Y[l * F + f0 + c] = v;
+      sum += static_cast<double>(v);
+    }
+    partial[static_cast<int64_t>(blockIdx.x) * F + f0 + c] = sum;
+  }
+  if (bad) atomicAdd(&bad_in_block, bad);
+  __syncthreads();
+  if (threadIdx.x == 0 && bad_in_block) atomicAdd(nonfinite, static_cast<unsigned long long>(bad_in_block));
+}
+
 // moment[g, i0 + c] += seg[off(b) + r * nj + c] for feature row g = i0 + r of block row b (i0 = b * bs,
 // nj = F - i0), where block row b's product [ni, nj] starts at off(b) = sum_{b' < b} bs * (F - b' * bs).
 // One CUDA block per row: reads and writes are contiguous runs.
@@ -260,13 +297,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_prepare_cuda(at::TensorList
       const dim3 block(kTile, kRows);
       // Read along samples when they are the input's contiguous axis (channel-first layouts).
       const bool along_samples = p.sB == 1 && p.Bk > 1;
+      // Channel-last with unit feature stride into a sample-major Y: the plain row kernel.
+      const bool rows = !feature_major && p.Bk == 1 && p.sC == 1;
+      const dim3 row_grid(static_cast<unsigned>(l_tiles), static_cast<unsigned>((p.C + kRowThreads - 1) / kRowThreads));
       AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "stats_prepare_cuda", [&] {
         using O = scalar_t;
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.view.scalar_type(), "stats_prepare_cuda_in", [&] {
-          prepare_tile_kernel<scalar_t, O><<<grid, block, 0, stream>>>(
-              p.view.const_data_ptr<scalar_t>(), p.C, p.Bk, p.sA, p.sC, p.sB, L, F, p.f0, along_samples,
-              feature_major, s.const_data_ptr<O>(), Y.mutable_data_ptr<O>(), partial.mutable_data_ptr<double>(),
-              reinterpret_cast<unsigned long long*>(nonfinite.mutable_data_ptr<int64_t>()));
+          auto* count = reinterpret_cast<unsigned long long*>(nonfinite.mutable_data_ptr<int64_t>());
+          if (rows) {
+            prepare_rows_kernel<scalar_t, O><<<row_grid, kRowThreads, 0, stream>>>(
+                p.view.const_data_ptr<scalar_t>(), p.C, p.sA, L, F, p.f0, s.const_data_ptr<O>(),
+                Y.mutable_data_ptr<O>(), partial.mutable_data_ptr<double>(), count);
+          } else {
+            prepare_tile_kernel<scalar_t, O><<<grid, block, 0, stream>>>(
+                p.view.const_data_ptr<scalar_t>(), p.C, p.Bk, p.sA, p.sC, p.sB, L, F, p.f0, along_samples,
+                feature_major, s.const_data_ptr<O>(), Y.mutable_data_ptr<O>(), partial.mutable_data_ptr<double>(),
+                count);
+          }
         });
       });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
