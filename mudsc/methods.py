@@ -309,8 +309,14 @@ def collect_stats(
         run_models.append(m if p is None or p.device == dev else copy.deepcopy(m).to(dev))
     accumulators = {g.name: CorrelationAccumulator(n * g.size, device=dev, backend=backend)
                     for g in spec.groups if g.taps}
-    pending: Dict[Tuple[str, int], List[List[torch.Tensor]]] = {}
+    pending: Dict[Tuple[str, int], List[List[tuple]]] = {}
     calls: Dict[Tuple[int, str, int], int] = {}
+    # Models 0..N-2 keep their tapped tensors until model N-1 has run. A tensor that nothing modifies in place
+    # can be kept as is; one that an in-place op changes later (relu_, inplace=True) must be copied. Which
+    # holds is learnt per (model, group, tap) on the first batch: the tensor is copied, and its version
+    # counter tells at the end of the batch whether it changed. From the second batch on, unchanged ones are
+    # kept without a copy, and their version is still checked.
+    must_copy: Dict[Tuple[int, str, int], bool] = {}
     hook_time = [0.0]
     handles = []
 
@@ -325,16 +331,17 @@ def collect_stats(
             calls[(i, g.name, t_index)] = call + 1
             slots = pending.setdefault(key, [])
             if i < n - 1:
+                if i > 0 and call >= len(slots):
+                    raise RuntimeError(f"{where}: fired more often than in model 0")
+                kept = _keep_tapped(x, must_copy.get((i, g.name, t_index)), (i, g.name, t_index))
                 if i == 0:
-                    slots.append([x.clone()])
+                    slots.append([kept])
                 else:
-                    if call >= len(slots):
-                        raise RuntimeError(f"{where}: fired more often than in model 0")
-                    slots[call].append(x.clone())
+                    slots[call].append(kept)
             else:
                 if call >= len(slots):
                     raise RuntimeError(f"{where}: fired more often than in model 0")
-                xs = slots[call] + [x]
+                xs = [_check_kept(entry, must_copy, where) for entry in slots[call]] + [x]
                 slots[call] = None
                 accumulators[g.name].update(xs, channel_dim=tap.channel_dim)
             hook_time[0] += time.perf_counter() - t0
@@ -397,6 +404,36 @@ def collect_stats(
                              "the models' forward")
     return ActivationStats(spec, n, accumulators, num_batches, {"forward": forward_total, "stats": hook_time[0]},
                            backend)
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    try:
+        return int(t._version)
+    except RuntimeError:  # inference tensors have no version counter
+        return None
+
+
+def _keep_tapped(x: torch.Tensor, copy_needed: Optional[bool], key) -> tuple:
+    """``(tensor to use, original, its version, key)`` for a tapped activation kept until model N-1 has run:
+    a copy unless this tap is known not to be modified in place (``copy_needed is False``)."""
+    version = _version(x)
+    if copy_needed is False and version is not None:
+        return (x, x, version, key)
+    return (x.clone(), x, version, key)
+
+
+def _check_kept(entry: tuple, must_copy: Dict, where: str) -> torch.Tensor:
+    """The kept tensor of ``entry``; learns (first time) or checks whether its source was modified in place."""
+    data, source, version, key = entry
+    changed = version is None or _version(source) != version
+    known = must_copy.get(key)
+    if known is None:
+        must_copy[key] = changed
+    elif known is False and changed and data is source:
+        raise RuntimeError(
+            f"{where}: this activation was modified in place after it was observed, although it was not on the "
+            "first batch (data-dependent in-place ops?); its statistics would be wrong, so the pass stops here")
+    return data
 
 
 # ----------------------------------------------------------------------------------------------------------------

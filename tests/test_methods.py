@@ -316,3 +316,59 @@ def test_merge_on_a_device_recovers_a_permuted_model(dev, arch, method):
         merged = r.model.eval()
         assert next(merged.parameters()).device.type == dev
         torch.testing.assert_close(merged(x), a(x), rtol=1e-4, atol=1e-4)
+
+
+class _MLP(torch.nn.Module):
+    """Two hidden layers. ``mutate="always"`` doubles the first hidden activation (fc2's input, a tapped tensor)
+    in place after fc2 has read it, on every call; ``"late"`` only from the second call on. The outputs do not
+    change either way."""
+
+    def __init__(self, mutate=None):
+        super().__init__()
+        self.fc1, self.fc2, self.out = torch.nn.Linear(12, 16), torch.nn.Linear(16, 16), torch.nn.Linear(16, 3)
+        self.act1, self.act2 = torch.nn.ReLU(), torch.nn.ReLU()
+        self.mutate = mutate
+        self.calls = 0
+
+    def forward(self, x):
+        a = self.act1(self.fc1(x))
+        y = self.out(self.act2(self.fc2(a)))
+        if self.mutate == "always" or (self.mutate == "late" and self.calls > 0):
+            a.mul_(2.0)
+        return y
+
+
+def _count_calls(module, args, output):
+    module.calls += 1
+
+
+def _mlp_pair(mutate):
+    ms = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        ms.append(_MLP(mutate).eval())
+    return ms
+
+
+def test_tapped_tensors_kept_without_a_copy_give_the_same_statistics():
+    """Model 0's activations are kept until model 1 has run: copied where an in-place op changes them later
+    (learnt on the first batch from the tensor's version counter), kept as they are elsewhere. Either way the
+    statistics equal those of the same models without the in-place op."""
+    gen = torch.Generator().manual_seed(0)
+    loader = [torch.randn(8, 12, generator=gen) for _ in range(4)]
+    spec = trace(_mlp_pair(None)[0], loader[0][:2])
+    assert any(t.module == "fc2" and t.kind == "input" for g in spec.groups for t in g.taps)
+    stats = {mutate: collect_stats(_mlp_pair(mutate), spec, loader, progress=False) for mutate in (None, "always")}
+    for name, acc in stats[None].accumulators.items():
+        assert torch.equal(stats["always"].accumulators[name].covariance(), acc.covariance()), name
+
+
+def test_a_tapped_tensor_modified_in_place_only_later_is_an_error():
+    gen = torch.Generator().manual_seed(0)
+    loader = [torch.randn(8, 12, generator=gen) for _ in range(3)]
+    spec = trace(_mlp_pair(None)[0], loader[0][:2])
+    ms = _mlp_pair("late")
+    for m in ms:
+        m.register_forward_hook(_count_calls)
+    with pytest.raises(RuntimeError, match="modified in place after it was observed"):
+        collect_stats(ms, spec, loader, progress=False)

@@ -285,3 +285,43 @@ def test_cuda_matches_cpu(transform):
         assert got.is_cuda
         torch.testing.assert_close(got.cpu(), weight_similarity(pieces, kind=kind), rtol=0, atol=1e-5)
         np.testing.assert_allclose(got.double().cpu().numpy(), want, rtol=0, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_axis_segment_sum_op_equals_index_add(dtype, axis, scaled):
+    """The CPU op behind AxisMap.apply adds rows in index_add_'s order and scales after: bitwise the same."""
+    gen = torch.Generator().manual_seed(3 + axis + 10 * scaled)
+    t = torch.randn(5, 7, 4, 3, generator=gen, dtype=dtype)
+    m = t.shape[axis]
+    k = max(1, m - 2)
+    labels = torch.randint(0, k, (m,), generator=gen)
+    scale = torch.rand(k, generator=gen) + 0.5 if scaled else None
+    got = torch.ops.mudsc.axis_segment_sum(t, axis, labels, k, scale)
+    moved = t.movedim(axis, 0).contiguous()
+    want = torch.zeros((k,) + tuple(moved.shape[1:]), dtype=dtype).index_add_(0, labels, moved).movedim(0, axis)
+    if scaled:
+        view = [1] * t.dim()
+        view[axis] = k
+        want = want * scale.to(dtype).view(view)
+    assert got.shape == want.shape and got.dtype == dtype
+    assert torch.equal(got, want)
+    assert torch.equal(AxisMap(labels, k, scale).apply(t, axis % t.dim()), want)
+    # a non-contiguous input gives the same
+    assert torch.equal(torch.ops.mudsc.axis_segment_sum(t.transpose(0, 3).contiguous().transpose(0, 3), axis,
+                                                         labels, k, scale), want)
+
+
+@needs_native
+def test_axis_segment_sum_op_errors():
+    t = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="outside"):
+        torch.ops.mudsc.axis_segment_sum(t, 1, torch.tensor([0, 1, 2, 5]), 3, None)
+    with pytest.raises(RuntimeError, match="labels must be int64"):
+        torch.ops.mudsc.axis_segment_sum(t, 1, torch.tensor([0, 1, 2]), 3, None)
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.mudsc.axis_segment_sum(t, 2, torch.tensor([0, 1, 2]), 3, None)
+    with pytest.raises(RuntimeError, match="scale must be"):
+        torch.ops.mudsc.axis_segment_sum(t, 0, torch.tensor([0, 1, 1]), 2, torch.ones(3))

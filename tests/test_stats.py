@@ -965,3 +965,31 @@ def test_cuda_large_mean_accuracy_holds_whatever_torch_tf32_flag(precision):
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
     assert err <= 1e-6, err
+
+
+@needs_native
+@pytest.mark.parametrize("f", [1, 31, 70])
+def test_op_stats_finalize_cpu_fast_path_equals_general_path(f):
+    """A contiguous float64 CPU moment takes the fused one-pass finalize; a non-contiguous one the general ATen
+    formulation (the one CUDA runs). Same formulas: equal up to fused multiply-add rounding, zero-variance units
+    included, and neither reads below the diagonal."""
+    gen = torch.Generator().manual_seed(f)
+    n = 40
+    x = correlated_rows(gen, n, f, offset=2.0, dtype=torch.float64)
+    if f > 2:
+        x[:, 1] = 5.0
+    shift = torch.randn(f, generator=gen, dtype=torch.float64)
+    y = x - shift
+    moment = torch.triu(y.T @ y) + torch.tril(torch.full((f, f), float("nan"), dtype=torch.float64), -1)
+    fast = torch.ops.mudsc.stats_finalize(moment, y.sum(0), shift, n, 1e-7)
+    strided = moment.t().contiguous().t()
+    assert not strided.is_contiguous() or f == 1
+    general = torch.ops.mudsc.stats_finalize(strided, y.sum(0), shift, n, 1e-7)
+    for a, b in zip(fast, general):
+        if a.dtype == torch.bool:
+            assert torch.equal(a, b)
+        else:
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    want = truth(x.numpy())
+    np.testing.assert_allclose(fast[2].numpy(), want["corr"], rtol=0, atol=1e-12)

@@ -15,6 +15,9 @@
 //   mudsc::stats_finalize(Tensor moment, Tensor sums, Tensor shift, int count, float eps)
 //       -> (Tensor mean, Tensor cov, Tensor corr, Tensor zero_variance)
 //       device-generic (stats.cpp): streaming second moments about a shift, and their finalization.
+//   mudsc::axis_segment_sum(Tensor t, int axis, Tensor labels, int size, Tensor? scale) -> Tensor
+//       out (t with `axis` resized to `size`): out[.., k, ..] = scale[k] * sum of t[.., j, ..] over labels[j] == k
+//       (CPU kernel in cpu/stats_cpu.cpp; elsewhere mudsc.similarity uses index_add_).
 //   mudsc::build_info() -> str
 //       which backends this library was compiled with.
 #include <Python.h>
@@ -43,6 +46,7 @@ TORCH_LIBRARY(mudsc, m) {
       "stats_update_(Tensor(a!) moment, Tensor(b!) sums, Tensor[] xs, int[] channel_dims, Tensor shift, "
       "int block_size, int fold_samples, int precision=0) -> Tensor");
   m.def("stats_finalize(Tensor moment, Tensor sums, Tensor shift, int count, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("axis_segment_sum(Tensor t, int axis, Tensor labels, int size, Tensor? scale) -> Tensor");
   m.def("build_info() -> str", &mudsc::ops::build_info);
 }
 

@@ -18,9 +18,12 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <optional>
 #include <tuple>
+#include <vector>
 
 #include "stats_layout.hpp"
 
@@ -166,7 +169,69 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_prepare_cpu(at::TensorList 
   return {Y, sums, count};
 }
 
+// mudsc::axis_segment_sum on the CPU: out[a, k, b] = scale[k] * sum_{j : labels[j] == k} t[a, j, b] with t
+// viewed as [A, m, B] around `axis`. Rows j are added in ascending order and scaled after the sum, exactly as
+// zeros + index_add_ + mul_ would, but in place along any axis: no transposed copy of t.
+at::Tensor axis_segment_sum_cpu(const at::Tensor& t, int64_t axis, const at::Tensor& labels, int64_t size,
+                                const std::optional<at::Tensor>& scale) {
+  TORCH_CHECK(t.dim() >= 1, "axis_segment_sum: expected a tensor with at least one dimension");
+  const int64_t ax = axis < 0 ? axis + t.dim() : axis;
+  TORCH_CHECK(ax >= 0 && ax < t.dim(), "axis_segment_sum: axis ", axis, " is out of range for shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+              "axis_segment_sum: expected float32 or float64, got ", t.scalar_type());
+  const int64_t m = t.size(ax);
+  TORCH_CHECK(labels.dim() == 1 && labels.numel() == m && labels.scalar_type() == at::kLong,
+              "axis_segment_sum: labels must be int64 [", m, "], got ", labels.scalar_type(), " ", labels.sizes());
+  TORCH_CHECK(size >= 0, "axis_segment_sum: size must be non-negative");
+  const at::Tensor x = t.contiguous();
+  const at::Tensor lab = labels.contiguous();
+  const int64_t* lp = lab.const_data_ptr<int64_t>();
+  for (int64_t j = 0; j < m; ++j) {
+    TORCH_CHECK(lp[j] >= 0 && lp[j] < size, "axis_segment_sum: label ", lp[j], " at ", j, " is outside [0, ", size,
+                ")");
+  }
+  int64_t A = 1, B = 1;
+  for (int64_t d = 0; d < ax; ++d) A *= x.size(d);
+  for (int64_t d = ax + 1; d < x.dim(); ++d) B *= x.size(d);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape[ax] = size;
+  at::Tensor out = at::zeros(shape, x.options());
+  at::Tensor sc;
+  if (scale.has_value() && scale->defined()) {
+    TORCH_CHECK(scale->dim() == 1 && scale->numel() == size, "axis_segment_sum: scale must be [", size, "], got ",
+                scale->sizes());
+    sc = scale->to(x.scalar_type()).contiguous();
+  }
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "axis_segment_sum", [&] {
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* sp = sc.defined() ? sc.const_data_ptr<scalar_t>() : nullptr;
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(m * B, 1));
+    at::parallel_for(0, A, grain, [&](int64_t a0, int64_t a1) {
+      for (int64_t a = a0; a < a1; ++a) {
+        const scalar_t* s_a = src + a * m * B;
+        scalar_t* d_a = dst + a * size * B;
+        for (int64_t j = 0; j < m; ++j) {
+          const scalar_t* row = s_a + j * B;
+          scalar_t* acc = d_a + lp[j] * B;
+          for (int64_t b = 0; b < B; ++b) acc[b] += row[b];
+        }
+        if (sp != nullptr) {
+          for (int64_t k = 0; k < size; ++k) {
+            scalar_t* acc = d_a + k * B;
+            for (int64_t b = 0; b < B; ++b) acc[b] *= sp[k];
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace ops
 }  // namespace mudsc
 
-TORCH_LIBRARY_IMPL(mudsc, CPU, m) { m.impl("stats_prepare", &mudsc::ops::stats_prepare_cpu); }
+TORCH_LIBRARY_IMPL(mudsc, CPU, m) {
+  m.impl("stats_prepare", &mudsc::ops::stats_prepare_cpu);
+  m.impl("axis_segment_sum", &mudsc::ops::axis_segment_sum_cpu);
+}
