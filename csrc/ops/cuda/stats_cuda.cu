@@ -150,6 +150,25 @@ __global__ void fold_block_rows_kernel(double* __restrict__ moment, const float*
   for (int64_t c = threadIdx.x; c < nj; c += blockDim.x) dst[c] += static_cast<double>(src[c]);
 }
 
+// torch's cuBLAS handle for this stream in default math mode (no TF32 unless a compute type asks for it),
+// put back in the mode torch left it in when the scope ends, also when a cuBLAS call throws.
+class DefaultMathHandle {
+ public:
+  DefaultMathHandle() : handle_(at::cuda::getCurrentCUDABlasHandle()) {
+    TORCH_CUDABLAS_CHECK(cublasGetMathMode(handle_, &previous_));
+    TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH));
+  }
+  ~DefaultMathHandle() { cublasSetMathMode(handle_, previous_); }
+  DefaultMathHandle(const DefaultMathHandle&) = delete;
+  DefaultMathHandle& operator=(const DefaultMathHandle&) = delete;
+  cublasHandle_t get() const { return handle_; }
+
+ private:
+  const at::NoTF32Guard no_tf32_;  // constructed first: getCurrentCUDABlasHandle then picks default math too
+  cublasHandle_t handle_;
+  cublasMath_t previous_ = CUBLAS_DEFAULT_MATH;
+};
+
 }  // namespace
 
 void fold_block_rows_cuda(at::Tensor& moment, const at::Tensor& seg, int64_t block_size) {
@@ -216,12 +235,9 @@ void gram_block_cuda(at::Tensor& out, const at::Tensor& Y, const at::Tensor& sma
   };
   const cublasOperation_t ta = feature_major ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t tb = feature_major ? CUBLAS_OP_N : CUBLAS_OP_T;
-  // The compute type, not torch's global TF32 flags, decides: NoTF32Guard keeps the handle in default math.
-  const at::NoTF32Guard no_tf32;
-  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
-  cublasMath_t previous_math;
-  TORCH_CUDABLAS_CHECK(cublasGetMathMode(handle, &previous_math));
-  TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+  // The compute type, not torch's global TF32 flags, decides.
+  const DefaultMathHandle blas;
+  cublasHandle_t handle = blas.get();
   const cublasComputeType_t compute = precision == kIeee ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
   const float one = 1.0f, zero = 0.0f;
   float* c = out.mutable_data_ptr<float>();
@@ -239,7 +255,6 @@ void gram_block_cuda(at::Tensor& out, const at::Tensor& Y, const at::Tensor& sma
   } else {
     gemm(big, big, &zero);
   }
-  TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, previous_math));  // leave the shared handle as torch set it
 }
 
 // The whole upper triangle in one cuBLAS SSYRK (half the flops of a full product, no block rows). The row-major
@@ -259,16 +274,11 @@ void gram_syrk_cuda(at::Tensor& out, const at::Tensor& Y, bool feature_major, in
   if (F == 0 || nl == 0) return;
   const c10::cuda::CUDAGuard guard(Y.device());
   const float* a = Y.const_data_ptr<float>() + (feature_major ? l0 : l0 * F);
-  const at::NoTF32Guard no_tf32;
-  cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
-  cublasMath_t previous_math;
-  TORCH_CUDABLAS_CHECK(cublasGetMathMode(handle, &previous_math));
-  TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+  const DefaultMathHandle blas;
   const float one = 1.0f, zero = 0.0f;
-  TORCH_CUDABLAS_CHECK(cublasSsyrk(handle, CUBLAS_FILL_MODE_LOWER, feature_major ? CUBLAS_OP_T : CUBLAS_OP_N,
+  TORCH_CUDABLAS_CHECK(cublasSsyrk(blas.get(), CUBLAS_FILL_MODE_LOWER, feature_major ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    static_cast<int>(F), static_cast<int>(nl), &one, a, static_cast<int>(ld), &zero,
                                    out.mutable_data_ptr<float>(), static_cast<int>(F)));
-  TORCH_CUDABLAS_CHECK(cublasSetMathMode(handle, previous_math));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_prepare_cuda(at::TensorList xs, at::IntArrayRef channel_dims,
