@@ -23,7 +23,12 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "stats_layout.hpp"
 
@@ -33,6 +38,54 @@ namespace {
 
 constexpr int64_t kSampleChunk = 256;
 
+#if defined(__AVX512F__)
+// The float32 -> float32 contiguous run with AVX-512 (the common case: float32 activations and weights): the
+// finite test on the exponent bits, 16 values per step, fp64 sums in 16 lanes. GCC does not vectorise the
+// portable loop below (the fp64 lanes and the finite test), which ran at ~1.1 G values/s per core, less than
+// half of this. Returns the fp64 sum of what it wrote; the tail goes through the portable loop.
+inline double copy_run_avx512(const float* src, int64_t n, float* dst, float s, int64_t* nonfinite, int64_t* done) {
+  const __m512 vs = _mm512_set1_ps(s);
+  const __m512i expo = _mm512_set1_epi32(0x7f800000);
+  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+  int64_t j = 0, bad = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512 y = _mm512_loadu_ps(src + j);
+    const __mmask16 inf = _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(y), expo), expo);
+    bad += __builtin_popcount(static_cast<unsigned>(inf));
+    y = _mm512_mask_mov_ps(y, inf, _mm512_setzero_ps());
+    const __m512 v = _mm512_sub_ps(y, vs);
+    _mm512_storeu_ps(dst + j, v);
+    a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+  }
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, _mm512_add_pd(a0, a1));
+  *nonfinite += bad;
+  *done = j;
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+#if defined(__AVX512VL__)
+// One sample's C contiguous float32 features into a float32 row: dst[c] = clean(src[c]) - s[c], acc[c] += dst[c]
+// (fp64), 8 features per step; returns how many were done (the caller finishes the tail).
+inline int64_t copy_row_avx512(const float* src, int64_t C, float* dst, const float* s, double* acc, int64_t* nonfinite) {
+  const __m256i expo = _mm256_set1_epi32(0x7f800000);
+  int64_t c = 0, bad = 0;
+  for (; c + 8 <= C; c += 8) {
+    __m256 y = _mm256_loadu_ps(src + c);
+    const __mmask8 inf = _mm256_cmpeq_epi32_mask(_mm256_and_si256(_mm256_castps_si256(y), expo), expo);
+    bad += __builtin_popcount(static_cast<unsigned>(inf));
+    y = _mm256_mask_mov_ps(y, inf, _mm256_setzero_ps());
+    const __m256 v = _mm256_sub_ps(y, _mm256_loadu_ps(s + c));
+    _mm256_storeu_ps(dst + c, v);
+    _mm512_storeu_pd(acc + c, _mm512_add_pd(_mm512_loadu_pd(acc + c), _mm512_cvtps_pd(v)));
+  }
+  *nonfinite += bad;
+  return c;
+}
+#endif  // __AVX512VL__
+#endif  // __AVX512F__
+
 // One run of n values: dst[j * dst_stride] = clean(src[j * src_stride]) - s; returns the fp64 sum of what it wrote.
 // The contiguous case keeps 8 independent partial sums so the loop vectorises under strict IEEE rules.
 template <typename T, typename O>
@@ -40,6 +93,13 @@ inline double copy_run(const T* src, int64_t src_stride, int64_t n, O* dst, O s,
   int64_t bad = 0;
   double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t j = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<O, float>) {
+    if (src_stride == 1) {
+      lanes[0] = copy_run_avx512(src, n, dst, s, nonfinite, &j);
+    }
+  }
+#endif
   if (src_stride == 1) {
     for (; j + 8 <= n; j += 8) {
       for (int q = 0; q < 8; ++q) {
@@ -69,7 +129,13 @@ template <typename T, typename O>
 inline void copy_row(const T* src, int64_t src_stride, int64_t C, O* dst, const O* s, double* acc, int64_t* nonfinite) {
   int64_t bad = 0;
   if (src_stride == 1) {
-    for (int64_t c = 0; c < C; ++c) {
+    int64_t c = 0;
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<O, float>) {
+      c = copy_row_avx512(src, C, dst, s, acc, nonfinite);
+    }
+#endif
+    for (; c < C; ++c) {
       const O y = static_cast<O>(src[c]);
       const bool ok = std::isfinite(y);
       bad += !ok;
