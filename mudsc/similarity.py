@@ -178,12 +178,16 @@ class PieceCache:
 
     A piece's contribution to the similarity sums depends only on its weights and on the maps of its other
     axes; ``keys[k]`` (any comparable value) names those maps, and an entry is reused while its key is unchanged.
-    Products of pieces with few entries per unit are not cached. ``budget_bytes`` caps the float64 moments
+    The last ``versions`` entries of every piece are kept: the descent returns to earlier maps (a sweep without
+    improvement restarts from the best maps), and on ResNet-20x8 a fifth of the pieces it would otherwise
+    recompute are ones it computed 2-5 versions earlier. Products of pieces with few entries per unit are not
+    cached. ``budget_bytes`` caps the float64 moments
     kept over all groups (a ViT-L MLP piece holds 512 MiB); past it, pieces are recomputed.
     """
 
-    def __init__(self, budget_bytes: int = 1 << 30) -> None:
+    def __init__(self, budget_bytes: int = 1 << 30, versions: int = 6) -> None:
         self.budget_bytes = int(budget_bytes)
+        self.versions = max(1, int(versions))
         self.bytes = 0
         self.entries: dict = {}
         self.shifts: dict = {}
@@ -277,21 +281,23 @@ def weight_moments(
             continue
         entry_key = (group, k)
         key = keys[k] if keys is not None else None
-        hit = cache.entries.get(entry_key)
-        if cache.reuse and hit is not None and hit[0] == key:
+        kept = cache.entries.setdefault(entry_key, [])  # [(key, accumulator)], most recently used last
+        hit = next((v for v in range(len(kept)) if kept[v][0] == key), None) if cache.reuse else None
+        if hit is not None:
             cache.reused += 1
-            total.merge(hit[1])
+            kept.append(kept.pop(hit))
+            total.merge(kept[-1][1])
             continue
         tensors, axes = transformed_piece(k)
         acc = fresh().update(tensors, axes)
         total.merge(acc)
         cache.computed += 1
         size = f * f * 8
-        if hit is not None:
-            del cache.entries[entry_key]
+        if kept and (len(kept) >= cache.versions or cache.bytes + size > cache.budget_bytes):
+            kept.pop(0)  # the least recently used version of this piece
             cache.bytes -= size
         if cache.bytes + size <= cache.budget_bytes:
-            cache.entries[entry_key] = (key, acc)
+            kept.append((key, acc))
             cache.bytes += size
     if small:
         # one update over the stacked rows [units, Σ entries] of every small piece, per model
