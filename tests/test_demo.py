@@ -92,3 +92,40 @@ def test_cli_quick_demo_all_methods(tmp_path, capsys):
     assert "matching (similarity + solve)" in text and "identical plans:" in text
     rows = json.loads((tmp_path / "d.json").read_text())["results"][0]["rows"]
     assert set(rows) >= {"avg", "rebasin", "act-align", "zipit", "wzip", "mudsc-align", "mudsc-zip"}
+
+
+def test_digits_resized_for_the_resnets_keep_the_background():
+    images, labels = mnist.load_digits(16)
+    assert images.shape == (5000, 1, 16, 16) and images.dtype == torch.float32 and labels.shape == (5000,)
+    # corners are background in every MNIST digit: antialiased resizing keeps them at the background value
+    assert torch.allclose(images[:, 0, 0, 0], torch.tensor(-mnist.MEAN / mnist.STD), atol=1e-5)
+    assert images.std() > 0.5  # the digits survived the resize
+
+
+def test_default_archs_are_the_issue_sizes():
+    archs = {a.name: a for a in demo.default_archs()}
+    resnets = [a for a in archs.values() if a.builder == "resnet20"]
+    assert {a.kwargs["norm"] for a in resnets} == {"bn", "gn"}
+    assert all(a.kwargs["width"] == 4 and a.image_size == 16 for a in resnets)
+    assert all(a.image_size == 32 for a in archs.values() if a.builder != "resnet20")
+    # the input size is part of what determines the weights, so it is part of the cache key
+    a = resnets[0]
+    b = demo.ArchConfig(a.name, a.builder, a.kwargs, a.epochs, a.lr, a.optimizer, a.batch_size, image_size=32)
+    assert demo.checkpoint_key(a, 1, 0, 100) != demo.checkpoint_key(b, 1, 0, 100)
+
+
+@pytest.mark.parametrize("bf16", ["0", "1"])
+def test_trained_endpoint_is_float32_contiguous_and_learns(monkeypatch, bf16):
+    monkeypatch.setenv("MUDSC_DEMO_BF16", bf16)
+    if bf16 == "1" and not demo.bf16_training():
+        pytest.skip("this CPU has no native bfloat16")
+    assert demo.bf16_training() == (bf16 == "1")
+    images, labels = mnist.load_digits(16)
+    train, test = mnist.stratified_split(labels, test_per_class=20)
+    arch = demo.ArchConfig("ResNet-20x1 (BN)", "resnet20", {"width": 1, "norm": "bn"}, epochs=2, image_size=16)
+    model = demo.train_endpoint(arch, images[train[::4]], labels[train[::4]], seed=0)
+    for name, p in model.state_dict().items():
+        assert p.dtype in (torch.float32, torch.int64), name
+        assert p.is_contiguous(), name
+    acc = demo.accuracies(demo.predict(model, images[test]), labels[test])
+    assert acc["joint"] > 0.6, acc  # 1,000 images, 2 epochs: far above the 10% of chance
