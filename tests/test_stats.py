@@ -993,3 +993,24 @@ def test_op_stats_finalize_cpu_fast_path_equals_general_path(f):
             torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
     want = truth(x.numpy())
     np.testing.assert_allclose(fast[2].numpy(), want["corr"], rtol=0, atol=1e-12)
+
+
+@needs_native
+@pytest.mark.parametrize("feature_major", [False, True])
+def test_op_stats_prepare_long_runs_with_nonfinite_values(feature_major):
+    """Runs and rows long enough for the vectorised (AVX-512) float32 path, with NaN/±Inf inside the vector part
+    and in the tails: same values, sums and count as the documented contract."""
+    gen = torch.Generator().manual_seed(5)
+    nchw = torch.randn(3, 19, 7, 9, generator=gen) + 3.0      # runs of 63 values (3 x 16 + 15)
+    btc = torch.randn(4, 5, 37, generator=gen) - 2.0           # rows of 37 features (4 x 8 + 5)
+    flat = nchw.view(-1)
+    flat[[0, 17, 62, 100, 1000]] = torch.tensor([float("nan"), float("inf"), float("-inf"), float("nan"), 1e38])
+    btc.view(-1)[[3, 36, 40, 700]] = torch.tensor([float("nan"), float("-inf"), float("inf"), float("nan")])
+    for xs, dims in (([nchw], [1]), ([btc], [2]), ([nchw.permute(0, 2, 3, 1).contiguous()], [3])):
+        f = xs[0].shape[dims[0]]
+        shift = torch.randn(f, generator=gen)
+        y, sums, nonfinite = torch.ops.mudsc.stats_prepare(xs, dims, shift, feature_major)
+        want, bad = prepare_torch(xs, dims, shift)
+        assert int(nonfinite) == bad and bad > 0
+        assert torch.equal(y.T if feature_major else y, want)
+        np.testing.assert_allclose(sums.numpy(), want.to(torch.float64).numpy().sum(axis=0), rtol=1e-12, atol=1e-9)
