@@ -88,6 +88,7 @@ __all__ = ["METHODS", "ActivationStats", "MergeResult", "collect_stats", "match"
 
 # Reuse a weight piece's moments while the maps on its other axes are unchanged (see match); tests switch it off.
 _CACHE_WEIGHT_SIMILARITY = True
+_INCREMENTAL_WEIGHT_SIMILARITY = True  # bring changed pieces up to date from a kept version (PieceCache)
 
 
 @dataclass(frozen=True)
@@ -684,6 +685,7 @@ def match(
     cache = PieceCache() if backend != "reference" and _native.HAS_C else None
     if cache is not None:
         cache.reuse = _CACHE_WEIGHT_SIMILARITY
+        cache.incremental = _INCREMENTAL_WEIGHT_SIMILARITY
 
     def map_key(name: str):
         r = state.maps[name]
@@ -753,7 +755,8 @@ def match(
     maps = {name: MatchResult(np.asarray(r.labels, dtype=np.int64), int(r.num_outputs), float(values[name]))
             for name, r in state.maps.items()}
     info = {"history": history, "sweeps": len(history), "fallback_groups": fallback, "timing": timing,
-            "weight_pieces": {"computed": cache.computed if cache else None, "reused": cache.reused if cache else None},
+            "weight_pieces": {"computed": cache.computed if cache else None, "reused": cache.reused if cache else None,
+                              "updated": cache.updated if cache else None},
             "merge_value": float(np.mean(list(values.values()))) if values else 0.0}
     return MergePlan(spec=spec, maps=maps, num_models=n, method=method, hyperparameters=hyper,
                      fingerprints=[fingerprint(m) for m in models], info=info)

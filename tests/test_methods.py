@@ -228,15 +228,25 @@ def test_similarity_cache_gives_the_same_plan_as_recomputing(setups, arch, monke
     ms, spec, _, stats = setups[arch]
     monkeypatch.setattr(mudsc.similarity, "_SMALL_WORK", 0)  # the test models are tiny: cache their pieces anyway
     kw = dict(stats=stats, max_sweeps=8, patience=3, progress=False, backend="native")
+    updated = match(ms, spec, "mudsc-zip", **kw)
+    monkeypatch.setattr(mudsc.methods, "_INCREMENTAL_WEIGHT_SIMILARITY", False)
     cached = match(ms, spec, "mudsc-zip", **kw)
     monkeypatch.setattr(mudsc.methods, "_CACHE_WEIGHT_SIMILARITY", False)
     fresh = match(ms, spec, "mudsc-zip", **kw)
-    counts = cached.info["weight_pieces"]
+    counts, total = cached.info["weight_pieces"], fresh.info["weight_pieces"]["computed"]
     assert counts["reused"] > 0 and fresh.info["weight_pieces"]["reused"] == 0
-    assert counts["computed"] + counts["reused"] == fresh.info["weight_pieces"]["computed"]
+    assert counts["computed"] + counts["reused"] == total and counts["updated"] == 0
+    # Reuse alone is exact: the same accumulators, the same arithmetic.
     assert cached.info["history"] == fresh.info["history"]
-    for name in fresh.maps:
-        np.testing.assert_array_equal(cached.maps[name].labels, fresh.maps[name].labels)
+    # Incremental updates (remove the samples of changed slots, add the new ones) change only the rounding.
+    inc = updated.info["weight_pieces"]
+    assert inc["updated"] > 0 and inc["computed"] + inc["reused"] + inc["updated"] == total
+    assert len(updated.info["history"]) == len(fresh.info["history"])
+    for a, b in zip(updated.info["history"], fresh.info["history"]):
+        assert a["improved"] == b["improved"] and a["value"] == pytest.approx(b["value"], rel=1e-6, abs=1e-9)
+    for plan in (cached, updated):
+        for name in fresh.maps:
+            np.testing.assert_array_equal(plan.maps[name].labels, fresh.maps[name].labels)
 
 
 def test_merged_model_can_be_merged_again():
