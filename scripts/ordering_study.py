@@ -29,22 +29,24 @@ from mudsc import demo, mnist  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--archs", nargs="*", default=["resnet", "vit", "vgg"])
+    p.add_argument("--archs", nargs="*", default=["resnet", "gn", "vit", "vgg"])
     p.add_argument("--balances", nargs="*", type=float, default=[0.0, 0.1, 0.3, 0.5, 0.7, 1.0])
     p.add_argument("--subsets", type=int, default=4)
     args = p.parse_args(argv)
-    images, labels = mnist.load_digits()
+    labels = mnist.load_digits(28)[1]
     train_idx, test_idx = mnist.stratified_split(labels, test_per_class=100)
     task_idx = [mnist.task_subset(labels, train_idx, t) for t in range(2)]
-    x_test, y_test = images[test_idx], labels[test_idx]
+    y_test = labels[test_idx]
     pool = np.random.default_rng(0).permutation(np.concatenate(task_idx))
-    loaders = [torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images[pool[s * 512:(s + 1) * 512]]),
-                                           batch_size=64) for s in range(args.subsets)]
-    picked = {"resnet": "ResNet-20x1 (BN)", "gn": "ResNet-20x1 (GN)", "vgg": "VGG-11/4 (BN)", "vit": "ViT 4x96/8"}
-    archs = {a.name: a for a in demo.default_archs(1)}
+    defaults = demo.default_archs()
+    picked = {"resnet": defaults[0], "gn": defaults[1], "vgg": defaults[2], "vit": defaults[3]}
     print(f"mudsc {mudsc.__version__}; test set {len(y_test)} images; accuracies in %")
     for key in args.archs:
-        arch = archs[picked[key]]
+        arch = picked[key]
+        images = mnist.load_digits(arch.image_size)[0]
+        x_test = images[test_idx]
+        loaders = [torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images[pool[s * 512:(s + 1) * 512]]),
+                                               batch_size=64) for s in range(args.subsets)]
         ends = [demo.load_or_train(arch, images[task_idx[t]], labels[task_idx[t]], seed, t, demo.cache_root(),
                                    print)[0] for t, seed in ((0, 1), (1, 2))]
         spec = mudsc.trace(ends[0], images[:2])
