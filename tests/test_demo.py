@@ -78,6 +78,24 @@ def test_quick_demo_end_to_end_and_cache_hit(tmp_path):
     text = "\n".join(lines)
     assert "model A (cached), model B (cached)" in text, text
     assert sorted(p.name for p in (tmp_path / "cache").glob("*.pt")) == ckpts
+    # ... and so does the merge: its plan is applied again, with the same accuracies
+    assert "1 of 1 from the cache" in text, text
+    again = json.loads(png.with_suffix(".json").read_text())["results"][0]["rows"]
+    assert again["avg"]["cached_plan"] and again["avg"]["joint"] == rows["avg"]["joint"]
+
+    # A damaged cached plan is reported and merged again; --recompute ignores the cache.
+    plans = sorted((tmp_path / "cache" / "merges").glob("avg-native-*.safetensors"))
+    assert len(plans) == 1
+    plans[0].write_bytes(b"not a plan")
+    lines.clear()
+    assert demo.run_demo(quick=True, cache_dir=tmp_path / "cache", out=png, methods=("avg",),
+                         log=lines.append) == 0
+    text = "\n".join(lines)
+    assert "unusable" in text and "from the cache" not in text, text
+    lines.clear()
+    assert demo.run_demo(quick=True, cache_dir=tmp_path / "cache", out=png, methods=("avg",), recompute=True,
+                         log=lines.append) == 0
+    assert "from the cache" not in "\n".join(lines)
     assert json.loads(png.with_suffix(".json").read_text())["results"][0]["rows"]["model A"] == rows["model A"]
 
 
