@@ -12,19 +12,21 @@ The job (ALGORITHM.md §5-§7 on data that ships with the test environment):
 3. Merge: ``mudsc.merge([A, B], loader, method=m)`` for every ``m`` in ``mudsc.METHODS``; the loader is a fixed
    mix of both tasks' training images (activation statistics, and the BatchNorm reset of BN models, as the
    original does after merging). For mudsc-zip the same merge also runs with ``backend="reference"`` (the
-   original algorithm's pure-Python matching) and the two plans are compared.
+   original algorithm's pure-Python matching) and the two plans are compared. Plans are cached with the
+   endpoints (with the accuracies and stage times of the run that computed them); a rerun loads and re-applies
+   them instead of merging again, unless ``--recompute``.
 4. Evaluation on the 1,000 test digits: joint accuracy (argmax over all 10 classes) and per-task accuracy
    (argmax over the 5 classes of the sample's own task), for the endpoints, their ensemble (mean of the two
    softmaxes) and each merged model. Prints a table, whether MuDSC >= ZipIt >= Re-Basin >= averaging holds on
    joint accuracy (reported, not forced), and saves a bar chart (PNG).
 
 Sizes: ResNet-20x4 (the issue's width; ``--resnet-width`` changes it) on the digits resized to 16x16 (a quarter
-of the 32x32 compute: about 15 s per BN model and 30 s per GN model to train on 2 CPU cores), VGG-11 at 1/4 of
+of the 32x32 compute: about 13 s per BN model and 27 s per GN model to train on 2 CPU cores), VGG-11 at 1/4 of
 the ImageNet widths and a 4-block ViT of width 96 with 8x8 patches (17 tokens), both on 32x32. CNNs train 2-3
 epochs with SGD (the GroupNorm ResNet 4 epochs at a lower rate), the ViT 8 epochs with AdamW; on CPUs with
 native bfloat16 (oneDNN) the training runs under bf16 autocast (channels-last for the CNNs), about 2x faster;
 the endpoints are float32 either way. Measured own-task 5-way test accuracy of the endpoints: 92-98%. From
-scratch the whole demo took 5 min 10 s on the 2-core VM (2 threads).
+scratch the whole demo took 4 min 30 s on the 2-core VM (2 threads); a cached rerun about 5 s.
 
 ``--quick`` is a seconds-long smoke run (one small architecture, few images, one epoch); its accuracies mean
 nothing. ``--solvers`` prints the native-vs-reference matching-solver table instead (:mod:`mudsc.solver_demo`).
