@@ -55,8 +55,11 @@ inline double copy_run_avx512(const float* src, int64_t n, float* dst, float s, 
     y = _mm512_mask_mov_ps(y, inf, _mm512_setzero_ps());
     const __m512 v = _mm512_sub_ps(y, vs);
     _mm512_storeu_ps(dst + j, v);
-    a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-    a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+    // maskz forms: the plain ones start from _mm*_undefined_*, which GCC 12 reports as maybe-uninitialized
+    const __m256 lo = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 0));
+    const __m256 hi = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, _mm512_castps_pd(v), 1));
+    a0 = _mm512_add_pd(a0, _mm512_maskz_cvtps_pd(0xFF, lo));
+    a1 = _mm512_add_pd(a1, _mm512_maskz_cvtps_pd(0xFF, hi));
   }
   alignas(64) double lanes[8];
   _mm512_store_pd(lanes, _mm512_add_pd(a0, a1));
@@ -78,7 +81,7 @@ inline int64_t copy_row_avx512(const float* src, int64_t C, float* dst, const fl
     y = _mm256_mask_mov_ps(y, inf, _mm256_setzero_ps());
     const __m256 v = _mm256_sub_ps(y, _mm256_loadu_ps(s + c));
     _mm256_storeu_ps(dst + c, v);
-    _mm512_storeu_pd(acc + c, _mm512_add_pd(_mm512_loadu_pd(acc + c), _mm512_cvtps_pd(v)));
+    _mm512_storeu_pd(acc + c, _mm512_add_pd(_mm512_loadu_pd(acc + c), _mm512_maskz_cvtps_pd(0xFF, v)));
   }
   *nonfinite += bad;
   return c;
