@@ -183,9 +183,10 @@ class PieceCache:
     axes; ``keys[k]`` (any comparable value) names those maps, and an entry is reused while its key is unchanged.
     The last ``versions`` entries of every piece are kept: the descent returns to earlier maps (a sweep without
     improvement restarts from the best maps), and on ResNet-20x8 a fifth of the pieces it would otherwise
-    recompute are ones it computed 2-5 versions earlier. Products of pieces with few entries per unit are not
-    cached. ``budget_bytes`` caps the float64 moments
-    kept over all groups (a ViT-L MLP piece holds 512 MiB); past it, pieces are recomputed.
+    recompute are ones it computed 2-5 versions earlier. A changed piece with a single mapped axis is brought up
+    to date from the closest kept version (:func:`weight_moments`) unless ``incremental`` is off. Products of
+    pieces with few entries per unit are not cached. ``budget_bytes`` caps the float64 moments kept over all
+    groups (a ViT-L MLP piece holds 512 MiB); past it, pieces are recomputed.
     """
 
     def __init__(self, budget_bytes: int = 1 << 30, versions: int = 6) -> None:
@@ -219,8 +220,8 @@ def _unit_shift(pieces: Sequence[Sequence[Piece]], n: int, dtype: torch.dtype) -
 
 
 def _slot_signature(pieces: Sequence[Sequence[Piece]], k: int, n: int) -> Optional[tuple]:
-    """``(axis, maps, slot_keys, Counter(slot_keys))`` of piece ``k`` when exactly one of its other axes is transformed, by an
-    :class:`AxisMap` of the same length and size in every model; else None.
+    """``(axis, maps, slot_keys, Counter(slot_keys))`` of piece ``k`` when exactly one of its other axes is
+    transformed, by an :class:`AxisMap` of the same length and size in every model; else None.
 
     A slot (merged unit) of that axis contributes its own samples to the piece's moments, and those depend only
     on which units of each model it sums and on its scale: ``slot_keys[s]`` is that, for slot s.
@@ -298,8 +299,11 @@ def weight_moments(
     """The native :class:`mudsc.CorrelationAccumulator` behind :func:`weight_similarity` (same ``pieces``).
 
     All pieces are accumulated about one shift (the per-unit mean of the untransformed weights). With ``cache``
-    (plus ``group`` and ``keys[k]`` per piece) every large piece gets its own moments, which are added up, and a
-    piece whose key is unchanged since the last call for ``group`` is reused instead of recomputed.
+    (plus ``group`` and ``keys[k]`` per piece) every large piece gets its own moments, which are added up; a
+    piece whose key matches one of its kept versions reuses it, and a changed piece whose only mapped axis is
+    an :class:`AxisMap` is brought up to date from the closest kept version: the samples of the merged units
+    whose members (or scale) changed are subtracted and the new ones added, when that is at most half of them.
+    The result then differs from a recomputation only in rounding.
     """
     n = len(pieces)
     num_pieces = len(pieces[0])
@@ -373,7 +377,7 @@ def weight_moments(
             # add those of the new slots. The descent changes a tenth to a quarter of a neighbour's merged
             # units per re-solve, so this is a fraction of the product; past half the slots, recompute.
             best = None
-            for old_key, old_acc, old_sig, old_gen in kept:
+            for _, old_acc, old_sig, old_gen in kept:
                 if old_sig is None or old_sig[0] != sig[0] or old_gen >= cache.max_generations:
                     continue
                 if len(old_sig[2]) != len(sig[2]) or old_sig[1][0].labels.numel() != sig[1][0].labels.numel():
