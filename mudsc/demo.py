@@ -313,6 +313,14 @@ def merge_or_load(endpoints, loader, method: str, spec, backend: str, cache: Pat
     return acc, res.plan, timing, res.report.get("sweeps"), False
 
 
+def _read_json(path: Path):
+    """The JSON in ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj))
@@ -399,11 +407,10 @@ def run_demo(quick: bool = False, solvers: bool = False, cache_dir: Optional[os.
         rows: Dict[str, Dict] = {}
         names = [checkpoint_key(arch, seed, task, len(task_idx[task])) for task, seed in ((0, 1), (1, 2))]
         ends_path = cache / (Path(names[0]).stem + "-" + Path(names[1]).stem + "-eval.json")
-        try:
-            if any(not c.startswith("cached") for c in train_note):
-                raise OSError("new endpoints")
-            rows.update(json.loads(ends_path.read_text()))
-        except (OSError, ValueError):
+        stored = _read_json(ends_path) if all(c == "cached" for c in train_note) else None
+        if stored is not None:
+            rows.update(stored)
+        else:
             la, lb = predict(endpoints[0], x_test), predict(endpoints[1], x_test)
             rows["model A"] = accuracies(la, y_test)
             rows["model B"] = accuracies(lb, y_test)
