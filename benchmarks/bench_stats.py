@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 import mudsc  # noqa: E402
-from mudsc.reference.stats import ReferenceCorrelationAccumulator  # noqa: E402
+from mudsc.reference.stats import CorrelationAccumulator as ReferenceCorrelationAccumulator  # noqa: E402
 
 FLOOR_VS_MM_CPU = 0.7  # native update throughput / bare mm throughput
 FLOOR_VS_REFERENCE_CPU = 1.5  # at F = 2·768, L = 32·197

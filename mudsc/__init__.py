@@ -21,28 +21,20 @@ Public API:
 """
 
 from ._native import build_info
+from ._version import __version__
 from . import models
 from .backends import BackendUnavailableError, available_backends
-from .similarity import AxisMap, weight_similarity
+from .maps import AxisMap, MatchResult, ZipResult
+from .lap import AssignmentResult, batch_linear_sum_assignment, linear_sum_assignment, solve_assignment
+from .matching import group_permute_match, group_zip_match, permute_match, zip_match
 from .stats import CorrelationAccumulator
-from .solvers import (
-    AssignmentResult,
-    MatchResult,
-    ZipResult,
-    batch_linear_sum_assignment,
-    group_permute_match,
-    group_zip_match,
-    linear_sum_assignment,
-    permute_match,
-    solve_assignment,
-    zip_match,
-)
-from .methods import METHODS, ActivationStats, MergeResult, collect_stats, match, merge
+from .piece_cache import PieceCache
+from .similarity import weight_similarity
+from .collect import ActivationStats, collect_stats
+from .methods import METHODS, MergeResult, match, merge
 from .norm import reset_bn
 from .plan import MergePlan
 from .spec import PermSpec, SpecCheckError, SpecTraceError, apply_maps, check_spec, permute_model, trace
-
-__version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
@@ -55,6 +47,7 @@ __all__ = [
     "reset_bn",
     "AxisMap",
     "CorrelationAccumulator",
+    "PieceCache",
     "weight_similarity",
     "AssignmentResult",
     "BackendUnavailableError",

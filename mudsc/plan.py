@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .solvers import MatchResult
+from ._version import __version__
+from .maps import MatchResult
 from .spec import PermSpec, apply_maps
 
 __all__ = ["MergePlan", "fingerprint", "check_fingerprint"]
@@ -112,8 +113,6 @@ class MergePlan:
 
     def __post_init__(self) -> None:
         if not self.version:
-            from . import __version__
-
             self.version = __version__
 
     # ------------------------------------------------------------------ applying

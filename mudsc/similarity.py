@@ -15,84 +15,18 @@ one sample), so it inherits the shifted float64 accumulation and the symmetric b
 
 from __future__ import annotations
 
-import copy
 import numbers
-from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
-from . import _native
 from .backends import choose
+from .maps import AxisMap
+from .piece_cache import SMALL_WORK, PieceCache
+from .reference import similarity as _reference_similarity
 from .stats import CorrelationAccumulator
 
-__all__ = ["AxisMap", "PieceCache", "weight_moments", "weight_similarity"]
-
-
-@dataclass(frozen=True)
-class AxisMap:
-    """How one model's units along an axis map to K merged units.
-
-    Attributes:
-        labels: ``LongTensor[m]``, the merged unit of each of the model's m units.
-        size: K.
-        scale: ``Tensor[K]`` or None: multiply merged unit k by ``scale[k]`` (None = 1: a plain segment sum).
-    """
-
-    labels: torch.Tensor
-    size: int
-    scale: Optional[torch.Tensor] = None
-
-    def __post_init__(self) -> None:
-        labels = torch.as_tensor(self.labels)
-        if labels.dim() != 1 or labels.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"AxisMap labels must be a 1-d integer tensor, got {labels.dtype} {tuple(labels.shape)}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.size):
-            raise ValueError(f"AxisMap labels must lie in [0, {self.size}), got [{int(labels.min())}, {int(labels.max())}]")
-        object.__setattr__(self, "labels", labels.long())
-        if self.scale is not None and torch.as_tensor(self.scale).shape != (self.size,):
-            raise ValueError(f"AxisMap scale must be [{self.size}], got {tuple(torch.as_tensor(self.scale).shape)}")
-
-    @classmethod
-    def unmerge(cls, result: Any, model: int, num_models: int) -> "AxisMap":
-        """Model ``model``'s unmerge ``U_iᵀ`` from a :class:`mudsc.MatchResult` (``labels``, ``num_outputs``) of
-        ``num_models`` models."""
-        labels = torch.as_tensor(result.labels).long()
-        om = labels.numel() // num_models
-        return cls(labels[model * om : (model + 1) * om], int(result.num_outputs))
-
-    @classmethod
-    def merge(cls, result: Any, model: int, num_models: int) -> "AxisMap":
-        """Model ``model``'s scaled merge ``N·M_iᵀ`` (``M = U / (colsum(U) + 1e-5)``, ALGORITHM.md §8.1.9)."""
-        labels = torch.as_tensor(result.labels).long()
-        k = int(result.num_outputs)
-        om = labels.numel() // num_models
-        counts = torch.bincount(labels, minlength=k).double()
-        scale = (num_models / (counts + 1e-5)).float()
-        return cls(labels[model * om : (model + 1) * om], k, scale)
-
-    def apply(self, t: torch.Tensor, axis: int) -> torch.Tensor:
-        """``t`` with ``axis`` (length m) replaced by the K merged units."""
-        if t.shape[axis] != self.labels.numel():
-            raise ValueError(
-                f"AxisMap for {self.labels.numel()} units applied to axis {axis} of a tensor of shape {tuple(t.shape)}"
-            )
-        if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and _native.HAS_C:
-            # one pass along any axis, rows added in the same order as index_add_ (same result, no copy)
-            return torch.ops.mudsc.axis_segment_sum(t, axis, self.labels, self.size, self.scale)
-        # The segment sum runs along dim 0 of a contiguous copy: ATen's index_add_ along an inner axis of a
-        # conv weight is ~2x slower than the copy plus a dim-0 index_add_ (whole rows). The result is a view.
-        x = t if axis == 0 else t.movedim(axis, 0).contiguous()
-        out = torch.zeros((self.size,) + tuple(x.shape[1:]), dtype=t.dtype, device=t.device)
-        out.index_add_(0, self.labels.to(t.device), x)
-        out = out if axis == 0 else out.movedim(0, axis)
-        if self.scale is not None:
-            view = [1] * t.dim()
-            view[axis] = self.size
-            out *= self.scale.to(t.device, t.dtype).view(view)
-        return out
+__all__ = ["weight_moments", "weight_similarity"]
 
 
 Piece = Union[tuple, list]
@@ -157,50 +91,18 @@ def weight_similarity(
     counts = {len(p) for p in pieces}
     if len(counts) != 1 or 0 in counts:
         raise ValueError(f"every model needs the same non-zero number of pieces, got {[len(p) for p in pieces]}")
-    reasons = [] if _native.HAS_C else [_native.C_ERROR or "mudsc._C is not available"]
-    chosen = choose("weight_similarity", backend, lambda: reasons)
-    if chosen == "reference":
-        from .reference.stats import reference_weight_similarity
-
-        return reference_weight_similarity(pieces, kind=kind, eps=eps).to(dtype)
+    if choose("weight_similarity", backend, needs="ops") == "reference":
+        return _reference_similarity.weight_similarity(pieces, kind=kind, eps=eps).to(dtype)
     acc = weight_moments(pieces)
     if kind == "cosine":
         return acc.cosine_similarity(1e-8 if eps is None else eps, dtype=dtype)
     return acc.correlation(1e-7 if eps is None else eps, dtype=dtype)
 
 
-# Pieces with fewer entries per unit than this (biases, norm scales), or whose product is under _SMALL_WORK
-# multiply-adds (small models), are not worth a product and a cache entry of their own: they are stacked
-# into one update.
+# Pieces with fewer entries per unit than this (biases, norm scales), or whose product is under ``small_work``
+# multiply-adds (small models), are not worth a product and a cache entry of their own: they are stacked into one
+# update.
 _SMALL_PIECE = 64
-_SMALL_WORK = 1 << 24
-
-
-class PieceCache:
-    """Per-piece moments kept between :func:`weight_moments` calls of one group (the MuDSC descent).
-
-    A piece's contribution to the similarity sums depends only on its weights and on the maps of its other
-    axes; ``keys[k]`` (any comparable value) names those maps, and an entry is reused while its key is unchanged.
-    The last ``versions`` entries of every piece are kept: the descent returns to earlier maps (a sweep without
-    improvement restarts from the best maps), and on ResNet-20x8 a fifth of the pieces it would otherwise
-    recompute are ones it computed 2-5 versions earlier. A changed piece with a single mapped axis is brought up
-    to date from the closest kept version (:func:`weight_moments`) unless ``incremental`` is off. Products of
-    pieces with few entries per unit are not cached. ``budget_bytes`` caps the float64 moments kept over all
-    groups (a ViT-L MLP piece holds 512 MiB); past it, pieces are recomputed.
-    """
-
-    def __init__(self, budget_bytes: int = 1 << 30, versions: int = 6) -> None:
-        self.budget_bytes = int(budget_bytes)
-        self.versions = max(1, int(versions))
-        self.bytes = 0
-        self.entries: dict = {}
-        self.shifts: dict = {}
-        self.reused = 0
-        self.computed = 0
-        self.updated = 0  # pieces brought up to date from a kept version (slots removed and added)
-        self.reuse = True  # False: compute every piece (the same arithmetic, for tests)
-        self.incremental = True  # False: a changed piece is always recomputed in full
-        self.max_generations = 8  # incremental updates in a row before a piece is recomputed in full
 
 
 def _unit_shift(pieces: Sequence[Sequence[Piece]], n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -219,75 +121,55 @@ def _unit_shift(pieces: Sequence[Sequence[Piece]], n: int, dtype: torch.dtype) -
     return torch.cat(parts).to(dtype)
 
 
-def _slot_signature(pieces: Sequence[Sequence[Piece]], k: int, n: int) -> Optional[tuple]:
-    """``(axis, maps, slot_keys, Counter(slot_keys))`` of piece ``k`` when exactly one of its other axes is
-    transformed, by an :class:`AxisMap` of the same length and size in every model; else None.
+class _Pieces:
+    """The pieces of one :func:`weight_moments` call: validation, transformed tensors (computed once each)."""
 
-    A slot (merged unit) of that axis contributes its own samples to the piece's moments, and those depend only
-    on which units of each model it sums and on its scale: ``slot_keys[s]`` is that, for slot s.
-    """
-    axis, maps = None, []
-    for i in range(n):
-        piece = pieces[i][k]
-        transforms = piece[2] if len(piece) == 3 and piece[2] else {}
-        if len(transforms) != 1:
-            return None
-        (b, m), = transforms.items()
-        if not isinstance(m, AxisMap) or not isinstance(b, numbers.Integral):
-            return None
-        b = int(b) % piece[0].dim()
-        if axis is None:
-            axis = b
-        elif b != axis or m.size != maps[0].size or m.labels.numel() != maps[0].labels.numel():
-            return None
-        maps.append(m)
-    size = maps[0].size
-    members = []
-    for m in maps:
-        lab = m.labels.cpu().numpy()
-        order = np.argsort(lab, kind="stable")
-        bounds = np.searchsorted(lab[order], np.arange(size + 1))
-        members.append([order[bounds[s]:bounds[s + 1]].tobytes() for s in range(size)])
-    scale = maps[0].scale
-    scales = [None] * size if scale is None else scale.detach().cpu().numpy().tolist()
-    if any((m.scale is None) != (scale is None) or (m.scale is not None and not torch.equal(m.scale, scale))
-           for m in maps[1:]):
-        return None
-    keys = [tuple(members[i][s] for i in range(n)) + (scales[s],) for s in range(size)]
-    return axis, maps, keys, Counter(keys)
+    def __init__(self, pieces: Sequence[Sequence[Piece]]) -> None:
+        self.pieces = pieces
+        self.n = len(pieces)
+        self.count = len(pieces[0])
+        self._transformed: dict = {}
+        self.units = None
+        for k in range(self.count):
+            t, axis = pieces[0][k][0], int(pieces[0][k][1])
+            if self.units is None:
+                self.units = t.shape[axis]
+            elif t.shape[axis] != self.units:
+                raise ValueError(f"piece {k} has {t.shape[axis]} units on its axis, piece 0 has {self.units}")
 
+    def transformed(self, k: int) -> tuple:
+        """``(tensors, axes)``: piece ``k`` of every model with its transforms applied; ValueError on a mismatch."""
+        if k not in self._transformed:
+            tensors, axes = [], []
+            for i in range(self.n):
+                t, axis = _transformed(self.pieces[i][k], f"model {i} piece {k}")
+                tensors.append(t)
+                axes.append(axis)
+            for i in range(1, self.n):
+                if tensors[i].shape != tensors[0].shape or axes[i] != axes[0]:
+                    raise ValueError(
+                        f"piece {k}: model {i} gives shape {tuple(tensors[i].shape)} (axis {axes[i]}) but model 0 "
+                        f"gives {tuple(tensors[0].shape)} (axis {axes[0]}) after the transforms"
+                    )
+            self._transformed[k] = (tensors, axes)
+        return self._transformed[k]
 
-def _slot_diff(old_counts: Counter, old_keys: list, new_counts: Counter, new_keys: list) -> tuple:
-    """Slots of the old version whose content is gone and slots of the new one that are new (as multisets:
-    ``*_counts`` are ``Counter(*_keys)``)."""
-    gone = {key: c - new_counts.get(key, 0) for key, c in old_counts.items() if c > new_counts.get(key, 0)}
-    new = {key: c - old_counts.get(key, 0) for key, c in new_counts.items() if c > old_counts.get(key, 0)}
+    def is_small(self, k: int, small_work: int) -> bool:
+        """Piece ``k`` is stacked with the other small ones instead of getting a product of its own."""
+        f = self.n * self.units
+        per_unit = self.pieces[0][k][0].numel() // max(self.units, 1)
+        return per_unit < _SMALL_PIECE or f * f * per_unit < small_work
 
-    def pick(keys: list, budget: dict) -> list:
+    def stacked(self, ks: Sequence[int], dtype: torch.dtype) -> list:
+        """Per model, the rows ``[units, Σ entries]`` of the pieces ``ks`` side by side."""
         out = []
-        if budget:
-            for s, key in enumerate(keys):
-                if budget.get(key, 0) > 0:
-                    budget[key] -= 1
-                    out.append(s)
+        for i in range(self.n):
+            rows = []
+            for k in ks:
+                tensors, axes = self.transformed(k)
+                rows.append(tensors[i].movedim(axes[i], 0).reshape(self.units, -1).to(dtype))
+            out.append(torch.cat(rows, dim=1))
         return out
-
-    return pick(old_keys, gone), pick(new_keys, new)
-
-
-def _slot_rows(pieces, k: int, n: int, axis: int, maps: list, slots: list) -> list:
-    """Per model, piece ``k`` transformed on ``axis`` to just the given slots (in that order)."""
-    sel = torch.as_tensor(slots, dtype=torch.long)
-    out = []
-    for i in range(n):
-        x, m = pieces[i][k][0].detach(), maps[i]
-        where = torch.full((m.size,), -1, dtype=torch.long)
-        where[sel] = torch.arange(len(slots))
-        lab = where[m.labels]
-        pos = torch.nonzero(lab >= 0).view(-1)
-        scale = None if m.scale is None else m.scale[sel]
-        out.append(AxisMap(lab[pos], len(slots), scale).apply(x.index_select(axis, pos.to(x.device)), axis))
-    return out
 
 
 def weight_moments(
@@ -298,131 +180,52 @@ def weight_moments(
 ) -> CorrelationAccumulator:
     """The native :class:`mudsc.CorrelationAccumulator` behind :func:`weight_similarity` (same ``pieces``).
 
-    All pieces are accumulated about one shift (the per-unit mean of the untransformed weights). With ``cache``
-    (plus ``group`` and ``keys[k]`` per piece) every large piece gets its own moments, which are added up; a
-    piece whose key matches one of its kept versions reuses it, and a changed piece whose only mapped axis is
-    an :class:`AxisMap` is brought up to date from the closest kept version: the samples of the merged units
-    whose members (or scale) changed are subtracted and the new ones added, when that is at most half of them.
-    The result then differs from a recomputation only in rounding.
+    All pieces are accumulated about one shift (the per-unit mean of the untransformed weights), so their
+    moments add exactly. With ``cache`` (plus ``group`` and ``keys[k]``, the key of piece k's maps) every large
+    piece gets its own moments, looked up, brought up to date or computed by the :class:`PieceCache`, and added
+    up; the result then differs from a recomputation only in rounding. Small pieces are stacked into one update.
     """
-    n = len(pieces)
-    num_pieces = len(pieces[0])
-    transformed: dict = {}
-
-    def transformed_piece(k: int):
-        if k not in transformed:
-            tensors, axes = [], []
-            for i in range(n):
-                t, axis = _transformed(pieces[i][k], f"model {i} piece {k}")
-                tensors.append(t)
-                axes.append(axis)
-            for i in range(1, n):
-                if tensors[i].shape != tensors[0].shape or axes[i] != axes[0]:
-                    raise ValueError(
-                        f"piece {k}: model {i} gives shape {tuple(tensors[i].shape)} (axis {axes[i]}) but model 0 "
-                        f"gives {tuple(tensors[0].shape)} (axis {axes[0]}) after the transforms"
-                    )
-            transformed[k] = (tensors, axes)
-        return transformed[k]
-
+    ps = _Pieces(pieces)
     if cache is None:  # validate everything up front (the cached path is fed by the library itself)
-        for k in range(num_pieces):
-            transformed_piece(k)
-    units = None
-    for k in range(num_pieces):
-        t, axis = pieces[0][k][0], int(pieces[0][k][1])
-        if units is None:
-            units = t.shape[axis]
-        elif t.shape[axis] != units:
-            raise ValueError(f"piece {k} has {t.shape[axis]} units on its axis, piece 0 has {units}")
+        for k in range(ps.count):
+            ps.transformed(k)
     first = pieces[0][0][0]
     dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
-    f = n * units
-    shift = cache.shifts.get(group) if cache is not None else None
-    if shift is None:
-        shift = _unit_shift(pieces, n, dtype)
-        if cache is not None:
-            cache.shifts[group] = shift
+    f = ps.n * ps.units
+    if cache is None:
+        shift = _unit_shift(pieces, ps.n, dtype)
+    else:
+        shift = cache.shift(group, lambda: _unit_shift(pieces, ps.n, dtype))
 
     def fresh() -> CorrelationAccumulator:
-        acc = CorrelationAccumulator(f, device=first.device, dtype=dtype, backend="native")
-        acc._shift = shift  # a common shift: accumulators add without rebasing
-        return acc
+        return CorrelationAccumulator(f, device=first.device, dtype=dtype, backend="native").reshift(shift)
 
+    small_work = cache.small_work if cache is not None else SMALL_WORK
     total = fresh()
-    small = []
-    for k in range(num_pieces):
-        per_unit = pieces[0][k][0].numel() // max(units, 1)
-        if per_unit < _SMALL_PIECE or f * f * per_unit < _SMALL_WORK:
-            small.append(k)
+    small = [k for k in range(ps.count) if ps.is_small(k, small_work)]
+    for k in range(ps.count):
+        if k in small:
             continue
         if cache is None:
-            tensors, axes = transformed_piece(k)
-            total.update(tensors, axes)
-            continue
-        entry_key = (group, k)
-        key = keys[k] if keys is not None else None
-        # [(key, accumulator, slot signature, generation)], most recently used last
-        kept = cache.entries.setdefault(entry_key, [])
-        hit = next((v for v in range(len(kept)) if kept[v][0] == key), None) if cache.reuse else None
-        if hit is not None:
-            cache.reused += 1
-            kept.append(kept.pop(hit))
-            total.merge(kept[-1][1])
-            continue
-        acc, generation = None, 0
-        sig = _slot_signature(pieces, k, n) if cache.reuse and cache.incremental else None
-        if sig is not None:
-            # Bring the closest kept version up to date: remove the samples of its slots whose content is gone,
-            # add those of the new slots. The descent changes a tenth to a quarter of a neighbour's merged
-            # units per re-solve, so this is a fraction of the product; past half the slots, recompute.
-            best = None
-            for _, old_acc, old_sig, old_gen in kept:
-                if old_sig is None or old_sig[0] != sig[0] or old_gen >= cache.max_generations:
-                    continue
-                if len(old_sig[2]) != len(sig[2]) or old_sig[1][0].labels.numel() != sig[1][0].labels.numel():
-                    continue
-                removed, added = _slot_diff(old_sig[3], old_sig[2], sig[3], sig[2])
-                if best is None or len(removed) + len(added) < best[0]:
-                    best = (len(removed) + len(added), old_acc, old_sig, old_gen, removed, added)
-            if best is not None and best[0] <= len(sig[2]) // 2:
-                _, old_acc, old_sig, old_gen, removed, added = best
-                acc = copy.copy(old_acc)  # the kept version stays as it is
-                acc._moment = old_acc._moment.clone()
-                acc._sums = old_acc._sums.clone()
-                acc._nonfinite = old_acc._nonfinite.clone()
-                unit_axis = int(pieces[0][k][1]) % pieces[0][k][0].dim()
-                if added:
-                    acc.update(_slot_rows(pieces, k, n, sig[0], sig[1], added), unit_axis)
-                if removed:
-                    gone = fresh().update(_slot_rows(pieces, k, n, old_sig[0], old_sig[1], removed), unit_axis)
-                    acc._moment -= gone._moment
-                    acc._sums -= gone._sums
-                    acc._count -= gone._count
-                    acc._nonfinite -= gone._nonfinite
-                acc._final = None
-                generation = old_gen + 1
-                cache.updated += 1
-        if acc is None:
-            tensors, axes = transformed_piece(k)
-            acc = fresh().update(tensors, axes)
-            cache.computed += 1
-        total.merge(acc)
-        size = f * f * 8
-        if kept and (len(kept) >= cache.versions or cache.bytes + size > cache.budget_bytes):
-            kept.pop(0)  # the least recently used version of this piece
-            cache.bytes -= size
-        if cache.bytes + size <= cache.budget_bytes:
-            kept.append((key, acc, sig, generation))
-            cache.bytes += size
+            total.update(*ps.transformed(k))
+        else:
+            total.merge(_cached_piece(ps, k, cache, (group, k), keys[k] if keys is not None else None, fresh))
     if small:
-        # one update over the stacked rows [units, Σ entries] of every small piece, per model
-        stacked = []
-        for i in range(n):
-            rows = []
-            for k in small:
-                tensors, axes = transformed_piece(k)
-                rows.append(tensors[i].movedim(axes[i], 0).reshape(units, -1).to(dtype))
-            stacked.append(torch.cat(rows, dim=1))
-        total.update(stacked, channel_dim=0)
+        total.update(ps.stacked(small, dtype), channel_dim=0)
     return total
+
+
+def _cached_piece(ps: _Pieces, k: int, cache: PieceCache, entry: Any, key: Any, fresh) -> CorrelationAccumulator:
+    """Piece ``k``'s moments through ``cache``: a kept version, an updated one, or a full product (kept)."""
+    acc = cache.lookup(entry, key)
+    if acc is not None:
+        return acc
+    sig = cache.signature(ps.pieces, k)
+    updated = cache.update(entry, ps.pieces, k, sig, fresh)
+    if updated is not None:
+        acc, generation = updated
+    else:
+        acc, generation = fresh().update(*ps.transformed(k)), 0
+        cache.computed += 1
+    cache.store(entry, key, acc, sig, generation)
+    return acc

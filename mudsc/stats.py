@@ -31,6 +31,7 @@ F = 8192), plus one float32 copy of the batch (``L × F``) while an update runs.
 
 from __future__ import annotations
 
+import copy as _copy
 import numbers
 from typing import Any, Optional, Sequence, Union
 
@@ -38,6 +39,7 @@ import torch
 
 from . import _native
 from .backends import choose
+from .reference import stats as _reference_stats
 
 __all__ = ["CorrelationAccumulator"]
 
@@ -179,16 +181,10 @@ class CorrelationAccumulator:
         self.num_features = int(num_features)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
-        reasons = [] if _native.HAS_C else [_native.C_ERROR or "mudsc._C is not available"]
-        self.backend = choose("CorrelationAccumulator", backend, lambda: reasons)
+        self.backend = choose("CorrelationAccumulator", backend, needs="ops")
+        self._reference: Optional[_reference_stats.CorrelationAccumulator] = None
         if self.backend == "reference":
-            from .reference.stats import ReferenceCorrelationAccumulator
-
-            self._reference: Optional[ReferenceCorrelationAccumulator] = ReferenceCorrelationAccumulator(
-                num_features, device=self.device
-            )
-        else:
-            self._reference = None
+            self._reference = _reference_stats.CorrelationAccumulator(num_features, device=self.device)
         f = self.num_features
         self.block_size = int(block_size) if block_size else _default_block_size(f, self.device.type)
         self.fold_samples = int(fold_samples) if fold_samples else 8192
@@ -331,6 +327,60 @@ class CorrelationAccumulator:
         dist.all_reduce(nonfinite, group=group)
         self._moment, self._sums, self._nonfinite = moment, sums, nonfinite
         self._shift, self._count = common, total
+        return self
+
+    def copy(self) -> "CorrelationAccumulator":
+        """An independent accumulator with the same statistics (tensors cloned; later updates of either one do
+        not reach the other)."""
+        out = _copy.copy(self)
+        if self._reference is not None:
+            out._reference = _copy.deepcopy(self._reference)
+            return out
+        out._moment = self._moment.clone()
+        out._sums = self._sums.clone()
+        out._nonfinite = self._nonfinite.clone()
+        return out
+
+    def subtract(self, other: "CorrelationAccumulator") -> "CorrelationAccumulator":
+        """Remove the samples that ``other`` accumulated (they must be among this one's: the inverse of
+        :meth:`merge`, exact in float64 up to rounding); returns self. Native backend only."""
+        if not isinstance(other, CorrelationAccumulator):
+            raise TypeError(f"can only subtract another CorrelationAccumulator, got {type(other).__name__}")
+        if other.num_features != self.num_features:
+            raise ValueError(f"cannot subtract {other.num_features} features from {self.num_features}")
+        if self._reference is not None or other._reference is not None:
+            raise ValueError("subtract() needs native accumulators (the reference keeps per-batch float32 moments)")
+        if other._count == 0:
+            return self
+        if other._count > self._count:
+            raise ValueError(f"cannot subtract {other._count} samples from an accumulator of {self._count}")
+        self._final = None
+        if other._shift.device == self._shift.device and torch.equal(other._shift, self._shift):
+            self._moment -= other._moment
+            self._sums -= other._sums
+        else:
+            moment, sums = other._rebased(self._shift.to(other.device))
+            self._moment -= moment.to(self.device)
+            self._sums -= sums.to(self.device)
+        self._count -= other._count
+        self._nonfinite -= other._nonfinite.to(self.device)
+        return self
+
+    def reshift(self, shift: torch.Tensor) -> "CorrelationAccumulator":
+        """Keep the sums about ``shift`` (``Tensor[F]``) from now on: the accumulated ones are re-expressed about
+        it (exact algebra in float64). Accumulators with one shift add and subtract without rebasing, which is
+        what a family of accumulators over parts of one sample set wants; an empty accumulator just adopts it.
+        Returns self. Native backend only."""
+        if self._reference is not None:
+            raise ValueError("reshift() needs a native accumulator")
+        shift = torch.as_tensor(shift)
+        if shift.shape != (self.num_features,):
+            raise ValueError(f"shift must be [{self.num_features}], got {tuple(shift.shape)}")
+        shift = shift.to(self.device, self.dtype)
+        if self._count:
+            self._moment, self._sums = self._rebased(shift)
+            self._final = None
+        self._shift = shift
         return self
 
     # ------------------------------------------------------------------ results

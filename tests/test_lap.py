@@ -19,10 +19,6 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import mudsc
-import mudsc._native
-import mudsc.backends
-import mudsc.solvers
-from mudsc.backends import BackendUnavailableError
 
 HAS_NATIVE = "native" in mudsc.available_backends()
 needs_native = pytest.mark.skipif(not HAS_NATIVE, reason="the native core did not load")
@@ -1035,101 +1031,6 @@ def test_bogus_backend(fn):
         fn(np.ones((2, 2)), backend="bogus")
     with pytest.raises(ValueError, match="backend"):
         mudsc.batch_linear_sum_assignment(np.ones((1, 2, 2)), backend="bogus")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Backend selection
-# --------------------------------------------------------------------------------------------------------------
-
-
-class _Forbidden:
-    """Stand-in for mudsc._native.core that fails the test when the native core is touched."""
-
-    def __getattr__(self, name):
-        raise AssertionError(f"the native core was called ({name}) although the reference backend was forced")
-
-
-def _spy_reference(monkeypatch):
-    calls = []
-    ref = mudsc.solvers._reference
-    for name in ("linear_sum_assignment", "solve_assignment", "batch_linear_sum_assignment"):
-        original = getattr(ref, name)
-
-        def spy(*args, _original=original, _name=name, **kwargs):
-            calls.append(_name)
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(ref, name, spy)
-    return calls
-
-
-@pytest.mark.parametrize("value", ["reference", " Reference ", "REFERENCE"])
-def test_env_forces_reference(monkeypatch, value):
-    monkeypatch.setenv("MUDSC_BACKEND", value)
-    assert mudsc.backends.choose("x", "auto") == "reference"
-    calls = _spy_reference(monkeypatch)
-    monkeypatch.setattr(mudsc._native, "core", _Forbidden())
-    c = np.random.default_rng(0).random((5, 5))
-    rows, cols = mudsc.linear_sum_assignment(c)
-    check_solution(c, False, rows, cols, 1e-9)
-    res = mudsc.solve_assignment(c)
-    assert res.potentials is None  # the reference keeps no potentials
-    col = mudsc.batch_linear_sum_assignment(c[None])
-    check_batch_result(c[None], False, col, 1e-9)
-    assert calls == ["linear_sum_assignment", "solve_assignment", "batch_linear_sum_assignment"]
-
-
-@needs_native
-def test_env_native_and_explicit_backend_wins(monkeypatch):
-    c = np.random.default_rng(0).random((5, 5))
-    monkeypatch.setenv("MUDSC_BACKEND", "native")
-    assert mudsc.backends.choose("x", "auto") == "native"
-    assert mudsc.solve_assignment(c).potentials is not None
-    assert mudsc.solve_assignment(c, backend="reference").potentials is None  # explicit beats the environment
-    monkeypatch.setenv("MUDSC_BACKEND", "reference")
-    assert mudsc.solve_assignment(c, backend="native").potentials is not None
-    monkeypatch.setenv("MUDSC_BACKEND", "")
-    assert mudsc.backends.choose("x", "auto") == "native"
-
-
-def test_env_bogus_value(monkeypatch):
-    monkeypatch.setenv("MUDSC_BACKEND", "gpu")
-    with pytest.raises(ValueError, match="MUDSC_BACKEND"):
-        mudsc.linear_sum_assignment(np.ones((2, 2)))
-
-
-def test_choose_rules(monkeypatch):
-    monkeypatch.delenv("MUDSC_BACKEND", raising=False)
-    with pytest.raises(ValueError, match="bogus"):
-        mudsc.backends.choose("op", "bogus")
-    assert mudsc.backends.choose("op", "reference", lambda: ["never asked"]) == "reference"
-    monkeypatch.setattr(mudsc._native, "HAS_CORE", True)
-    assert mudsc.backends.choose("op", "auto") == "native"
-    assert mudsc.backends.choose("op", "native") == "native"
-    assert mudsc.backends.choose("op", "auto", lambda: ["cannot"]) == "reference"
-    with pytest.raises(BackendUnavailableError, match="op: backend='native' cannot run: a; b"):
-        mudsc.backends.choose("op", "native", lambda: ["a", "b"])
-    assert issubclass(BackendUnavailableError, RuntimeError)
-
-
-def test_native_unavailable(monkeypatch):
-    monkeypatch.delenv("MUDSC_BACKEND", raising=False)
-    monkeypatch.setattr(mudsc._native, "HAS_CORE", False)
-    monkeypatch.setattr(mudsc._native, "CORE_ERROR", "simulated import failure")
-    monkeypatch.setattr(mudsc._native, "core", _Forbidden())
-    assert mudsc.available_backends() == ["reference"]
-    c = np.random.default_rng(0).random((4, 6))
-    rows, cols = mudsc.linear_sum_assignment(c)  # auto falls back to the reference
-    check_solution(c, False, rows, cols, 1e-9)
-    with pytest.raises(BackendUnavailableError, match="simulated import failure"):
-        mudsc.linear_sum_assignment(c, backend="native")
-
-
-def test_available_backends():
-    names = mudsc.available_backends()
-    assert names[-1] == "reference"
-    assert set(names) <= {"native", "reference"}
-    assert ("native" in names) == mudsc.build_info()["core"]
 
 
 def test_concurrent_calls_from_python_threads(backend):

@@ -222,17 +222,15 @@ def test_descent_stops_after_patience_and_returns_best():
 
 
 @pytest.mark.parametrize("arch", ["resnet20-bn", "vit"])
-def test_similarity_cache_gives_the_same_plan_as_recomputing(setups, arch, monkeypatch):
+def test_similarity_cache_gives_the_same_plan_as_recomputing(setups, arch):
     """The native descent reuses a piece's weight moments while the maps on its other axes are unchanged: the
     plan and the sweep history must equal those of a descent that recomputes every piece."""
     ms, spec, _, stats = setups[arch]
-    monkeypatch.setattr(mudsc.similarity, "_SMALL_WORK", 0)  # the test models are tiny: cache their pieces anyway
     kw = dict(stats=stats, max_sweeps=8, patience=3, progress=False, backend="native")
-    updated = match(ms, spec, "mudsc-zip", **kw)
-    monkeypatch.setattr(mudsc.methods, "_INCREMENTAL_WEIGHT_SIMILARITY", False)
-    cached = match(ms, spec, "mudsc-zip", **kw)
-    monkeypatch.setattr(mudsc.methods, "_CACHE_WEIGHT_SIMILARITY", False)
-    fresh = match(ms, spec, "mudsc-zip", **kw)
+    # small_work=0: the test models are tiny, cache their pieces anyway
+    updated = match(ms, spec, "mudsc-zip", piece_cache=mudsc.PieceCache(small_work=0), **kw)
+    cached = match(ms, spec, "mudsc-zip", piece_cache=mudsc.PieceCache(small_work=0, incremental=False), **kw)
+    fresh = match(ms, spec, "mudsc-zip", piece_cache=mudsc.PieceCache(small_work=0, reuse=False), **kw)
     counts, total = cached.info["weight_pieces"], fresh.info["weight_pieces"]["computed"]
     assert counts["reused"] > 0 and fresh.info["weight_pieces"]["reused"] == 0
     assert counts["computed"] + counts["reused"] == total and counts["updated"] == 0

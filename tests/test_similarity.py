@@ -352,16 +352,15 @@ def _descent_like_maps(rng, m, steps, n=3):
 @pytest.mark.skipif(not mudsc.build_info()["torch_ops"], reason="native ops not built")
 @pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("scaled", [False, True])
-def test_piece_cache_versions_and_incremental_updates_match_recomputing(monkeypatch, scaled, dev):
+def test_piece_cache_versions_and_incremental_updates_match_recomputing(scaled, dev):
     if dev == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    monkeypatch.setattr(mudsc.similarity, "_SMALL_WORK", 0)
     n, m = 3, 40
     gen = torch.Generator().manual_seed(3)
     conv = [(torch.randn(m, m, 3, 3, generator=gen) + 0.5).to(dev) for _ in range(n)]  # units on 1, map on 0
     lin = [torch.randn(m, 2 * m, generator=gen).to(dev) for _ in range(n)]             # units on 0, map on 1
     other = [torch.randn(2 * m, generator=gen).to(dev) for _ in range(n)]
-    cache = mudsc.similarity.PieceCache()
+    cache = mudsc.PieceCache(small_work=0)
     kinds = set()
     for step, lab in _descent_like_maps(np.random.default_rng(0), m, 14, n):
         counts = np.bincount(lab, minlength=m)

@@ -1,7 +1,7 @@
 """Reference LAP: ``scipy.optimize.linear_sum_assignment`` called from Python, the way the original
 MuDSC / ZipIt! / Git Re-Basin code does it (one call per problem, float64 on the CPU).
 
-Inputs are the already-normalised float32/float64 numpy arrays of :mod:`mudsc.solvers`.
+Inputs are the already-normalised float32/float64 numpy arrays of :mod:`mudsc.lap`.
 The reference keeps no dual potentials: ``init_potentials`` is ignored (the answer is the same optimum)
 and potentials come back as ``None``.
 """

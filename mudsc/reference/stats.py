@@ -1,9 +1,8 @@
-"""The original's activation statistics and weight similarity (ALGORITHM.md §2, §3), written its way.
+"""The original's activation statistics (ALGORITHM.md §2), written its way: the twin of :mod:`mudsc.stats`.
 
-This is the "pure-Python" pipeline benchmarks compare against and the parity oracle of
-:mod:`mudsc.stats` / :mod:`mudsc.similarity`:
+This is the "pure-Python" pipeline benchmarks compare against and the parity oracle of :mod:`mudsc.stats`:
 
-- :class:`ReferenceCorrelationAccumulator`: per batch, move channels to dim 1, flatten each model's features to
+- :class:`CorrelationAccumulator`: per batch, move channels to dim 1, flatten each model's features to
   ``(C, L)``, concatenate the models along rows, ``nan_to_num``, then the batch moments ``mean`` (over L),
   ``outer = X Xᵀ / L`` and ``std`` (computed and accumulated, never used, as the original); accumulate them
   weighted by the batch's number of columns L. Finalize in float32: ``Cov = E[xxᵀ] − μμᵀ`` (cancels for
@@ -15,9 +14,6 @@ This is the "pure-Python" pipeline benchmarks compare against and the parity ora
   where B-weighting would over-weight the small tensors. Weighting by L keeps the reference estimating the same
   moments as :class:`mudsc.CorrelationAccumulator`, so both backends can be compared end to end.
   ``num_samples`` still counts batch rows, as the original's ``numel``.
-- :func:`reference_weight_similarity`: builds each model's unit vectors with *dense* matrices for the other
-  groups' maps (the original's ``P_iᵀ W``), concatenates them, and takes the Pearson correlation (or cosine) of
-  the rows the same float32 way.
 
 Deviations (each replaces a crash): the original calls ``breakpoint()`` on a NaN covariance and
 ``pdb.set_trace()`` on a negative variance; here a NaN raises ValueError and a negative variance is clamped to
@@ -30,10 +26,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-__all__ = ["ReferenceCorrelationAccumulator", "reference_weight_similarity"]
+__all__ = ["CorrelationAccumulator"]
 
 
-class ReferenceCorrelationAccumulator:
+class CorrelationAccumulator:
     """The original ``CovarianceMetric``: batch-weighted float32 moments. Same interface as
     :class:`mudsc.CorrelationAccumulator` (which wraps it for ``backend="reference"``)."""
 
@@ -80,7 +76,7 @@ class ReferenceCorrelationAccumulator:
         self.numel += batch
         self.weight += columns
 
-    def merge(self, other: "ReferenceCorrelationAccumulator") -> None:
+    def merge(self, other: "CorrelationAccumulator") -> None:
         if other.numel == 0:
             return
         if self.mean_sum is None:
@@ -164,54 +160,3 @@ class ReferenceCorrelationAccumulator:
         for key in ("mean_sum", "outer_sum", "std_sum"):
             value = state[key]
             setattr(self, key, None if value is None else value.to(self.device).clone())
-
-
-def _dense_map(axis_map, rows: int) -> torch.Tensor:
-    """The original's dense matrix ``P_i[rows, K]`` of an index (gather) or AxisMap (scaled segment sum)."""
-    from ..similarity import AxisMap
-
-    if isinstance(axis_map, AxisMap):
-        p = torch.zeros(rows, axis_map.size)
-        p[torch.arange(rows), axis_map.labels.cpu()] = 1.0
-        if axis_map.scale is not None:
-            p = p * axis_map.scale.cpu().float()[None, :]
-        return p
-    index = torch.as_tensor(axis_map).cpu()
-    p = torch.zeros(rows, index.numel())
-    p[index, torch.arange(index.numel())] = 1.0
-    return p
-
-
-def _transform_dense(t: torch.Tensor, axis: int, p: torch.Tensor) -> torch.Tensor:
-    """``perm_`` (ALGORITHM.md §6.1): move ``axis`` first, flatten, left-multiply by ``Pᵀ``, restore."""
-    moved = torch.movedim(t, axis, 0)
-    shape = moved.shape
-    out = p.to(t.device, t.dtype).T @ moved.reshape(shape[0], -1)
-    return torch.movedim(out.reshape(p.shape[1], *shape[1:]), 0, axis)
-
-
-def reference_weight_similarity(pieces, kind: str = "pearson", eps: Optional[float] = None) -> torch.Tensor:
-    """The original's weight-vector similarity (same arguments as :func:`mudsc.weight_similarity`)."""
-    vectors = []
-    for model_pieces in pieces:
-        cols = []
-        for piece in model_pieces:
-            t, axis = piece[0], piece[1]
-            transforms = piece[2] if len(piece) > 2 and piece[2] is not None else {}
-            t = t.detach().float()
-            axis = axis % t.dim()
-            for other_axis, axis_map in transforms.items():
-                other_axis = other_axis % t.dim()
-                t = _transform_dense(t, other_axis, _dense_map(axis_map, t.shape[other_axis]))
-            cols.append(torch.movedim(t, axis, 0).reshape(t.shape[axis], -1))
-        vectors.append(torch.cat(cols, dim=1))
-    x = torch.nan_to_num(torch.cat(vectors, dim=0), nan=0.0, posinf=0.0, neginf=0.0)
-    if kind == "cosine":
-        x = x / torch.clamp(x.norm(dim=1, keepdim=True), min=1e-8 if eps is None else eps)
-        return x @ x.T
-    mean = x.mean(dim=1)
-    std = x.std(dim=1, unbiased=False)
-    cov = (x @ x.T) / x.shape[1] - torch.outer(mean, mean)
-    if torch.isnan(cov).any():
-        raise ValueError("the weight covariance has NaN entries")
-    return cov / torch.clamp(torch.outer(std, std), min=1e-7 if eps is None else eps)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..maps import merge_scale
 from .data import Group, Member, PermSpec
 
 
@@ -140,7 +141,7 @@ def _transform_axis(t, axis, members: List[Tuple[Member, Group]], model_index, l
     def transformed(member, group, region):
         lab, k = labels[group.name]
         lab_i = lab[model_index * group.size:(model_index + 1) * group.size]
-        scale = None if member.role == "input" else num_models / (counts[group.name] + eps)
+        scale = None if member.role == "input" else merge_scale(counts[group.name], num_models, eps)
         return _transform_region(region, lab_i, k, scale)
 
     if len(members) == 1 and members[0][0].outer > 1:

@@ -1,0 +1,298 @@
+"""The statistics pass (ALGORITHM.md §2): the activation correlation of every group's units across N models.
+
+:class:`StatsCollector` registers a hook on every tap of every group of every model (forward pre-hooks for
+``kind="input"``, forward hooks for ``"output"``) and feeds one :class:`mudsc.CorrelationAccumulator` per group
+over its ``N·size`` units (model-major). Per batch the N models run one after another; models 0..N-2 keep their
+tapped tensors of each tap call until model N-1 reaches the same call, whose hook then hands the N tensors to the
+accumulator (features concatenated model-major, every other axis a sample).
+
+A kept tensor must not change before it is used. One that nothing modifies in place is kept as is; one that an
+in-place op changes later (``relu_``, ``inplace=True``) must be copied. Which holds is learnt per (model, group,
+tap) on the first batch: the tensor is copied and its version counter tells at the end of the batch whether it
+changed. From the second batch on, unchanged ones are kept without a copy, and their version is still checked.
+
+:func:`collect_stats` runs the pass over a loader and returns :class:`ActivationStats` (the accumulators and the
+finalised float32 correlations, computed once per group).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._progress import progress_bar
+from .inputs import check_max_batches, check_models, peek
+from .norm import first_input
+from .spec import Group, PermSpec
+from .stats import CorrelationAccumulator
+
+__all__ = ["ActivationStats", "StatsCollector", "collect_stats"]
+
+
+class ActivationStats:
+    """Per-group activation statistics of N models: one :class:`CorrelationAccumulator` per group over the
+    ``N·size`` units (model-major). ``correlation(group)`` is computed once and cached, so methods and balance
+    sweeps reuse it.
+
+    Attributes:
+        spec, num_models, accumulators (``{group name: CorrelationAccumulator}``; groups without taps are
+        absent), num_batches, timing (``{"forward": s, "stats": s}``).
+    """
+
+    def __init__(self, spec: PermSpec, num_models: int, accumulators: Dict[str, CorrelationAccumulator],
+                 num_batches: int, timing: Dict[str, float], backend: str):
+        self.spec = spec
+        self.num_models = num_models
+        self.accumulators = accumulators
+        self.num_batches = num_batches
+        self.timing = dict(timing)
+        self.backend = backend
+        self._cache: Dict[str, torch.Tensor] = {}
+
+    def correlation(self, group: str) -> Optional[torch.Tensor]:
+        """``Tensor[N·size, N·size]`` float32 activation correlation of ``group`` (None without taps)."""
+        if group not in self._cache:
+            acc = self.accumulators.get(group)
+            if acc is None:
+                return None
+            self._cache[group] = acc.correlation(dtype=torch.float32).cpu()
+        return self._cache[group]
+
+    def __repr__(self) -> str:
+        return (f"ActivationStats({self.num_models} models, {len(self.accumulators)} groups, "
+                f"{self.num_batches} batches)")
+
+
+def tapped_tensor(value, tap, group: Group, module: nn.Module, where: str) -> torch.Tensor:
+    """The group's channels of a hook's ``value`` (input args or output) at ``tap``: the first tensor, through
+    the tap's row slice of a linear layer (fused qkv) and its channel slice; ValueError on a wrong width."""
+    x = value[0] if isinstance(value, (tuple, list)) else value
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{where}: the tapped value is a {type(x).__name__}, not a tensor")
+    x = x.detach()
+    if tap.linear is not None:
+        weight = _resolve(module, tap.linear["weight"])
+        lo, hi = tap.linear["rows"]
+        bias = _resolve(module, tap.linear["bias"]) if tap.linear.get("bias") else None
+        x = F.linear(x, weight[lo:hi], bias[lo:hi] if bias is not None else None)
+    if tap.channel_slice is not None:
+        lo, hi = tap.channel_slice
+        x = x.narrow(tap.channel_dim, lo, hi - lo)
+    if x.dim() == 0 or x.shape[tap.channel_dim] != group.size:
+        raise ValueError(f"{where}: expected {group.size} channels on dim {tap.channel_dim}, got shape "
+                         f"{tuple(x.shape)}")
+    return x
+
+
+def _resolve(root: nn.Module, name: str) -> torch.Tensor:
+    module_name, _, leaf = name.rpartition(".")
+    module = root.get_submodule(module_name) if module_name else root
+    return getattr(module, leaf).detach()
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    try:
+        return int(t._version)
+    except RuntimeError:  # inference tensors have no version counter
+        return None
+
+
+class StatsCollector:
+    """Hooks on the taps of N models feeding one accumulator per group (module docstring).
+
+    Use as a context manager around the batches (models in eval mode inside, hooks removed and train/eval flags
+    restored on exit), calling :meth:`run_batch` per batch.
+
+    Attributes:
+        accumulators: ``{group name: CorrelationAccumulator}`` of the groups with taps.
+        hook_time: seconds spent in the hooks (tap slicing, copies, accumulation).
+    """
+
+    def __init__(self, models: Sequence[nn.Module], spec: PermSpec, device: torch.device, backend: str = "auto"):
+        self.models = list(models)
+        self.spec = spec
+        self.n = len(self.models)
+        self.accumulators = {g.name: CorrelationAccumulator(self.n * g.size, device=device, backend=backend)
+                             for g in spec.groups if g.taps}
+        self.hook_time = 0.0
+        self._pending: Dict[Tuple[str, int], List] = {}
+        self._calls: Dict[Tuple[int, str, int], int] = {}
+        self._must_copy: Dict[Tuple[int, str, int], bool] = {}
+        self._handles: list = []
+        self._flags: list = []
+
+    def __enter__(self) -> "StatsCollector":
+        self._flags = [{m: m.training for m in model.modules()} for model in self.models]
+        try:
+            for i, model in enumerate(self.models):
+                model.eval()
+                self._attach(i, model)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        for model, flags in zip(self.models, self._flags):
+            for m, training in flags.items():
+                m.training = training
+
+    def _attach(self, i: int, model: nn.Module) -> None:
+        """Register model ``i``'s hooks on every tap of every group."""
+        for g in self.spec.groups:
+            for t_index, tap in enumerate(g.taps):
+                try:
+                    module = model.get_submodule(tap.module)
+                except AttributeError as exc:
+                    raise ValueError(f"group {g.name!r} taps module {tap.module!r}, which model {i} lacks") from exc
+                where = f"model {i}, group {g.name!r}, tap {tap.kind} of {tap.module!r}"
+
+                def consume(value, i=i, g=g, t_index=t_index, tap=tap, model=model, where=where):
+                    t0 = time.perf_counter()
+                    self._consume(i, g, t_index, tapped_tensor(value, tap, g, model, where), tap, where)
+                    self.hook_time += time.perf_counter() - t0
+
+                if tap.kind == "input":
+                    hook = module.register_forward_pre_hook(lambda module, args, c=consume: c(args[0] if args else None))
+                else:
+                    hook = module.register_forward_hook(lambda module, args, output, c=consume: c(output))
+                self._handles.append(hook)
+
+    def _consume(self, i: int, g: Group, t_index: int, x: torch.Tensor, tap, where: str) -> None:
+        """Keep model ``i``'s tapped tensor until model N-1's hook of the same call feeds all N of them."""
+        key = (g.name, t_index)
+        call = self._calls.get((i, g.name, t_index), 0)
+        self._calls[(i, g.name, t_index)] = call + 1
+        slots = self._pending.setdefault(key, [])
+        if i > 0 and call >= len(slots):
+            raise RuntimeError(f"{where}: fired more often than in model 0")
+        if i < self.n - 1:
+            kept = self._keep(x, (i, g.name, t_index))
+            if i == 0:
+                slots.append([kept])
+            else:
+                slots[call].append(kept)
+            return
+        xs = [self._check_kept(entry, where) for entry in slots[call]] + [x]
+        slots[call] = None
+        self.accumulators[g.name].update(xs, channel_dim=tap.channel_dim)
+
+    def _keep(self, x: torch.Tensor, key) -> tuple:
+        """``(tensor to use, original, its version, key)`` for a tapped activation kept until model N-1 has
+        run: a copy unless this tap is known not to be modified in place."""
+        version = _version(x)
+        if self._must_copy.get(key) is False and version is not None:
+            return (x, x, version, key)
+        return (x.clone(), x, version, key)
+
+    def _check_kept(self, entry: tuple, where: str) -> torch.Tensor:
+        """The kept tensor of ``entry``; learns (first time) or checks whether its source was modified in place."""
+        data, source, version, key = entry
+        changed = version is None or _version(source) != version
+        known = self._must_copy.get(key)
+        if known is None:
+            self._must_copy[key] = changed
+        elif known is False and changed and data is source:
+            raise RuntimeError(
+                f"{where}: this activation was modified in place after it was observed, although it was not on "
+                "the first batch (data-dependent in-place ops?); its statistics would be wrong, so the pass stops "
+                "here")
+        return data
+
+    def run_batch(self, x: torch.Tensor, first: bool = False) -> float:
+        """Run every model on ``x`` under ``no_grad``; returns the seconds of the models' own forward passes
+        (hook time excluded). ``first``: an exception of model 0 names the batch as the loader's first."""
+        self._pending.clear()
+        self._calls.clear()
+        t0 = time.perf_counter()
+        h0 = self.hook_time
+        with torch.no_grad():
+            for i, model in enumerate(self.models):
+                try:
+                    model(x)
+                except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                    if first and i == 0:
+                        raise ValueError(f"model 0 cannot run on the loader's first batch of shape "
+                                         f"{tuple(x.shape)}: {exc}") from exc
+                    raise
+        return (time.perf_counter() - t0) - (self.hook_time - h0)
+
+    def check_fired(self) -> None:
+        """ValueError when a group's taps never fired (the spec does not match the models' forward)."""
+        for name, acc in self.accumulators.items():
+            if acc.num_samples == 0:
+                raise ValueError(f"the taps of group {name!r} never fired during the data pass; the spec does not "
+                                 "match the models' forward")
+
+
+def _loader_length(loader, max_batches: Optional[int]) -> Optional[int]:
+    """The number of batches the pass will see, when known (for the progress bar)."""
+    if max_batches is not None or not hasattr(loader, "__len__"):
+        return max_batches
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def collect_stats(
+    models: Sequence[nn.Module],
+    spec: PermSpec,
+    loader: Iterable,
+    max_batches: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    backend: str = "auto",
+    progress: bool = True,
+) -> ActivationStats:
+    """One pass over ``loader``: the activation correlation of every group's units across the N models.
+
+    Per batch every model runs a full fp32 forward under ``no_grad`` in eval mode (flags are restored) with a
+    :class:`StatsCollector`'s hooks on the spec's taps.
+
+    Args:
+        models: N >= 2 models of one architecture.
+        spec: their :class:`mudsc.PermSpec`.
+        loader: yields ``Tensor[B, ...]`` or ``(inputs, targets)`` tuples/lists (the first element is used).
+        max_batches: at most this many batches (None: all).
+        device: run the models there (copies are made when they live elsewhere; default: model 0's device).
+        backend: of the accumulators (``"reference"``: the original's per-batch float32 moments).
+        progress: a tqdm bar over the batches.
+
+    Returns:
+        :class:`ActivationStats`; ``timing["forward"]`` is the models' own forward time, ``timing["stats"]``
+        the time spent in hooks and accumulation.
+    """
+    models = check_models(models)
+    check_max_batches(max_batches)
+    if not isinstance(spec, PermSpec):
+        raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
+    _, batches = peek(loader)
+    first_param = next(iter(models[0].parameters()), None)
+    dev = torch.device(device) if device is not None else (first_param.device if first_param is not None
+                                                            else torch.device("cpu"))
+    run_models = []
+    for m in models:
+        p = next(iter(m.parameters()), None)
+        run_models.append(m if p is None or p.device == dev else copy.deepcopy(m).to(dev))
+    collector = StatsCollector(run_models, spec, dev, backend)
+    num_batches, forward = 0, 0.0
+    with collector:
+        total = _loader_length(loader, max_batches)
+        for batch in progress_bar(batches, progress, total=total, desc="mudsc stats", leave=False):
+            if max_batches is not None and num_batches >= max_batches:
+                break
+            forward += collector.run_batch(first_input(batch).to(dev), first=num_batches == 0)
+            num_batches += 1
+    if num_batches == 0:
+        raise ValueError("the loader yielded no batches")
+    collector.check_fired()
+    return ActivationStats(spec, len(models), collector.accumulators, num_batches,
+                           {"forward": forward, "stats": collector.hook_time}, backend)

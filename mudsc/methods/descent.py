@@ -1,0 +1,241 @@
+"""Matching: the per-group unit maps of N models by one method, through the dual-space coordinate descent
+(ALGORITHM.md §5) where the method has one; :func:`match` returns them as a :class:`mudsc.MergePlan`.
+
+:class:`Descent` holds the state of one matching:
+
+- :meth:`Descent.initial_maps`: identity maps (``avg``), the activation-only matching (``act-align``, ``zipit``,
+  and the start of ``mudsc-*``), or nothing (weight-only methods start from identity);
+- :meth:`Descent.sweep`: every coordinate (a group, or a head tie: :mod:`.coordinates`) once, in the given order;
+  a visit rebuilds the weight vectors with the *current* maps of the other groups (Gauss–Seidel), mixes in the
+  cached activation term ``S = balance·S_w + (1 − balance)·S_act`` and re-solves;
+- :meth:`Descent.run`: sweeps in random orders drawn from one ``torch.Generator`` seeded with ``seed``. The
+  sweep's value is the unweighted mean over groups of the merge values. A sweep counts only if it strictly
+  improves the best value; a non-improving sweep reverts the maps to the best snapshot; ``patience``
+  consecutive non-improving sweeps stop the descent (at most ``max_sweeps``); the best snapshot is kept.
+
+Weight similarity on the native path goes through a :class:`mudsc.PieceCache` (a piece is recomputed only when
+a map on one of its own other axes changed, and brought up to date from a kept version where it can); the
+reference backend recomputes everything with dense matrices, as the original does. Activation taps follow the
+spec's taps (the tracer's choice); groups without taps use their weight similarity in activation methods
+(reported as ``fallback_groups``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .._progress import progress_bar
+from ..backends import choose
+from ..collect import ActivationStats
+from ..inputs import check_models, named_tensors
+from ..maps import MatchResult
+from ..piece_cache import PieceCache
+from ..plan import MergePlan, fingerprint
+from ..similarity import weight_moments, weight_similarity
+from ..spec import Group, PermSpec
+from .coordinates import coordinates, solve_coordinate
+from .registry import MethodInfo, check_hyperparameters, check_method
+from .weights import MapState
+
+__all__ = ["Descent", "match"]
+
+
+class Descent:
+    """One matching of N models' groups by one method (module docstring).
+
+    Args:
+        models, spec, method (a :class:`MethodInfo`), stats: as in :func:`match` (``stats`` checked there).
+        balance, reduce, alpha, beta, backend, axis_rule: as in :func:`match`.
+        piece_cache: the :class:`mudsc.PieceCache` of the native weight similarity (default: a new one; unused
+            when the similarity runs on the reference backend).
+
+    Attributes:
+        state: the :class:`MapState` (current maps); values: ``{group: merge value}``; history: per sweep
+        ``{"sweep", "value", "best", "improved"}``; timing: ``{"similarity", "solve"}`` seconds.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], spec: PermSpec, method: MethodInfo,
+                 stats: Optional[ActivationStats], balance: float, reduce: float, alpha: float, beta: float,
+                 backend: str, axis_rule: str, piece_cache: Optional[PieceCache] = None):
+        self.spec = spec
+        self.method = method
+        self.stats = stats
+        self.n = len(models)
+        self.balance, self.reduce, self.alpha, self.beta = float(balance), reduce, alpha, beta
+        self.backend = backend
+        self.tensors = [named_tensors(m) for m in models]
+        self.state = MapState(spec, self.n, axis_rule)
+        self.coords = coordinates(spec)
+        self.values: Dict[str, float] = {}
+        self.history: List[dict] = []
+        self.timing = {"similarity": 0.0, "solve": 0.0}
+        native = choose("weight_similarity", backend, needs="ops") == "native"
+        self.cache = (piece_cache if piece_cache is not None else PieceCache()) if native else None
+
+    def weight_part(self, group: Group) -> torch.Tensor:
+        """``Tensor[N·size, N·size]`` float32 weight similarity of ``group`` under the current maps."""
+        pieces = self.state.pieces(group, self.tensors)
+        if self.cache is None:
+            return weight_similarity(pieces, backend="reference").float().cpu()
+        keys = self.state.piece_keys(group, self.tensors)
+        return weight_moments(pieces, self.cache, group.name, keys).correlation(1e-7, dtype=torch.float32).cpu()
+
+    def similarity(self, group: Group, mix: Optional[float]) -> torch.Tensor:
+        """mix None: activation only; else ``mix·S_w + (1−mix)·S_act`` (S_w alone without activations)."""
+        t0 = time.perf_counter()
+        act = self.stats.correlation(group.name) if self.method.activations else None
+        if act is not None and mix is not None and mix == 0.0:
+            mix = None
+        if act is None or mix is not None:
+            sw = self.weight_part(group)
+            s = sw if act is None else mix * sw + (1.0 - mix) * act
+        else:
+            s = act
+        self.timing["similarity"] += time.perf_counter() - t0
+        return s
+
+    def solve(self, coord: List[Group], mix: Optional[float]) -> None:
+        """Re-solve one coordinate on its current similarities and store its maps and values."""
+        sims = {g.name: self.similarity(g, mix) for g in coord}
+        t0 = time.perf_counter()
+        results = solve_coordinate(coord, sims, self.n, self.method.solver, self.reduce, self.alpha, self.beta,
+                                   self.backend)
+        self.timing["solve"] += time.perf_counter() - t0
+        for name, r in results.items():
+            self.state.maps[name] = r
+            self.values[name] = float(r.merge_value)
+
+    def initial_maps(self) -> None:
+        """Identity maps for ``avg``; the activation-only matching for the activation methods."""
+        if self.method.solver is None:
+            for g in self.spec.groups:
+                lab = np.tile(np.arange(g.size, dtype=np.int64), self.n)
+                self.state.maps[g.name] = MatchResult(lab, g.size, 1.0)
+                self.values[g.name] = 1.0
+        elif self.method.activations:
+            for coord in self.coords:
+                self.solve(coord, None)
+
+    def sweep(self, order: Sequence[int], mix: Optional[float]) -> float:
+        """Visit the coordinates in ``order``; the mean merge value over groups afterwards."""
+        for c in order:
+            self.solve(self.coords[c], mix)
+        return float(np.mean([self.values[g.name] for g in self.spec.groups]))
+
+    def run(self, max_sweeps: int, patience: int, seed: int, progress: bool = False) -> None:
+        """The coordinate descent (module docstring); leaves the best snapshot's maps and values."""
+        mix = self.balance if self.method.activations else None
+        gen = torch.Generator().manual_seed(int(seed))
+        best: Optional[Dict[str, MatchResult]] = None
+        best_values: Dict[str, float] = {}
+        best_value = -math.inf
+        stall = 0
+        bar = progress_bar(range(int(max_sweeps)), progress, desc=f"mudsc {self.method.name}", leave=False)
+        for sweep in bar:
+            value = self.sweep(torch.randperm(len(self.coords), generator=gen).tolist(), mix)
+            improved = best is None or value > best_value
+            if improved:
+                best, best_values, best_value, stall = dict(self.state.maps), dict(self.values), value, 0
+            else:
+                stall += 1
+                self.state.maps = dict(best)
+                self.values = dict(best_values)
+            self.history.append({"sweep": sweep, "value": value, "best": best_value, "improved": improved})
+            if stall >= patience:
+                break
+        self.state.maps = dict(best)
+        self.values = dict(best_values)
+
+    def maps(self) -> Dict[str, MatchResult]:
+        """The current maps, as plain int64 :class:`MatchResult` s with their merge values."""
+        return {name: MatchResult(np.asarray(r.labels, dtype=np.int64), int(r.num_outputs), float(self.values[name]))
+                for name, r in self.state.maps.items()}
+
+    def info(self, fallback: List[str]) -> dict:
+        """The plan's ``info``: history, sweeps, fallback groups, timing, piece counters, merge value."""
+        pieces = self.cache.counters() if self.cache is not None else {"computed": None, "reused": None,
+                                                                        "updated": None}
+        return {"history": self.history, "sweeps": len(self.history), "fallback_groups": fallback,
+                "timing": self.timing, "weight_pieces": pieces,
+                "merge_value": float(np.mean(list(self.values.values()))) if self.values else 0.0}
+
+
+def _check_stats(method: MethodInfo, stats, spec: PermSpec, n: int) -> None:
+    """Activation methods need statistics of these N models under this spec."""
+    if not method.activations:
+        return
+    if stats is None:
+        raise ValueError(f"method {method.name!r} uses activation statistics: pass stats=collect_stats(...)")
+    if stats.num_models != n:
+        raise ValueError(f"stats were collected for {stats.num_models} models, got {n} models")
+    if stats.spec.to_dict() != spec.to_dict():
+        raise ValueError("stats were collected with a different spec than the one given")
+
+
+def match(
+    models: Sequence[nn.Module],
+    spec: PermSpec,
+    method: str = "mudsc-zip",
+    stats: Optional[ActivationStats] = None,
+    balance: float = 0.5,
+    reduce: float = 0.5,
+    alpha: float = 0.5,
+    beta: float = 1.0,
+    max_sweeps: int = 100,
+    patience: int = 5,
+    seed: int = 0,
+    backend: str = "auto",
+    progress: bool = True,
+    axis_rule: str = "merge",
+    piece_cache: Optional[PieceCache] = None,
+) -> MergePlan:
+    """Per-group unit maps of N models by ``method`` (see :mod:`mudsc.methods`): a :class:`mudsc.MergePlan`.
+
+    Args:
+        models: N >= 2 models of one architecture (only their weights are read).
+        spec: their :class:`mudsc.PermSpec`.
+        method: one of ``METHODS``.
+        stats: :func:`collect_stats` output; required by the activation methods and reused unchanged (a
+            balance sweep calls ``match(..., stats=stats, balance=b)`` repeatedly).
+        balance: weight of the weight-space term in MuDSC's ``S = balance·S_w + (1−balance)·S_act`` (0..1).
+        reduce, alpha, beta: zip parameters (:func:`mudsc.zip_match`): fraction of units removed (0.5: the
+            merged width equals one model's for N = 2), similarity decay of merged units, within-model budget.
+        max_sweeps, patience, seed: coordinate descent limits and the seed of its group order.
+        backend: of every solver and similarity call.
+        progress: a tqdm bar over the sweeps.
+        axis_rule: ``"merge"`` (default) or ``"original"``: how other groups' maps enter weight vectors
+            (:mod:`mudsc.methods.weights`).
+        piece_cache: the :class:`mudsc.PieceCache` of the native weight similarity (default: a new one per call;
+            ``PieceCache(reuse=False)`` recomputes every piece).
+
+    The plan's ``info`` holds ``history`` (per sweep: value, best value, improved), ``sweeps``,
+    ``fallback_groups``, ``weight_pieces`` and ``timing`` (``similarity`` and ``solve`` seconds).
+    """
+    info_m = check_method(method)
+    models = check_models(models)
+    check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule)
+    if not isinstance(spec, PermSpec):
+        raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
+    _check_stats(info_m, stats, spec, len(models))
+    tensors = named_tensors(models[0])
+    for g in spec.groups:
+        for mem in g.members:
+            if mem.name not in tensors:
+                raise ValueError(f"group {g.name!r} names {mem.name!r}, which is not a parameter or buffer of the "
+                                 "models")
+    descent = Descent(models, spec, info_m, stats, balance, reduce, alpha, beta, backend, axis_rule, piece_cache)
+    fallback = [g.name for g in spec.groups if stats.correlation(g.name) is None] if info_m.activations else []
+    descent.initial_maps()
+    if info_m.descent:
+        descent.run(max_sweeps, patience, seed, progress)
+    hyper = {"balance": float(balance), "reduce": float(reduce), "alpha": float(alpha), "beta": float(beta),
+             "max_sweeps": int(max_sweeps), "patience": int(patience), "seed": int(seed), "axis_rule": axis_rule,
+             "backend": backend}
+    return MergePlan(spec=spec, maps=descent.maps(), num_models=len(models), method=method, hyperparameters=hyper,
+                     fingerprints=[fingerprint(m) for m in models], info=descent.info(fallback))

@@ -1,0 +1,168 @@
+"""The one-call API: :func:`merge` runs every stage (trace, statistics, matching, apply, BatchNorm reset) and
+returns a :class:`MergeResult` with the merged model, the plan and a report of every stage's time."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from ..collect import collect_stats
+from ..inputs import check_max_batches, check_models, peek
+from ..norm import reset_bn
+from ..plan import MergePlan
+from ..spec import PermSpec, trace
+from .descent import match
+from .registry import check_hyperparameters, check_method
+
+__all__ = ["MergeResult", "merge"]
+
+
+@dataclass
+class MergeResult:
+    """What :func:`merge` returns.
+
+    Attributes:
+        model: the merged ``nn.Module`` (BatchNorm statistics recomputed when a loader was given).
+        plan: the :class:`mudsc.MergePlan` (``plan.apply(models)`` rebuilds ``model`` before the BN reset).
+        report: ``{"method", "num_models", "groups": {name: {"size", "num_outputs", "merge_value"}},
+            "merge_value", "history", "sweeps", "fallback_groups", "num_batches", "timing": {"trace", "forward",
+            "stats", "similarity", "solve", "apply", "reset_bn", "total"}}`` (seconds).
+    """
+
+    model: nn.Module
+    plan: MergePlan
+    report: Dict[str, Any] = field(default_factory=dict)
+
+
+def merge(
+    models: Sequence[nn.Module],
+    loader: Optional[Iterable] = None,
+    method: str = "mudsc-zip",
+    spec: Optional[PermSpec] = None,
+    example_inputs: Any = None,
+    balance: float = 0.5,
+    reduce: float = 0.5,
+    alpha: float = 0.5,
+    beta: float = 1.0,
+    max_sweeps: int = 100,
+    patience: int = 5,
+    seed: int = 0,
+    max_batches: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    backend: str = "auto",
+    progress: bool = True,
+    axis_rule: str = "merge",
+    reset_bn_stats: bool = True,
+) -> MergeResult:
+    """Merge N models of one architecture into one, without training.
+
+    Args:
+        models: N >= 2 ``nn.Module`` s with identical parameter names and shapes (not modified).
+        loader: yields ``Tensor[B, ...]`` or ``(inputs, targets)``; needed by the activation methods, and used
+            to recompute BatchNorm statistics of the result (``reset_bn_stats``); must be re-iterable for that.
+        method: one of ``mudsc.METHODS`` (default ``"mudsc-zip"``).
+        spec: the models' :class:`mudsc.PermSpec` (default: ``mudsc.trace(models[0], example_inputs)``).
+        example_inputs: inputs for tracing (default: the loader's first batch).
+        balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule: see :func:`match`.
+        max_batches: batches of the statistics pass and of the BatchNorm reset (None: all).
+        device: where the statistics pass runs (default: model 0's device).
+        backend: ``"auto"`` | ``"native"`` | ``"reference"`` for every solver, statistic and similarity.
+        progress: tqdm bars on the data pass and the sweeps.
+        reset_bn_stats: recompute BatchNorm running statistics of the merged model (needs a loader).
+
+    Every argument is checked (methods, N, shapes, hyperparameters, an empty loader, a first batch the models
+    cannot run) before the statistics pass or the descent start.
+    """
+    t_start = time.perf_counter()
+    info_m = check_method(method)
+    models = check_models(models)
+    check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule)
+    check_max_batches(max_batches)
+    if spec is not None and not isinstance(spec, PermSpec):
+        raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
+    first = None
+    one_shot = False
+    if loader is not None:
+        first, loader_items = peek(loader)
+        if iter(loader) is loader:  # a one-shot iterator (generator): keep the peeked batch, no second pass
+            loader, one_shot = loader_items, True
+    elif info_m.activations:
+        raise ValueError(f"method {method!r} uses activation statistics: pass a loader")
+    timing = {"trace": 0.0, "forward": 0.0, "stats": 0.0, "similarity": 0.0, "solve": 0.0, "apply": 0.0,
+              "reset_bn": 0.0}
+    if spec is None:
+        t0 = time.perf_counter()
+        spec = _trace(models[0], example_inputs, first)
+        timing["trace"] = time.perf_counter() - t0
+    stats = None
+    if info_m.activations:
+        stats = collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
+                              progress=progress)
+        timing.update(stats.timing)
+    plan = match(models, spec, method, stats=stats, balance=balance, reduce=reduce, alpha=alpha, beta=beta,
+                 max_sweeps=max_sweeps, patience=patience, seed=seed, backend=backend, progress=progress,
+                 axis_rule=axis_rule)
+    timing.update(plan.info["timing"])
+    t0 = time.perf_counter()
+    model = plan.apply(models, check=False)
+    timing["apply"] = time.perf_counter() - t0
+    if reset_bn_stats and loader is not None:
+        timing["reset_bn"] = _reset_bn(model, loader, one_shot and info_m.activations, max_batches, device)
+    timing["total"] = time.perf_counter() - t_start
+    return MergeResult(model=model, plan=plan, report=_report(method, len(models), spec, plan, stats, timing))
+
+
+def _trace(model: nn.Module, example_inputs: Any, first: Optional[torch.Tensor]) -> PermSpec:
+    """The spec of ``model``, traced on ``example_inputs`` (default: the loader's first batch ``first``), after
+    checking that the model runs on one sample of ``first`` (an error then names the batch, not the tracer)."""
+    inputs = example_inputs if example_inputs is not None else first
+    if inputs is None:
+        raise ValueError("pass spec=..., example_inputs=... or a loader: tracing needs example inputs")
+    if first is not None:
+        try:
+            with torch.no_grad():
+                was = model.training
+                model.eval()
+                try:
+                    model(first[:1].to(next(model.parameters()).device))
+                finally:
+                    model.train(was)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ValueError(f"model 0 cannot run on the loader's first batch of shape {tuple(first.shape)}: "
+                             f"{exc}") from exc
+    return trace(model, inputs)
+
+
+def _reset_bn(model: nn.Module, loader: Iterable, consumed: bool, max_batches, device) -> float:
+    """Recompute the merged model's BatchNorm statistics (if it has any) with ``loader``; seconds taken. A
+    ``consumed`` one-shot loader cannot be read again: warn instead."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return 0.0
+    if consumed:
+        warnings.warn("the loader is a one-shot iterator consumed by the statistics pass, so the merged model's "
+                      "BatchNorm statistics were not recomputed; pass a re-iterable loader (a DataLoader or list)")
+        return 0.0
+    t0 = time.perf_counter()
+    reset_bn(model, loader, max_batches=max_batches, device=device)
+    return time.perf_counter() - t0
+
+
+def _report(method: str, num_models: int, spec: PermSpec, plan: MergePlan, stats, timing: Dict[str, float]) -> dict:
+    """:attr:`MergeResult.report` (see there)."""
+    return {
+        "method": method,
+        "num_models": num_models,
+        "groups": {g.name: {"size": g.size, "num_outputs": int(plan.maps[g.name].num_outputs),
+                            "merge_value": float(plan.maps[g.name].merge_value)} for g in spec.groups},
+        "merge_value": plan.info["merge_value"],
+        "history": plan.info["history"],
+        "sweeps": plan.info["sweeps"],
+        "fallback_groups": plan.info["fallback_groups"],
+        "num_batches": stats.num_batches if stats is not None else 0,
+        "timing": timing,
+    }
