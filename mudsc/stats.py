@@ -51,10 +51,11 @@ _PRECISIONS = {"ieee": 0, "tf32": 1, "tf32x3": 2}
 
 
 def _auto_precision(device_type: str, f: int) -> str:
-    """precision="auto": IEEE float32, except TF32x3 on CUDA from F = 4096 on (same accuracy class). Measured on
-    an H100 (bench_stats, L = 6304): TF32x3 takes 0.82x the time of IEEE at F = 6144 and 0.73x at F = 8192, but
-    1.1x at F = 1536, where the three products' launches and the split outweigh the faster tensor cores."""
+    """precision="auto": IEEE float32, except TF32x3 on CUDA from F = 4096 on (same accuracy class; the threshold
+    is where TF32x3 became faster than IEEE on an H100: docs/design.md)."""
     return "tf32x3" if device_type == "cuda" and f >= 4096 else "ieee"
+
+
 _FLOAT_INPUTS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -86,11 +87,9 @@ def _as_pieces(x: TensorOrTensors, channel_dim: Union[int, Sequence[int]]) -> tu
 
 
 def _default_block_size(f: int, device_type: str = "cpu") -> int:
-    """Features per block of the symmetric product: F/4 rounded up to 64, at most 768 (F up to 128: one block).
-    Measured on 2 threads (MKL sgemm): F = 1536 is fastest at 384 (1.2x a full GEMM), F = 6144 at 768 (1.6x);
-    ResNet stages (L = 65536 / 16384 / 4096 per update) F = 256 at 64 (1.15x), F = 512 at 128 (1.2x), F = 1024
-    at 256 (as 384). On CUDA (H100) blocks below 256 cost more in launches than they save: at least 256 there,
-    and up to 1024 (F = 8192 was 5% faster at 1024 than at 768)."""
+    """Features per block of the symmetric product: F/4 rounded up to 64, at most 768 (F up to 128: one block);
+    on CUDA clamped to [256, 1024], where smaller blocks cost more in launches than they save (the measurements
+    behind both rules: docs/design.md)."""
     if f <= 128:
         return f
     quarter = ((f + 3) // 4 + 63) // 64 * 64
@@ -153,8 +152,9 @@ class CorrelationAccumulator:
         block_size: features per block of the symmetric product (default: F/4 rounded up to a multiple of 64,
             at most 768; one block for F up to 128).
         fold_samples: samples per float32 product before it is added to the float64 moment (default 8192).
-        precision: how float32 products are formed on CUDA: ``"auto"`` (default: ``"ieee"`` until measured
-            otherwise), ``"ieee"``, ``"tf32"`` or ``"tf32x3"`` (module docstring). The CPU always runs IEEE sgemm.
+        precision: how float32 products are formed on CUDA: ``"auto"`` (default: ``"tf32x3"`` from F = 4096 on,
+            ``"ieee"`` below), ``"ieee"``, ``"tf32"`` or ``"tf32x3"`` (module docstring). The CPU always runs IEEE
+            sgemm.
 
     Example::
 

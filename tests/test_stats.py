@@ -482,6 +482,57 @@ def test_merge_errors(backend):
             acc.merge(CorrelationAccumulator(4, backend=other))
 
 
+@needs_native
+def test_copy_is_independent():
+    a, b = _merge_data()
+    acc = CorrelationAccumulator(7).update(a)
+    twin = acc.copy()
+    before = acc.covariance(dtype=torch.float64).clone()
+    acc.update(b)
+    torch.testing.assert_close(twin.covariance(dtype=torch.float64), before, rtol=0, atol=0)
+    twin.update(b)  # the copy streams on exactly like the original
+    torch.testing.assert_close(twin.covariance(dtype=torch.float64), acc.covariance(dtype=torch.float64), rtol=0,
+                               atol=0)
+
+
+@needs_native
+@pytest.mark.parametrize("same_shift", [True, False])
+def test_subtract_removes_what_merge_adds(same_shift):
+    """acc(A ∪ B) − acc(B) = acc(A): with one shared shift (what the piece cache does) and with different shifts
+    (rebased first)."""
+    a, b = _merge_data()
+    both = CorrelationAccumulator(7, dtype=torch.float64).update(a).update(b)
+    part = CorrelationAccumulator(7, dtype=torch.float64)
+    if same_shift:
+        part.reshift(both.state_dict()["shift"])
+    part.update(b)
+    assert both.subtract(part) is both
+    assert both.num_samples == a.shape[0]
+    want = truth(a.double().numpy())
+    check_against(both, want, 1e-10)
+    with pytest.raises(ValueError, match=f"cannot subtract {b.shape[0]} samples"):
+        CorrelationAccumulator(7, dtype=torch.float64).update(a[:3]).subtract(part)
+    with pytest.raises(ValueError, match="3 features from 7"):
+        both.subtract(CorrelationAccumulator(3).update(a[:, :3]))
+    with pytest.raises(ValueError, match="native accumulators"):
+        both.subtract(CorrelationAccumulator(7, backend="reference").update(a))
+
+
+@needs_native
+def test_reshift_keeps_the_statistics():
+    a, b = _merge_data()
+    acc = CorrelationAccumulator(7, dtype=torch.float64).update(a)
+    before = {k: getattr(acc, k)().clone() for k in ("mean", "covariance", "correlation")}
+    acc.reshift(torch.full((7,), 3.0))
+    assert torch.equal(acc.state_dict()["shift"], torch.full((7,), 3.0, dtype=torch.float64))
+    for k, v in before.items():
+        torch.testing.assert_close(getattr(acc, k)(), v, rtol=0, atol=1e-12)
+    acc.update(b)
+    check_against(acc, truth(torch.cat([a, b]).double().numpy()), 1e-10)
+    with pytest.raises(ValueError, match=r"shift must be \[7\]"):
+        acc.reshift(torch.zeros(6))
+
+
 @pytest.mark.parametrize("backend", mudsc.available_backends())
 def test_resume_from_state_dict(backend, tmp_path):
     gen = torch.Generator().manual_seed(12)
