@@ -58,7 +58,7 @@ def _as_similarity(sim: Any, num_models: int, groups: Optional[int] = None, symm
             "has_nan": bool(np.isnan(a).any()),
             "has_pos_inf": bool((a == np.inf).any()),
             "infinity_asymmetric": not np.array_equal(np.isfinite(a), np.isfinite(a.T)),
-            "max_asymmetry": float(np.abs(a - a.T)[finite].max()) if finite.any() else 0.0,
+            "max_asymmetry": float(np.abs(a[finite] - a.T[finite]).max()) if finite.any() else 0.0,
             "max_abs": float(np.abs(a[finite]).max()) if finite.any() else 0.0,
         }
     if c["has_nan"]:
