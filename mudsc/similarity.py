@@ -10,7 +10,10 @@ belong to groups that were already matched; their maps are applied first, **by i
   O(d·rest) instead of the dense ``P_iᵀ W`` (O(d²·rest)).
 
 The correlation itself is a :class:`mudsc.CorrelationAccumulator` over the pieces (every entry of the vector is
-one sample), so it inherits the shifted float64 accumulation and the symmetric block product.
+one sample), so it inherits the shifted float64 accumulation and the symmetric block product. All pieces of a
+group are accumulated about one shift, so their moments add: :func:`weight_moments` returns the accumulator, and
+inside the MuDSC descent it takes a :class:`mudsc.PieceCache` that keeps each large piece's moments between
+re-solves (:mod:`mudsc.piece_cache`). The reference twin is :mod:`mudsc.reference.similarity`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ import scipy.optimize
 
 from .._arrays import check_finite_for_reference
 
+__all__ = ["linear_sum_assignment", "solve_assignment", "batch_linear_sum_assignment"]
+
 
 def _scipy(cost: np.ndarray, maximize: bool) -> tuple[np.ndarray, np.ndarray]:
     check_finite_for_reference(cost, maximize)

@@ -25,6 +25,8 @@ import torch
 
 from .._arrays import check_finite_for_reference
 
+__all__ = ["zip_match", "group_zip_match", "permute_match", "group_permute_match"]
+
 NEG_INF = -np.inf
 
 
