@@ -21,6 +21,9 @@
 //   mudsc::build_info() -> str
 //       which backends this library was compiled with ("cpu" or "cpu,cuda"): the names the backends'
 //       twin files registered (backend_registry.hpp), so this file needs no #if.
+//
+// The fake (meta) kernels of these ops, for FakeTensor / torch.compile, are Python: mudsc/_ops.py,
+// imported by mudsc._native once this library loaded (set_python_module below names it).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -67,6 +70,7 @@ std::string build_info() { return compiled_backends(); }
 }  // namespace mudsc
 
 TORCH_LIBRARY(mudsc, m) {
+  m.set_python_module("mudsc._ops");
   m.def("affine_selftest(Tensor x, float scale, float shift) -> Tensor");
   m.def("stats_prepare(Tensor[] xs, int[] channel_dims, Tensor shift, bool feature_major) -> (Tensor, Tensor, Tensor)");
   m.def(
