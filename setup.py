@@ -63,6 +63,8 @@ def core_extension():
         "mudsc._core",
         sources=["csrc/core/lap.cpp", "csrc/core/group_lap.cpp", "csrc/core/zip.cpp", "csrc/bindings/core_py.cpp"],
         include_dirs=[str(ROOT / "csrc/core"), pybind11.get_include()],
+        # _core.native_arch reports it, so tests can check _core.simd against the compiler's -march=native.
+        define_macros=[("MUDSC_NATIVE_ARCH", "1" if NATIVE_ARCH else "0")],
         extra_compile_args=["-std=c++17", "-fvisibility=hidden", *OPT, *ARCH],
         extra_link_args=["-pthread"],
         language="c++",
