@@ -160,7 +160,8 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
   at::Tensor nonfinite, scratch;
   // The samples go through prepare + GEMM a chunk of whole outer indices (<= fold_samples samples when one
   // outer index holds fewer) at a time: the prepared copy stays cache-sized and is allocated from the heap
-  // instead of a fresh mmap of the whole batch per update (its page faults cost ~20% at F = 256).
+  // instead of a fresh mmap of the whole batch per update (whose first-touch page faults are a visible share of
+  // an update at small F).
   for (int64_t a0 = 0; a0 < outer; a0 += std::max<int64_t>(chunk, 1)) {
     std::vector<at::Tensor> part;
     part.reserve(xs.size());
@@ -200,7 +201,7 @@ namespace {
 
 // stats_finalize on a contiguous float64 CPU moment: the same formulas, element by element, in one pass over
 // 32 x 32 tiles of the upper triangle (each tile writes itself and its mirror), instead of a dozen full-matrix
-// ATen passes (10 ms -> ~2 ms at F = 1024 on 2 threads; the MuDSC descent finalizes once per group visit).
+// ATen passes, each a full read and write of [F, F] (the MuDSC descent finalizes once per group visit).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finalize_cpu(const at::Tensor& moment,
                                                                         const at::Tensor& sums,
                                                                         const at::Tensor& shift, int64_t count,
