@@ -2,6 +2,12 @@
 
 ``torch.ops.mudsc.affine_selftest(x, scale, shift)`` computes ``scale * x + shift`` elementwise for float32 /
 float64 tensors on every compiled backend; ``torch.ops.mudsc.build_info()`` names those backends.
+
+Every op of the library also goes through ``torch.library.opcheck`` (schema and alias annotations, the fake
+kernels of ``mudsc/_ops.py`` against the real ones, AOT dispatch with dynamic shapes) over the input layouts
+(contiguous, channels-last, transposed, strided, expanded, empty) and dtypes (float16/bfloat16/float32/float64
+where accepted) it meets; CUDA cases carry the ``cuda`` mark. The values of the statistics ops are tested
+against the float64 reference in tests/test_stats.py and tests/test_similarity.py.
 """
 
 from __future__ import annotations
