@@ -474,6 +474,29 @@ def test_fakes_give_the_kernels_shapes_under_compile():
     torch.testing.assert_close(compiled_state[0], eager_state[0], rtol=0, atol=0)
 
 
+@pytest.mark.cuda
+def test_cuda_update_takes_the_registered_cublas_step():
+    """stats_update_ on CUDA float32 reaches cuda/stats_cuda.cu's Gram step (registered at load time).
+
+    Only that step honours `precision`: a TF32 product differs from the IEEE one (10-bit mantissa inputs),
+    whereas the generic at::mm_out fallback would ignore precision and give identical moments.
+    """
+    _needs_cuda_build()
+    x = _randn((4096, 64), F32, "cuda", 41) * 3 + 1
+    shift = torch.zeros(64, device="cuda")
+    moments = []
+    for precision in (0, 1):
+        moment = torch.zeros((64, 64), dtype=F64, device="cuda")
+        sums = torch.zeros(64, dtype=F64, device="cuda")
+        torch.ops.mudsc.stats_update_(moment, sums, [x], [1], shift, 32, 0, precision)
+        moments.append(moment.triu())
+    ieee, tf32 = moments
+    want = (x.double().T @ x.double()).triu()
+    torch.testing.assert_close(ieee, want, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(tf32, want, rtol=5e-3, atol=1.0)
+    assert not torch.equal(ieee, tf32), "precision=1 was ignored: the CUDA Gram step was not used"
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Source layout: generic files of csrc/ops never test the build for CUDA (the twins register themselves).
 # ------------------------------------------------------------------------------------------------------------
