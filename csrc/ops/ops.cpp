@@ -64,6 +64,7 @@ std::string compiled_backends() {
   return s;
 }
 
+// mudsc::build_info(): "cpu" or "cpu,cuda", whichever backends registered themselves when the library loaded.
 std::string build_info() { return compiled_backends(); }
 
 }  // namespace ops
