@@ -63,6 +63,8 @@ def core_extension():
         "mudsc._core",
         sources=["csrc/core/lap.cpp", "csrc/core/group_lap.cpp", "csrc/core/zip.cpp", "csrc/bindings/core_py.cpp"],
         include_dirs=[str(ROOT / "csrc/core"), pybind11.get_include()],
+        # _core.native_arch reports it, so tests can check _core.simd against the compiler's -march=native.
+        define_macros=[("MUDSC_NATIVE_ARCH", "1" if NATIVE_ARCH else "0")],
         extra_compile_args=["-std=c++17", "-fvisibility=hidden", *OPT, *ARCH],
         extra_link_args=["-pthread"],
         language="c++",
@@ -112,11 +114,11 @@ def torch_extension():
         str(p.relative_to(ROOT)) for d in ("csrc/ops", "csrc/ops/cpu") for p in sorted((ROOT / d).glob("*.cpp"))
     ]
     cxx = ["-std=c++20", *OPT, *ARCH]  # torch >= 2.10 headers need C++20; ARCH vectorises the prepare loops
-    define_macros = []
     include_dirs = [str(ROOT / "csrc/core"), str(ROOT / "csrc/ops")]
     if with_cuda:
         sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/ops/cuda").glob("*.cu"))
-        define_macros.append(("MUDSC_WITH_CUDA", "1"))
+        # No MUDSC_WITH_CUDA macro: the CUDA twins register their kernels and hooks themselves, so the
+        # generic sources compile the same in both builds (csrc/ops/stats_gemm.hpp, backend_registry.hpp).
         # pip's CUDA wheels carry the cuBLAS/cuSPARSE headers that ATen's CUDA headers include.
         for entry in sys.path:
             extra = Path(entry) / "nvidia" / "cu13" / "include"
@@ -133,7 +135,6 @@ def torch_extension():
             "mudsc._C",
             sources=sources,
             include_dirs=include_dirs,
-            define_macros=define_macros,
             # The library file itself (pip ships only libcublas.so.N): the module then needs its soname, which
             # torch's CUDA library has already loaded when mudsc._C is imported.
             extra_link_args=[str(cublas), f"-Wl,-rpath-link,{cublas.parent}"],

@@ -1,7 +1,8 @@
 """Loads the native modules once and remembers why one could not be loaded.
 
 ``HAS_CORE``: ``mudsc._core`` (torch-free pybind11 core: LAP, later zip) imported.
-``HAS_C``: ``mudsc._C`` (torch ops, CPU [+ CUDA] kernels) imported and registered.
+``HAS_C``: ``mudsc._C`` (torch ops, CPU [+ CUDA] kernels) imported and registered; their fake kernels
+(``mudsc._ops``) are then registered too.
 ``CORE_ERROR`` / ``C_ERROR``: the import error message, for "why is native unavailable".
 """
 
@@ -33,6 +34,9 @@ try:
     import torch  # noqa: F401  (the ops library links against torch)
 
     from . import _C  # noqa: F401  (importing registers the mudsc:: ops)
+
+    # The ops' fake kernels (torch.compile / FakeTensor); only once the ops exist to take them.
+    from . import _ops  # noqa: F401
 
     HAS_C = True
 except ImportError as exc:

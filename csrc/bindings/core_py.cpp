@@ -18,6 +18,18 @@ using mudsc::lap::LapError;
 
 namespace {
 
+// The compiler's target macros that select the core's SIMD kernels (set by -march; see setup.py).
+#if defined(__AVX512F__)
+constexpr bool kAvx512 = true;
+#else
+constexpr bool kAvx512 = false;
+#endif
+#if defined(__AVX2__)
+constexpr bool kAvx2 = true;
+#else
+constexpr bool kAvx2 = false;
+#endif
+
 int64_t element_stride(const py::array& a, int axis) {
   const py::ssize_t s = a.strides(axis);
   if (s % static_cast<py::ssize_t>(a.itemsize()) != 0) {
@@ -261,9 +273,18 @@ Returns (col_of_row int64[Om], merge_value).)doc");
       },
       py::arg("sim"), "One pass over a square C-contiguous matrix: NaN, +inf, symmetry (see zip.hpp).");
   m.def("hardware_concurrency", []() { return static_cast<int>(std::thread::hardware_concurrency()); });
-#if defined(__AVX2__)
-  m.attr("simd") = "avx2";
+  // The widest SIMD kernels compiled into the core (kAvx512 / kAvx2 above): "avx512" (lap_small.hpp's
+  // 8-double Block8; the AVX2 kernels are then in too), "avx2" (lap_kernels.hpp, zip.cpp, lap_small.hpp's
+  // two-register Block8), else "scalar". simd_macros exports the macros themselves, so a test can compare
+  // them with what the compiler defines for the build's flags.
+  m.attr("simd") = kAvx512 ? "avx512" : kAvx2 ? "avx2" : "scalar";
+  py::dict macros;
+  macros["__AVX512F__"] = kAvx512;
+  macros["__AVX2__"] = kAvx2;
+  m.attr("simd_macros") = macros;
+#if defined(MUDSC_NATIVE_ARCH)
+  m.attr("native_arch") = MUDSC_NATIVE_ARCH != 0;  // built with -march=native (setup.py's MUDSC_NATIVE_ARCH)
 #else
-  m.attr("simd") = "scalar";
+  m.attr("native_arch") = py::none();  // built outside setup.py: flags unknown
 #endif
 }

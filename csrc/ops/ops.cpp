@@ -19,27 +19,59 @@
 //       out (t with `axis` resized to `size`): out[.., k, ..] = scale[k] * sum of t[.., j, ..] over labels[j] == k
 //       (CPU kernel in cpu/stats_cpu.cpp; elsewhere mudsc.similarity uses index_add_).
 //   mudsc::build_info() -> str
-//       which backends this library was compiled with.
+//       which backends this library was compiled with ("cpu" or "cpu,cuda"): the names the backends'
+//       twin files registered (backend_registry.hpp), so this file needs no #if.
+//
+// The fake (meta) kernels of these ops, for FakeTensor / torch.compile, are Python: mudsc/_ops.py,
+// imported by mudsc._native once this library loaded (set_python_module below names it).
 #include <Python.h>
 #include <torch/library.h>
 
+#include <array>
+#include <cstddef>
 #include <string>
+
+#include "backend_registry.hpp"
 
 namespace mudsc {
 namespace ops {
+namespace {
 
-std::string build_info() {
-  std::string s = "cpu";
-#if defined(MUDSC_WITH_CUDA)
-  s += ",cuda";
-#endif
+constexpr size_t kDeviceTypes = static_cast<size_t>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES);
+
+// One name slot per device type (nullptr: not compiled in); a function-local static, so registrations from
+// other translation units' static initializers find it constructed whatever their order.
+std::array<const char*, kDeviceTypes>& backend_names() {
+  static std::array<const char*, kDeviceTypes> names{};
+  return names;
+}
+
+}  // namespace
+
+void register_backend(c10::DeviceType device, const char* name) {
+  const auto k = static_cast<size_t>(device);
+  TORCH_CHECK(k < kDeviceTypes, "register_backend: device type ", static_cast<int>(device), " is out of range");
+  backend_names()[k] = name;
+}
+
+std::string compiled_backends() {
+  std::string s;
+  for (const char* name : backend_names()) {
+    if (name == nullptr) continue;
+    if (!s.empty()) s += ",";
+    s += name;
+  }
   return s;
 }
+
+// mudsc::build_info(): "cpu" or "cpu,cuda", whichever backends registered themselves when the library loaded.
+std::string build_info() { return compiled_backends(); }
 
 }  // namespace ops
 }  // namespace mudsc
 
 TORCH_LIBRARY(mudsc, m) {
+  m.set_python_module("mudsc._ops");
   m.def("affine_selftest(Tensor x, float scale, float shift) -> Tensor");
   m.def("stats_prepare(Tensor[] xs, int[] channel_dims, Tensor shift, bool feature_major) -> (Tensor, Tensor, Tensor)");
   m.def(

@@ -6,15 +6,17 @@
 //                                                                 zero non-finite, subtract shift)
 //       sums   += s                                              (float64 [F])
 //       moment += Y^T Y on the block upper triangle              (float64 [F, F])
-//     The product runs in Y's dtype (float32: BLAS sgemm / cuBLAS) over at most fold_samples samples at a
-//     time and is folded into the float64 moment after each, so fp32 rounding never accumulates over more
-//     than one fold. Features are cut into blocks of block_size; block row i is one GEMM of its features
-//     against every feature from the block's first on (so only blocks (i, j) with i <= j are computed:
-//     about half the flops of a full Gram matrix for many blocks). Entries below the diagonal blocks are
-//     never written, and on CUDA a single IEEE block is one SSYRK that leaves everything below the diagonal
-//     unwritten: only the upper triangle is defined, and stats_finalize reads only that. precision (stats_gemm.hpp) picks how
-//     float32 products are formed on CUDA (IEEE SGEMM, TF32, or TF32x3 on tensor cores); the CPU and
-//     float64 products ignore it.
+//     The product runs in Y's dtype (float32: BLAS sgemm, or cuBLAS through the device hook of stats_gemm.hpp)
+//     over at most fold_samples samples at a time and is folded into the float64 moment after each, so fp32
+//     rounding never accumulates over more than one fold. Features are cut into blocks of block_size; block
+//     row i is one GEMM of its features against every feature from the block's first on (so only blocks
+//     (i, j) with i <= j are computed: about half the flops of a full Gram matrix for many blocks). Entries
+//     below the diagonal blocks are never written, and on CUDA a single IEEE block is one SSYRK that leaves
+//     everything below the diagonal unwritten: only the upper triangle is defined, and stats_finalize reads
+//     only that. precision (stats_gemm.hpp) picks how float32 products are formed on CUDA (IEEE SGEMM, TF32,
+//     or TF32x3 on tensor cores); the CPU and float64 products ignore it. The CUDA products live in
+//     cuda/stats_cuda.cu, which registers them for its device type (stats_gemm.hpp); this file only asks the
+//     registry, so it compiles the same in every build.
 //   mudsc::stats_finalize(moment, sums, shift, count, eps) -> (mean, cov, corr, zero_variance)
 //       d = sums / n;  mean = shift + d;  cov = sym(moment) / n - d d^T    (population covariance, fp64)
 //       corr = cov / max(sigma sigma^T, eps); a zero-variance unit gets 0 off the diagonal and 1 on it.
@@ -23,8 +25,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/outer.h>
 #include <ATen/ops/triu.h>
@@ -32,6 +32,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <cstddef>
 #include <cmath>
 #include <tuple>
 #include <vector>
@@ -41,6 +43,15 @@
 namespace mudsc {
 namespace ops {
 namespace {
+
+constexpr size_t kDeviceTypes = static_cast<size_t>(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES);
+
+// One Gram step slot per device type (nullptr: the generic step); a function-local static, so registrations
+// from other translation units' static initializers find it constructed whatever their order.
+std::array<GramFoldFn, kDeviceTypes>& gram_folds() {
+  static std::array<GramFoldFn, kDeviceTypes> fns{};
+  return fns;
+}
 
 using PrepareFn = std::tuple<at::Tensor, at::Tensor, at::Tensor>(at::TensorList, at::IntArrayRef, const at::Tensor&,
                                                                  bool);
@@ -111,6 +122,20 @@ int64_t outer_chunk(at::TensorList xs, at::IntArrayRef channel_dims, int64_t fol
 
 }  // namespace
 
+void register_gram_fold(c10::DeviceType device, GramFoldFn fn) {
+  const auto k = static_cast<size_t>(device);
+  TORCH_CHECK(k < kDeviceTypes, "register_gram_fold: device type ", static_cast<int>(device), " is out of range");
+  gram_folds()[k] = fn;
+}
+
+GramFoldFn gram_fold_for(c10::DeviceType device) {
+  const auto k = static_cast<size_t>(device);
+  return k < kDeviceTypes ? gram_folds()[k] : nullptr;
+}
+
+// moment [F, F] (float64) += the block upper triangle of Y^T Y and sums [F] (float64) += the column sums of Y,
+// for Y = the inputs with NaN/Inf zeroed, less shift (stats_prepare); returns the int64 count of NaN/Inf
+// inputs (a 0-d tensor on shift's device). Formulas and chunking in the header comment.
 at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs, at::IntArrayRef channel_dims,
                          const at::Tensor& shift, int64_t block_size, int64_t fold_samples, int64_t precision) {
   TORCH_CHECK(!xs.empty(), "stats_update_: expected at least one input tensor");
@@ -131,10 +156,12 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
   const int64_t bs = block_size > 0 ? std::min(block_size, F) : F;
   const int64_t chunk = outer_chunk(xs, channel_dims, fold_samples);
   const int64_t outer = chunk > 0 ? xs[0].size(outer_axis(xs[0], channel_dims[0])) : 1;
+  const GramFoldFn device_fold = gram_fold_for(shift.device().type());
   at::Tensor nonfinite, scratch;
   // The samples go through prepare + GEMM a chunk of whole outer indices (<= fold_samples samples when one
   // outer index holds fewer) at a time: the prepared copy stays cache-sized and is allocated from the heap
-  // instead of a fresh mmap of the whole batch per update (its page faults cost ~20% at F = 256).
+  // instead of a fresh mmap of the whole batch per update (whose first-touch page faults are a visible share of
+  // an update at small F).
   for (int64_t a0 = 0; a0 < outer; a0 += std::max<int64_t>(chunk, 1)) {
     std::vector<at::Tensor> part;
     part.reserve(xs.size());
@@ -148,46 +175,8 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
     const int64_t L = fm ? Y.size(1) : Y.size(0);
     if (L == 0 || F == 0) continue;
     const int64_t fold = fold_samples > 0 ? fold_samples : L;
-#if defined(MUDSC_WITH_CUDA)
-    // float32 on CUDA: cuBLAS with an explicit compute type (torch's global TF32 flags do not apply).
-    const bool cublas = Y.is_cuda() && Y.scalar_type() == at::kFloat && Y.is_contiguous();
-    at::Tensor small;
-    if (cublas && precision == kTf32x3) {
-      small = at::empty_like(Y);
-      split_tf32_cuda(Y, small);
-    }
-#endif
-#if defined(MUDSC_WITH_CUDA)
-    if (cublas && moment.is_contiguous() && precision == kIeee && bs >= F) {
-      // One block in IEEE float32: SSYRK computes just the triangle. The buffer starts zeroed, so the entries
-      // SSYRK leaves alone fold as zeros.
-      at::Tensor seg = at::zeros({F * F}, Y.options());
-      for (int64_t l0 = 0; l0 < L; l0 += fold) {
-        gram_syrk_cuda(seg, Y, fm, l0, std::min(fold, L - l0));
-        fold_block_rows_cuda(moment, seg, F);
-      }
-      continue;
-    }
-    if (cublas && moment.is_contiguous()) {
-      // All block rows of a fold go into one buffer, row after row, and are folded by one kernel launch
-      // (one add_ per block row costs a launch and a TensorIterator setup each).
-      int64_t total = 0;
-      for (int64_t i0 = 0; i0 < F; i0 += bs) total += std::min(bs, F - i0) * (F - i0);
-      at::Tensor seg = at::empty({total}, Y.options());
-      for (int64_t l0 = 0; l0 < L; l0 += fold) {
-        const int64_t nl = std::min(fold, L - l0);
-        int64_t off = 0;
-        for (int64_t i0 = 0; i0 < F; i0 += bs) {
-          const int64_t ni = std::min(bs, F - i0), nj = F - i0;
-          at::Tensor product = seg.narrow(0, off, ni * nj).view({ni, nj});
-          gram_block_cuda(product, Y, small, fm, l0, nl, i0, ni, nj, precision);
-          off += ni * nj;
-        }
-        fold_block_rows_cuda(moment, seg, bs);
-      }
-      continue;
-    }
-#endif
+    // A device's own Gram step (cuBLAS on CUDA, stats_gemm.hpp) when it takes these inputs, else the generic one.
+    if (device_fold != nullptr && device_fold(moment, Y, fm, bs, fold, precision)) continue;
     // One reused buffer for a block row of the product: [ni, F - i0] <= [bs, F] in Y's dtype.
     if (!scratch.defined()) scratch = at::empty({bs * F}, Y.options());
     for (int64_t l0 = 0; l0 < L; l0 += fold) {
@@ -200,15 +189,7 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
         const int64_t ni = std::min(bs, F - i0), nj = F - i0;
         // Block row i: features i0.. against every feature from i0 on, as one GEMM.
         at::Tensor product = scratch.narrow(0, 0, ni * nj).view({ni, nj});
-#if defined(MUDSC_WITH_CUDA)
-        if (cublas) {  // a non-contiguous moment
-          gram_block_cuda(product, Y, small, fm, l0, nl, i0, ni, nj, precision);
-        } else {
-          at::mm_out(product, rows(i0, ni), rows(i0, nj).t());
-        }
-#else
         at::mm_out(product, rows(i0, ni), rows(i0, nj).t());
-#endif
         fold_into(moment, product, i0);
       }
     }
@@ -220,7 +201,7 @@ namespace {
 
 // stats_finalize on a contiguous float64 CPU moment: the same formulas, element by element, in one pass over
 // 32 x 32 tiles of the upper triangle (each tile writes itself and its mirror), instead of a dozen full-matrix
-// ATen passes (10 ms -> ~2 ms at F = 1024 on 2 threads; the MuDSC descent finalizes once per group visit).
+// ATen passes, each a full read and write of [F, F] (the MuDSC descent finalizes once per group visit).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finalize_cpu(const at::Tensor& moment,
                                                                         const at::Tensor& sums,
                                                                         const at::Tensor& shift, int64_t count,
@@ -279,6 +260,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finalize_cpu(const at
 
 }  // namespace
 
+// (mean [F], cov [F, F], corr [F, F], zero_variance [F]) of `count` samples from their shifted moment and sums
+// (float64 out whatever the inputs; formulas in the header comment). Only moment's upper triangle is read.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stats_finalize(const at::Tensor& moment,
                                                                           const at::Tensor& sums,
                                                                           const at::Tensor& shift, int64_t count,

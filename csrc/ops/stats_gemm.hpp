@@ -1,11 +1,24 @@
-// The block products of mudsc::stats_update_ on CUDA, behind cuBLAS with an explicit precision
-// (csrc/ops/cuda/stats_cuda.cu). Declared here so the device-generic stats.cpp can call them without
-// CUDA headers; only compiled in when MUDSC_WITH_CUDA is defined.
+// The Gram step of mudsc::stats_update_ and how a device twin plugs its own GEMM into it.
+//
+// For one prepared chunk Y (feature-major [F, L] or sample-major [L, F], contiguous, float32 or float64) the
+// step adds to the float64 moment [F, F], on the block upper triangle only,
+//
+//   moment[i0 + r, i0 + c] += sum_{l in fold} y[i0 + r, l] * y[i0 + c, l]     (block rows i0 = 0, bs, 2 bs, ..)
+//
+// one fold of at most `fold` samples at a time (stats.cpp has the device-generic form: at::mm_out per block
+// row). A device whose library offers a better product (cuBLAS with an explicit compute type on CUDA) fills
+// in a GramFoldFn for its device type from a static initializer in its twin (cuda/stats_cuda.cu), and
+// stats.cpp calls it without naming the device or needing any #if: a build without that twin simply has no
+// entry. The registry is written during the library's static initialization only and read afterwards.
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
 
 #include <cstdint>
+
+namespace at {
+class Tensor;
+}  // namespace at
 
 namespace mudsc {
 namespace ops {
@@ -18,25 +31,22 @@ namespace ops {
 //            |y_i y_j|): float32-class accuracy at tensor-core speed.
 enum GramPrecision : int64_t { kIeee = 0, kTf32 = 1, kTf32x3 = 2 };
 
-#if defined(MUDSC_WITH_CUDA)
-// In place: Y <- big (Y truncated to TF32), small <- Y - big. Y, small: contiguous float32 CUDA, same shape.
-void split_tf32_cuda(at::Tensor& Y, at::Tensor& small);
+// A device's Gram step for one prepared chunk Y (contract above; F >= 1 and L >= 1 features and samples,
+// block_size in [1, F], fold >= 1). It may overwrite Y (e.g. split it in place). Returns false, having
+// changed nothing, when it does not handle these inputs (dtype, layout); the generic step then runs.
+using GramFoldFn = bool (*)(at::Tensor& moment, at::Tensor& Y, bool feature_major, int64_t block_size, int64_t fold,
+                            int64_t precision);
 
-// out[r, c] = sum_{l in [l0, l0 + nl)} y[i0 + r, l] * y[i0 + c, l] for r < ni, c < nj (out: contiguous
-// float32 [ni, nj] on Y's device), y the features of Y: feature-major Y [F, L] or sample-major Y [L, F],
-// contiguous float32. For kTf32x3, Y holds the big part and small the rest (split_tf32_cuda).
-// The float64 fold of all block rows of one product at once: for block row b (features i0 = b * block_size
-// on, ni = min(block_size, F - i0) rows, nj = F - i0 columns), moment[i0 + r, i0 + c] += its [ni, nj] product,
-// stored row after row in seg (block row b from sum_{b' < b} ni' * nj'). moment: contiguous float64 [F, F].
-void fold_block_rows_cuda(at::Tensor& moment, const at::Tensor& seg, int64_t block_size);
+// Installs the Gram step of a device type (called from a static initializer of the device's twin file).
+void register_gram_fold(c10::DeviceType device, GramFoldFn fn);
 
-// IEEE float32, one block: out (contiguous float32 [F, F]) gets the upper triangle of sum_l y y^T over samples
-// [l0, l0 + nl) from one cuBLAS SSYRK; entries below the diagonal are not written.
-void gram_syrk_cuda(at::Tensor& out, const at::Tensor& Y, bool feature_major, int64_t l0, int64_t nl);
+// The Gram step registered for a device type, or nullptr (the generic step is then the only one).
+GramFoldFn gram_fold_for(c10::DeviceType device);
 
-void gram_block_cuda(at::Tensor& out, const at::Tensor& Y, const at::Tensor& small, bool feature_major, int64_t l0,
-                     int64_t nl, int64_t i0, int64_t ni, int64_t nj, int64_t precision);
-#endif
+// Registers fn for a device type when a namespace-scope object of this type is constructed.
+struct GramFoldRegistrar {
+  GramFoldRegistrar(c10::DeviceType device, GramFoldFn fn) { register_gram_fold(device, fn); }
+};
 
 }  // namespace ops
 }  // namespace mudsc

@@ -1,5 +1,6 @@
 // CPU kernel of mudsc::affine_selftest: y = scale * x + shift over a contiguous
-// copy of x, parallel over elements with at::parallel_for.
+// copy of x, parallel over elements with at::parallel_for. Also registers the
+// "cpu" backend name that mudsc::build_info reports (backend_registry.hpp).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -7,9 +8,17 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "backend_registry.hpp"
+
 namespace mudsc {
 namespace ops {
+namespace {
 
+const BackendRegistrar kCpuBackend(c10::DeviceType::CPU, "cpu");
+
+}  // namespace
+
+// y = scale * x + shift for a float32/float64 CPU tensor x of any layout; returns a new contiguous tensor.
 at::Tensor affine_selftest_cpu(const at::Tensor& x, double scale, double shift) {
   TORCH_CHECK(x.device().is_cpu(), "affine_selftest_cpu: expected a CPU tensor, got ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,

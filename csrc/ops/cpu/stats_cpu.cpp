@@ -41,8 +41,8 @@ constexpr int64_t kSampleChunk = 256;
 #if defined(__AVX512F__)
 // The float32 -> float32 contiguous run with AVX-512 (the common case: float32 activations and weights): the
 // finite test on the exponent bits, 16 values per step, fp64 sums in 16 lanes. GCC does not vectorise the
-// portable loop below (the fp64 lanes and the finite test), which ran at ~1.1 G values/s per core, less than
-// half of this. Returns the fp64 sum of what it wrote; the tail goes through the portable loop.
+// portable loop below (the fp64 lanes and the finite test), so without this path the run stays scalar.
+// Returns the fp64 sum of what it wrote; the tail goes through the portable loop.
 inline double copy_run_avx512(const float* src, int64_t n, float* dst, float s, int64_t* nonfinite, int64_t* done) {
   const __m512 vs = _mm512_set1_ps(s);
   const __m512i expo = _mm512_set1_epi32(0x7f800000);
@@ -159,6 +159,8 @@ inline void copy_row(const T* src, int64_t src_stride, int64_t C, O* dst, const 
   *nonfinite += bad;
 }
 
+// Y [F, L] (row f: feature f's samples, written as contiguous runs) and sums[f], parallel over each piece's
+// features; every sum is one sequential fp64 loop over its samples.
 template <typename O>
 void prepare_feature_major(const std::vector<StatsPiece>& pieces, const O* shift, int64_t F, int64_t L, O* Y,
                            double* sums, std::atomic<int64_t>& nonfinite) {
@@ -183,6 +185,8 @@ void prepare_feature_major(const std::vector<StatsPiece>& pieces, const O* shift
   (void)F;
 }
 
+// Y [L, F] (row l: sample l's features of every piece) and sums, parallel over chunks of kSampleChunk samples;
+// the per-chunk fp64 partial sums are added in chunk order, so the sums do not depend on the thread count.
 template <typename O>
 void prepare_sample_major(const std::vector<StatsPiece>& pieces, const O* shift, int64_t F, int64_t L, O* Y,
                           double* sums, std::atomic<int64_t>& nonfinite) {
@@ -215,6 +219,8 @@ void prepare_sample_major(const std::vector<StatsPiece>& pieces, const O* shift,
 
 }  // namespace
 
+// stats_prepare on CPU tensors (contract in the header comment): (Y in shift's dtype, float64 sums [F],
+// int64 0-d count of NaN/Inf inputs).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_prepare_cpu(at::TensorList xs, at::IntArrayRef channel_dims,
                                                                   const at::Tensor& shift, bool feature_major) {
   TORCH_CHECK(shift.device().is_cpu(), "stats_prepare_cpu: expected CPU tensors, got ", shift.device());

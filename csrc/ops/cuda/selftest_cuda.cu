@@ -1,5 +1,6 @@
 // CUDA kernel of mudsc::affine_selftest: y = scale * x + shift, one thread per
-// element (grid-stride loop), on the current stream of x's device.
+// element (grid-stride loop), on the current stream of x's device. Also registers
+// the "cuda" backend name that mudsc::build_info reports (backend_registry.hpp).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -8,10 +9,15 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "backend_registry.hpp"
+
 namespace mudsc {
 namespace ops {
 namespace {
 
+const BackendRegistrar kCudaBackend(c10::DeviceType::CUDA, "cuda");
+
+// dst[k] = a * src[k] + b for k < n, grid-stride.
 template <typename scalar_t>
 __global__ void affine_kernel(const scalar_t* __restrict__ src, scalar_t* __restrict__ dst, int64_t n, scalar_t a,
                               scalar_t b) {
@@ -23,6 +29,7 @@ __global__ void affine_kernel(const scalar_t* __restrict__ src, scalar_t* __rest
 
 }  // namespace
 
+// y = scale * x + shift for a float32/float64 CUDA tensor x of any layout; returns a new contiguous tensor.
 at::Tensor affine_selftest_cuda(const at::Tensor& x, double scale, double shift) {
   TORCH_CHECK(x.is_cuda(), "affine_selftest_cuda: expected a CUDA tensor, got ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,

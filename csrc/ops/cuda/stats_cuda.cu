@@ -9,12 +9,17 @@
 // to partial[sample tile, f]; they are reduced over tiles with a plain sum
 // (fixed order, no floating-point atomics: the result is deterministic). The
 // count of non-finite values uses integer atomics (exact).
+//
+// Also the Gram step of stats_update_ on CUDA (stats_gemm.hpp), registered for the CUDA device type:
+// moment += block upper triangle of Y^T Y through cuBLAS (SGEMM / SSYRK / TF32 / TF32x3 per `precision`),
+// folded into the float64 moment by a kernel of its own.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/Exceptions.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -34,6 +39,8 @@ namespace {
 constexpr int kTile = 32;
 constexpr int kRows = 8;
 
+// One [kTile features x kTile samples] tile of one input piece (blockIdx.y: feature tile, blockIdx.x: sample
+// tile): Y gets clean(x) - shift, partial[sample tile, f] the tile's fp64 sum of feature f, nonfinite the count.
 template <typename T, typename O>
 __global__ void prepare_tile_kernel(const T* __restrict__ base, int64_t C, int64_t Bk, int64_t sA, int64_t sC,
                                     int64_t sB, int64_t L, int64_t F, int64_t f0, bool read_along_samples,
@@ -169,8 +176,9 @@ class DefaultMathHandle {
   cublasMath_t previous_ = CUBLAS_DEFAULT_MATH;
 };
 
-}  // namespace
-
+// The float64 fold of all block rows of one product at once: for block row b (features i0 = b * block_size
+// on, ni = min(block_size, F - i0) rows, nj = F - i0 columns), moment[i0 + r, i0 + c] += its [ni, nj] product,
+// stored row after row in seg (block row b from sum_{b' < b} ni' * nj'). moment: contiguous float64 [F, F].
 void fold_block_rows_cuda(at::Tensor& moment, const at::Tensor& seg, int64_t block_size) {
   const int64_t F = moment.size(0);
   TORCH_CHECK(moment.is_cuda() && moment.scalar_type() == at::kDouble && moment.is_contiguous() &&
@@ -186,6 +194,7 @@ void fold_block_rows_cuda(at::Tensor& moment, const at::Tensor& seg, int64_t blo
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// In place: Y <- big (Y truncated to TF32), small <- Y - big. Y, small: contiguous float32 CUDA, same shape.
 void split_tf32_cuda(at::Tensor& Y, at::Tensor& small) {
   TORCH_CHECK(Y.is_cuda() && Y.scalar_type() == at::kFloat && Y.is_contiguous() && small.is_contiguous() &&
                   small.scalar_type() == at::kFloat && small.numel() == Y.numel() && small.device() == Y.device(),
@@ -200,6 +209,10 @@ void split_tf32_cuda(at::Tensor& Y, at::Tensor& small) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// out[r, c] = sum_{l in [l0, l0 + nl)} y[i0 + r, l] * y[i0 + c, l] for r < ni, c < nj (out: contiguous
+// float32 [ni, nj] on Y's device), y the features of Y: feature-major Y [F, L] or sample-major Y [L, F],
+// contiguous float32. For kTf32x3, Y holds the big part and small the rest (split_tf32_cuda).
+//
 // cuBLAS is column-major: a row-major [rows, cols] array is a column-major cols x rows one. With y_f the
 // samples of feature f:
 //   feature-major Y [F, L]: column-major X (L x F, ld L); out^T (nj x ni) = X_j^T X_i  (op T, op N)
@@ -281,6 +294,66 @@ void gram_syrk_cuda(at::Tensor& out, const at::Tensor& Y, bool feature_major, in
                                    out.mutable_data_ptr<float>(), static_cast<int>(F)));
 }
 
+// The Gram step of stats_update_ on CUDA (contract in stats_gemm.hpp) for a contiguous float32 Y: cuBLAS with
+// an explicit compute type (torch's global TF32 flags do not apply). Anything else (float64) returns false
+// and goes through the generic at::mm_out step of stats.cpp.
+bool gram_fold_cuda(at::Tensor& moment, at::Tensor& Y, bool fm, int64_t bs, int64_t fold, int64_t precision) {
+  if (!(Y.is_cuda() && Y.scalar_type() == at::kFloat && Y.is_contiguous())) return false;
+  const int64_t F = fm ? Y.size(0) : Y.size(1);
+  const int64_t L = fm ? Y.size(1) : Y.size(0);
+  at::Tensor small;
+  if (precision == kTf32x3) {
+    small = at::empty_like(Y);
+    split_tf32_cuda(Y, small);
+  }
+  if (moment.is_contiguous() && precision == kIeee && bs >= F) {
+    // One block in IEEE float32: SSYRK computes just the triangle. The buffer starts zeroed, so the entries
+    // SSYRK leaves alone fold as zeros.
+    at::Tensor seg = at::zeros({F * F}, Y.options());
+    for (int64_t l0 = 0; l0 < L; l0 += fold) {
+      gram_syrk_cuda(seg, Y, fm, l0, std::min(fold, L - l0));
+      fold_block_rows_cuda(moment, seg, F);
+    }
+    return true;
+  }
+  if (moment.is_contiguous()) {
+    // All block rows of a fold go into one buffer, row after row, and are folded by one kernel launch
+    // (one add_ per block row costs a launch and a TensorIterator setup each).
+    int64_t total = 0;
+    for (int64_t i0 = 0; i0 < F; i0 += bs) total += std::min(bs, F - i0) * (F - i0);
+    at::Tensor seg = at::empty({total}, Y.options());
+    for (int64_t l0 = 0; l0 < L; l0 += fold) {
+      const int64_t nl = std::min(fold, L - l0);
+      int64_t off = 0;
+      for (int64_t i0 = 0; i0 < F; i0 += bs) {
+        const int64_t ni = std::min(bs, F - i0), nj = F - i0;
+        at::Tensor product = seg.narrow(0, off, ni * nj).view({ni, nj});
+        gram_block_cuda(product, Y, small, fm, l0, nl, i0, ni, nj, precision);
+        off += ni * nj;
+      }
+      fold_block_rows_cuda(moment, seg, bs);
+    }
+    return true;
+  }
+  // A non-contiguous moment: one block row at a time through a reused buffer, folded by the device's add_.
+  at::Tensor scratch = at::empty({bs * F}, Y.options());
+  for (int64_t l0 = 0; l0 < L; l0 += fold) {
+    const int64_t nl = std::min(fold, L - l0);
+    for (int64_t i0 = 0; i0 < F; i0 += bs) {
+      const int64_t ni = std::min(bs, F - i0), nj = F - i0;
+      at::Tensor product = scratch.narrow(0, 0, ni * nj).view({ni, nj});
+      gram_block_cuda(product, Y, small, fm, l0, nl, i0, ni, nj, precision);
+      moment.narrow(0, i0, ni).narrow(1, i0, nj).add_(product);
+    }
+  }
+  return true;
+}
+
+const GramFoldRegistrar kCudaGram(c10::DeviceType::CUDA, &gram_fold_cuda);
+
+}  // namespace
+
+// stats_prepare on CUDA tensors (contract in the header comment): (Y, float64 sums [F], int64 0-d count).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_prepare_cuda(at::TensorList xs, at::IntArrayRef channel_dims,
                                                                    const at::Tensor& shift, bool feature_major) {
   TORCH_CHECK(shift.is_cuda(), "stats_prepare_cuda: expected CUDA tensors, got ", shift.device());
