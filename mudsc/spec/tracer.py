@@ -32,18 +32,15 @@ import torch.nn.functional as F
 from torch.fx.node import map_arg
 
 from .data import Group, Member, PermSpec, Tap
-from .spaces import Dim, SpaceError, Spaces, dim_size, none_dim
+from .factors import (Dim, Factor, Piece, ResolveProblem, TensorInfo, Unsupported, broadcast, dim_size, looks_like_factor,
+                      is_permutable, none_dim, normalize, pieces, refine, running_sums, space_dim, union_dims)
+from .spaces import SpaceError, Spaces
 
 
 class SpecTraceError(ValueError):
     """The tracer met a construct it cannot prove permutation-invariant (message names the fx node)."""
 
 
-class _Unsupported(Exception):
-    pass
-
-
-TensorInfo = Tuple[Dim, ...]
 
 _ELEMENTWISE_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.pow, operator.iadd,
@@ -113,7 +110,7 @@ class _SpecInterpreter(fx.Interpreter):
         ikwargs = map_arg(n.kwargs, lambda a: self.info[a])
         try:
             self.info[n] = self._handle(n, args, kwargs, iargs, ikwargs, result)
-        except (_Unsupported, SpaceError) as e:
+        except (Unsupported, SpaceError) as e:
             self.info[n] = self._unsupported(n, str(e), args, kwargs, iargs, ikwargs, result)
         return result
 
@@ -148,132 +145,17 @@ class _SpecInterpreter(fx.Interpreter):
                 self._fix_all(v)
         elif isinstance(info, (tuple, list)):
             for v in info:
-                if isinstance(v, tuple) and len(v) == 3 and isinstance(v[1], int) and isinstance(v[2], int) and (
-                        v[0] is None or isinstance(v[0], int)):
+                if looks_like_factor(v):
                     if v[0] is not None:
                         self.sp.fix(v[0])
                 else:
                     self._fix_all(v)
 
-    def _normalize(self, dim) -> Dim:
-        out: List[list] = []
-        for f in dim:
-            space, size, stride = f
-            if size == 1:
-                continue
-            if out:
-                ps, pn, pst = out[-1]
-                if ps is None and space is None:
-                    out[-1] = [None, pn * size, 1]
-                    continue
-                if ps is not None and space is not None and self.sp.find(ps) == self.sp.find(space) and \
-                        pst == stride * size:
-                    out[-1] = [ps, pn * size, stride]
-                    continue
-            out.append([space, size, stride])
-        return tuple(tuple(f) for f in out)
-
-    def _split_factor(self, f, high: int):
-        """Split factor ``f`` into digits of sizes ``(high, f.size // high)``."""
-        space, size, stride = f
-        low = size // high
-        if space is not None:
-            self.sp.add_stride(space, stride * low)
-        return (space, high, stride * low), (space, low, stride)
-
-    def _refine(self, factors: Sequence, sizes: Sequence[int]) -> List[Dim]:
-        """Regroup a row-major factor list into consecutive dims of the given sizes, splitting factors."""
-        queue = [f for f in factors if f[1] > 1]
-        out = []
-        for s in sizes:
-            need, dim = int(s), []
-            while need > 1:
-                if not queue:
-                    raise _Unsupported(f"a reshape to sizes {list(sizes)} does not match the input's layout")
-                f = queue.pop(0)
-                if need % f[1] == 0:
-                    dim.append(f)
-                    need //= f[1]
-                elif f[1] % need == 0:
-                    hi, lo = self._split_factor(f, need)
-                    dim.append(hi)
-                    queue.insert(0, lo)
-                    need = 1
-                else:
-                    raise _Unsupported(f"a reshape to sizes {list(sizes)} splits an axis of size {f[1]} unevenly")
-            out.append(self._normalize(dim))
-        if queue:
-            raise _Unsupported(f"a reshape to sizes {list(sizes)} leaves channels unaccounted for")
-        return out
-
-    def _union_factor(self, f, g) -> None:
-        (a, n, sa), (b, m, sb) = f, g
-        if n != m:
-            raise _Unsupported(f"axes of sizes {n} and {m} are identified")
-        if a is None and b is None:
-            return
-        if a is None or b is None:
-            self.sp.fix(a if a is not None else b)
-            return
-        ra, rb = self.sp.find(a), self.sp.find(b)
-        na, nb = self.sp.size[ra], self.sp.size[rb]
-        if sa == 1 and n == na and sb == 1 and m == nb:
-            self.sp.union(a, b)
-        elif ra == rb and sa == sb:
-            return
-        elif sa > 1 and sb > 1 and sa * n == na and sb * m == nb and sa == sb:
-            self.sp.add_stride(a, sa)
-            self.sp.add_stride(b, sb)
-            self.sp.tie(a, b)
-        elif sa == 1 and sb == 1 and n < na and n < nb and na == nb:
-            # within-block digits identified (a contraction over head_dim); heads are tied by the batch axes
-            self.sp.add_stride(a, n)
-            self.sp.add_stride(b, n)
-            self.sp.union(a, b)
-        else:
-            raise _Unsupported(
-                f"a block digit (size {n}, stride {sa}, of a {na}-channel space) is identified with another "
-                f"(size {m}, stride {sb}, of a {nb}-channel space); mixed block structures are not supported"
-            )
-
-    def _union_dims(self, d1: Dim, d2: Dim) -> Dim:
-        """Identify two axes of equal length; returns the (refined) first dim."""
-        if dim_size(d1) != dim_size(d2):
-            raise _Unsupported(f"axes of lengths {dim_size(d1)} and {dim_size(d2)} are identified")
-        s1, s2 = [f[1] for f in d1], [f[1] for f in d2]
-        if s1 != s2:
-            bounds = sorted(set(_prefix_products(s1)) | set(_prefix_products(s2)))
-            sizes = [b // a for a, b in zip([1] + bounds[:-1], bounds)]
-            if any(b % a for a, b in zip([1] + bounds[:-1], bounds)):
-                raise _Unsupported(f"axis factorizations {s1} and {s2} have no common refinement")
-            d1 = tuple(f for d in self._refine(d1, sizes) for f in d)
-            d2 = tuple(f for d in self._refine(d2, sizes) for f in d)
-        for f, g in zip(d1, d2):
-            self._union_factor(f, g)
-        return d1
-
-    def _broadcast(self, infos_values, out_shape) -> TensorInfo:
-        """Identify broadcast axes of several tensors (right-aligned) and return the result's dims."""
-        out = []
-        ndim = len(out_shape)
-        for j in range(ndim):
-            size = out_shape[j]
-            chosen = None
-            for info, value in infos_values:
-                k = j - (ndim - value.dim())
-                if k < 0 or value.shape[k] == 1:
-                    continue
-                if value.shape[k] != size:
-                    raise _Unsupported(f"operand shape {tuple(value.shape)} does not broadcast to {tuple(out_shape)}")
-                chosen = info[k] if chosen is None else self._union_dims(chosen, info[k])
-            out.append(chosen if chosen is not None else none_dim(size))
-        return tuple(out)
-
     # -- parameters ------------------------------------------------------------------------------------------
     def _register(self, name: str) -> List[Optional[Dim]]:
         if name not in self.param_dims:
             if name not in self.tensors:
-                raise _Unsupported(f"{name!r} is not a parameter or buffer of the model")
+                raise Unsupported(f"{name!r} is not a parameter or buffer of the model")
             self.param_dims[name] = [None] * self.tensors[name].dim()
             self.param_order.append(name)
         return self.param_dims[name]
@@ -282,7 +164,7 @@ class _SpecInterpreter(fx.Interpreter):
         dims = self._register(name)
         if dims[axis] is None:
             size = self.tensors[name].shape[axis]
-            dims[axis] = ((self.sp.new(size, self.node.name), size, 1),) if size > 1 else ()
+            dims[axis] = space_dim(self.sp.new(size, self.node.name), size)
         self.param_roles.setdefault((name, axis), role)
         return dims[axis]
 
@@ -291,11 +173,11 @@ class _SpecInterpreter(fx.Interpreter):
         self.param_roles.setdefault((name, axis), role)
         if dims[axis] is None:
             if dim_size(dim) != self.tensors[name].shape[axis]:
-                raise _Unsupported(f"{name} axis {axis} has length {self.tensors[name].shape[axis]}, "
+                raise Unsupported(f"{name} axis {axis} has length {self.tensors[name].shape[axis]}, "
                                    f"but the tensor it meets has {dim_size(dim)}")
             dims[axis] = dim
         else:
-            self._union_dims(dims[axis], dim)
+            union_dims(self.sp, dims[axis], dim)
         return dims[axis]
 
     def _param_info(self, name: str) -> TensorInfo:
@@ -337,7 +219,7 @@ class _SpecInterpreter(fx.Interpreter):
             return self._handle_function(n, target, args, kwargs, iargs, ikwargs, result)
         if n.op == "call_method":
             return self._handle_method(n, target, args, kwargs, iargs, ikwargs, result)
-        raise _Unsupported(f"op kind {n.op!r} is not handled")
+        raise Unsupported(f"op kind {n.op!r} is not handled")
 
     # -- functions -------------------------------------------------------------------------------------------
     def _handle_function(self, n, fn, args, kwargs, iargs, ikwargs, result):
@@ -367,9 +249,9 @@ class _SpecInterpreter(fx.Interpreter):
             iw, ib = _arg(iargs, ikwargs, 1, "weight"), _arg(iargs, ikwargs, 2, "bias")
             self._set_role(_arg(n.args, n.kwargs, 1, "weight"), 0, "output")
             self._set_role(_arg(n.args, n.kwargs, 1, "weight"), 1, "input")
-            self._union_dims(iw[1], iargs[0][-1])
+            union_dims(self.sp, iw[1], iargs[0][-1])
             if b is not None:
-                self._union_dims(ib[0], iw[0])
+                union_dims(self.sp, ib[0], iw[0])
             return iargs[0][:-1] + (iw[0],)
         if fn is F.layer_norm:
             return self._layer_norm_info(args[0], iargs[0], _arg(args, kwargs, 1, "normalized_shape"),
@@ -383,7 +265,7 @@ class _SpecInterpreter(fx.Interpreter):
             for k, key in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
                 p = _arg(iargs, ikwargs, k, key)
                 if p is not None:
-                    self._union_dims(p[0], x[1])
+                    union_dims(self.sp, p[0], x[1])
             return x
         if fn in _POOL_FUNCTIONS:
             return self._spatial(iargs[0], args[0], _POOL_FUNCTIONS[fn], result)
@@ -392,14 +274,14 @@ class _SpecInterpreter(fx.Interpreter):
         if fn in (torch.mean, torch.sum, torch.amax, torch.amin):
             return self._reduce(args[0], iargs[0], _arg(args, kwargs, 1, "dim"), kwargs.get("keepdim", False), result)
         if fn is F.conv2d or fn is F.conv1d:
-            raise _Unsupported("functional convolutions are not handled; use nn.Conv modules")
-        raise _Unsupported(f"no handler for function {getattr(fn, '__module__', '')}.{getattr(fn, '__name__', fn)}")
+            raise Unsupported("functional convolutions are not handled; use nn.Conv modules")
+        raise Unsupported(f"no handler for function {getattr(fn, '__module__', '')}.{getattr(fn, '__name__', fn)}")
 
     # -- methods ---------------------------------------------------------------------------------------------
     def _handle_method(self, n, name, args, kwargs, iargs, ikwargs, result):
         x, ix = args[0], iargs[0]
         if not _is_tensor(x):
-            raise _Unsupported(f"method {name!r} called on a non-tensor")
+            raise Unsupported(f"method {name!r} called on a non-tensor")
         if name in ("size", "dim", "numel", "__len__"):
             return None
         if name in _ELEMENTWISE_METHODS:
@@ -424,7 +306,7 @@ class _SpecInterpreter(fx.Interpreter):
             return self._split_results(ix, x, dim, sizes, keepdim=True)
         if name in _REDUCTIONS:
             return self._reduce(x, ix, _arg(args, kwargs, 1, "dim"), kwargs.get("keepdim", False), result)
-        raise _Unsupported(f"no handler for tensor method {name!r}")
+        raise Unsupported(f"no handler for tensor method {name!r}")
 
     # -- modules ---------------------------------------------------------------------------------------------
     def _handle_module(self, n, m, args, kwargs, iargs, ikwargs, result):
@@ -467,17 +349,17 @@ class _SpecInterpreter(fx.Interpreter):
         if isinstance(m, _ELEMENTWISE_MODULES):
             if _is_tensor(result) and result.shape == x.shape:
                 return ix
-            raise _Unsupported("an elementwise module changed its input's shape")
+            raise Unsupported("an elementwise module changed its input's shape")
         for k, types in _POOLS.items():
             if isinstance(m, types):
                 if getattr(m, "return_indices", False):
-                    raise _Unsupported("pooling with return_indices is not handled")
+                    raise Unsupported("pooling with return_indices is not handled")
                 return self._spatial(ix, x, k, result)
         if isinstance(m, (nn.Upsample,)):
             return self._spatial(ix, x, x.dim() - 2, result)
         if isinstance(m, (nn.Flatten, nn.Unflatten)):
             return self._reshape(ix, result)
-        raise _Unsupported(f"no handler for leaf module type {type(m).__name__}")
+        raise Unsupported(f"no handler for leaf module type {type(m).__name__}")
 
     def _conv(self, n, m, p, x, ix, result):
         k = len(m.kernel_size)
@@ -488,9 +370,9 @@ class _SpecInterpreter(fx.Interpreter):
             out = self._fresh(p + "weight", 0, "output")
         elif m.groups == m.in_channels:
             mult = m.out_channels // m.in_channels
-            out = channels if mult == 1 else self._normalize(channels + ((None, mult, 1),))
-            if mult > 1 and len([f for f in channels if f[0] is not None]) > 0 and len(channels) != 1:
-                raise _Unsupported("a depthwise convolution with a channel multiplier on a structured axis")
+            out = channels if mult == 1 else normalize(self.sp, channels + (Factor(None, mult, 1),))
+            if mult > 1 and is_permutable(channels) and len(channels) != 1:
+                raise Unsupported("a depthwise convolution with a channel multiplier on a structured axis")
             self._bind(p + "weight", 0, out, "output")
         else:
             warnings.warn(
@@ -513,13 +395,12 @@ class _SpecInterpreter(fx.Interpreter):
         else:
             for pd in params:
                 if pd is not None:
-                    self._union_dims(pd[0], c)
+                    union_dims(self.sp, pd[0], c)
         if 1 < groups < channels:
-            real = [f for f in c if f[0] is not None]
-            if len(c) == 1 and real and c[0][1] == channels:
-                self.sp.add_stride(c[0][0], channels // groups)
-            elif real:
-                raise _Unsupported("GroupNorm over a channel axis that is itself structured")
+            if len(c) == 1 and is_permutable(c) and c[0].size == channels:
+                self.sp.add_stride(c[0].space, channels // groups)
+            elif is_permutable(c):
+                raise Unsupported("GroupNorm over a channel axis that is itself structured")
         return ix
 
     def _layer_norm_info(self, x, ix, normalized_shape, params):
@@ -527,7 +408,7 @@ class _SpecInterpreter(fx.Interpreter):
         for pd in params:
             if pd is not None:
                 for j in range(k):
-                    self._union_dims(pd[j], ix[x.dim() - k + j])
+                    union_dims(self.sp, pd[j], ix[x.dim() - k + j])
         return ix
 
     # -- shape ops -------------------------------------------------------------------------------------------
@@ -535,12 +416,12 @@ class _SpecInterpreter(fx.Interpreter):
         pairs = [(i, a) for a, i in zip(list(args) + list(kwargs.values()), list(iargs) + list(ikwargs.values()))
                  if _is_tensor(a)]
         if not _is_tensor(result):
-            raise _Unsupported("an elementwise op did not return a tensor")
-        return self._broadcast(pairs, result.shape)
+            raise Unsupported("an elementwise op did not return a tensor")
+        return broadcast(self.sp, pairs, result.shape)
 
     def _reshape(self, ix, result):
         factors = [f for d in ix for f in d]
-        return tuple(self._refine(factors, list(result.shape)))
+        return tuple(refine(self.sp, factors, list(result.shape)))
 
     def _transpose(self, ix, ndim, a, b):
         a, b = a % ndim, b % ndim
@@ -566,7 +447,7 @@ class _SpecInterpreter(fx.Interpreter):
     def _spatial(self, ix, x, k, result):
         """Pools/upsampling: the last ``k`` axes are spatial; channel axes are kept."""
         if result.dim() != x.dim() or result.shape[: x.dim() - k] != x.shape[: x.dim() - k]:
-            raise _Unsupported("a spatial op changed non-spatial axes")
+            raise Unsupported("a spatial op changed non-spatial axes")
         return ix[: x.dim() - k] + tuple(none_dim(s) for s in result.shape[x.dim() - k:])
 
     def _reduce(self, x, ix, dim, keepdim, result):
@@ -590,38 +471,38 @@ class _SpecInterpreter(fx.Interpreter):
                 continue
             base = infos[0][j]
             for info in infos[1:]:
-                base = self._union_dims(base, info[j])
+                base = union_dims(self.sp, base, info[j])
         parts = [info[dim] for info in infos]
-        if all(f[0] is None for part in parts for f in part):
+        if not any(is_permutable(part) for part in parts):
             cat_dim = none_dim(result.shape[dim])
         else:
             total = result.shape[dim]
             space = self.sp.new(total, self.node.name)
             sizes = [t.shape[dim] for t in tensors]
-            cuts = list(_prefix_products_sum(sizes))[:-1]
+            cuts = list(running_sums(sizes))[:-1]
             children = self.sp.partition(space, cuts)
             nonempty = [pt for pt, s in zip(parts, sizes) if s > 0]
             for (lo, hi, child), part in zip(children, nonempty):
-                self._union_dims(((child, hi - lo, 1),) if hi - lo > 1 else (), part)
-            cat_dim = ((space, total, 1),)
+                union_dims(self.sp, space_dim(child, hi - lo), part)
+            cat_dim = (Factor(space, total, 1),)
         return tuple(cat_dim if j == dim else infos[0][j] for j in range(result.dim()))
 
     def _stack(self, tensors, infos, dim, result):
         dim = dim % result.dim()
         base = list(infos[0])
         for info in infos[1:]:
-            base = [self._union_dims(a, b) for a, b in zip(base, info)]
+            base = [union_dims(self.sp, a, b) for a, b in zip(base, info)]
         return tuple(base[:dim]) + (none_dim(len(tensors)),) + tuple(base[dim:])
 
     def _select(self, ix, x, d, lo, hi, keepdim):
         """Channels ``[lo, hi)`` of axis ``d``: a slice of a top digit partitions its space."""
         dim = ix[d]
         out = list(ix)
-        if all(f[0] is None for f in dim):
+        if not is_permutable(dim):
             new = none_dim(hi - lo) if keepdim else None
         elif lo == 0 and hi == x.shape[d]:
             new = dim if keepdim else None
-        elif len(dim) == 1 and self.sp.size[self.sp.find(dim[0][0])] == dim[0][1] * dim[0][2]:
+        elif len(dim) == 1 and self.sp.size[self.sp.find(dim[0].space)] == dim[0].size * dim[0].stride:
             space, size, stride = dim[0]
             root = self.sp.find(space)
             child = self.sp.child_covering(root, lo * stride, hi * stride)
@@ -630,17 +511,17 @@ class _SpecInterpreter(fx.Interpreter):
                     continue
                 new_other = []
                 for f in other:
-                    if f[0] is not None and self.sp.find(f[0]) == root:
-                        if f[2] >= stride:
-                            raise _Unsupported("a fused axis is selected while another axis holds its parts")
-                        f = (child, f[1], f[2])
+                    if f.space is not None and self.sp.find(f.space) == root:
+                        if f.stride >= stride:
+                            raise Unsupported("a fused axis is selected while another axis holds its parts")
+                        f = Factor(child, f.size, f.stride)
                     new_other.append(f)
                 out[j] = tuple(new_other)
-            new = ((child, hi - lo, stride),) if keepdim and hi - lo > 1 else (() if keepdim else None)
+            new = (Factor(child, hi - lo, stride),) if keepdim and hi - lo > 1 else (() if keepdim else None)
             if keepdim and hi - lo > 1 and stride > 1:
                 self.sp.add_stride(child, stride)
         else:
-            raise _Unsupported(f"indexing channels [{lo}, {hi}) of a structured axis of size {x.shape[d]}")
+            raise Unsupported(f"indexing channels [{lo}, {hi}) of a structured axis of size {x.shape[d]}")
         if new is None:
             del out[d]
         else:
@@ -663,7 +544,7 @@ class _SpecInterpreter(fx.Interpreter):
         if not isinstance(index, tuple):
             index = (index,)
         if any(_is_tensor(i) for i in index):
-            raise _Unsupported("advanced (tensor) indexing")
+            raise Unsupported("advanced (tensor) indexing")
         n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
         expanded = []
         for i in index:
@@ -687,55 +568,55 @@ class _SpecInterpreter(fx.Interpreter):
             elif isinstance(i, slice):
                 start, stop, step = i.indices(size)
                 if step != 1:
-                    if all(f[0] is None for f in info[d]):
+                    if not is_permutable(info[d]):
                         info[d] = none_dim(len(range(start, stop, step)))
                     else:
-                        raise _Unsupported("strided slicing of a channel axis")
+                        raise Unsupported("strided slicing of a channel axis")
                 else:
                     info = list(self._select(tuple(info), _Shape(info, x, d, size), d, start, stop, keepdim=True))
                 d += 1
             else:
-                raise _Unsupported(f"index {i!r}")
+                raise Unsupported(f"index {i!r}")
             src += 1
         return tuple(info)
 
     # -- matmul and attention --------------------------------------------------------------------------------
     def _matmul(self, n, a, b, ia, ib, result):
         if a.dim() < 2 or b.dim() < 2:
-            raise _Unsupported("matmul with a 1-D operand")
-        self._union_dims(ia[-1], ib[-2])
+            raise Unsupported("matmul with a 1-D operand")
+        union_dims(self.sp, ia[-1], ib[-2])
         self._set_role(n.args[1], -2, "input")
         self._set_role(n.args[1], -1, "output")
         self._set_role(n.args[0], -1, "input")
         # b first: the result's channels come from b (attn @ v must keep v's head digit)
-        batch = self._broadcast([(ib[:-2], b[..., 0, 0]), (ia[:-2], a[..., 0, 0])], result.shape[:-2])
+        batch = broadcast(self.sp, [(ib[:-2], b[..., 0, 0]), (ia[:-2], a[..., 0, 0])], result.shape[:-2])
         return batch + (ia[-2], ib[-1])
 
     def _sdpa(self, args, kwargs, iargs, ikwargs, result):
         q, k, v = args[0], args[1], args[2]
         iq, ik, iv = iargs[0], iargs[1], iargs[2]
-        self._union_dims(iq[-1], ik[-1])
-        self._union_dims(ik[-2], iv[-2])
+        union_dims(self.sp, iq[-1], ik[-1])
+        union_dims(self.sp, ik[-2], iv[-2])
         # v first: the result's head digit must be v's (tied to q's through this broadcast)
         pairs = [(iv[:-2], v[..., 0, 0]), (iq[:-2], q[..., 0, 0]), (ik[:-2], k[..., 0, 0])]
         mask = _arg(args, kwargs, 3, "attn_mask")
         if _is_tensor(mask):
             imask = _arg(iargs, ikwargs, 3, "attn_mask")
             pairs.append((imask[:-2], mask[..., 0, 0]))
-        batch = self._broadcast(pairs, result.shape[:-2])
+        batch = broadcast(self.sp, pairs, result.shape[:-2])
         return batch + (iq[-2], iv[-1])
 
     def _multihead_attention(self, n, m, p, args, kwargs, iargs, ikwargs, result):
         if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
-            raise _Unsupported("MultiheadAttention with separate q/k/v projections, bias_k or add_zero_attn")
+            raise Unsupported("MultiheadAttention with separate q/k/v projections, bias_k or add_zero_attn")
         query, key, value = (_arg(args, kwargs, i, k) for i, k in enumerate(("query", "key", "value")))
         iq, ik, iv = (_arg(iargs, ikwargs, i, k) for i, k in enumerate(("query", "key", "value")))
         e, h = m.embed_dim, m.num_heads
         self._bind(p + "in_proj_weight", 1, iq[-1], "input")
-        self._union_dims(iq[-1], ik[-1])
-        self._union_dims(iq[-1], iv[-1])
+        union_dims(self.sp, iq[-1], ik[-1])
+        union_dims(self.sp, iq[-1], iv[-1])
         rows = self._fresh(p + "in_proj_weight", 0, "output")
-        row_space = rows[0][0]
+        row_space = rows[0].space
         children = self.sp.partition(row_space, [e, 2 * e])
         (_, _, cq), (_, _, ck), (_, _, cv) = children
         self.sp.union(cq, ck)
@@ -745,7 +626,7 @@ class _SpecInterpreter(fx.Interpreter):
             self.sp.tie(cq, cv)
         if m.in_proj_bias is not None:
             self._bind(p + "in_proj_bias", 0, rows, "output")
-        self._bind(p + "out_proj.weight", 1, ((cv, e, 1),), "input")
+        self._bind(p + "out_proj.weight", 1, (Factor(cv, e, 1),), "input")
         out = self._fresh(p + "out_proj.weight", 0, "output")
         if m.out_proj.bias is not None:
             self._bind(p + "out_proj.bias", 0, out, "output")
@@ -773,59 +654,14 @@ def _arg(args, kwargs, position, key):
     return args[position] if len(args) > position else None
 
 
-def _prefix_products(sizes):
-    out, p = [], 1
-    for s in sizes:
-        p *= s
-        out.append(p)
-    return out
-
-
-def _prefix_products_sum(sizes):
-    total = 0
-    for s in sizes:
-        total += s
-        yield total
-
-
 # -- resolution: spaces -> PermSpec --------------------------------------------------------------------------
-class _ResolveProblem(Exception):
-    def __init__(self, message, spaces):
-        super().__init__(message)
-        self.spaces = spaces
-
-
-def _resolve_dim(interp: _SpecInterpreter, dim: Dim):
-    """``[(leaf root, axis offset, outer, span, inner, size)]`` for the permutable channels of one axis."""
-    sp = interp.sp
-    dim = interp._normalize(dim)
-    real = [(j, f) for j, f in enumerate(dim) if f[0] is not None]
-    if not real:
-        return []
-    if len(real) > 1:
-        raise _ResolveProblem("holds channels of several spaces in one axis (a product of permutable factors)",
-                              [f[0] for _, f in real])
-    j, (space, n, stride) = real[0]
-    root = sp.find(space)
-    if stride != 1 or n != sp.size[root]:
-        raise _ResolveProblem("holds only the block (head) digit or the within-block digit of a space", [space])
-    outer = math.prod(f[1] for f in dim[:j])
-    inner = math.prod(f[1] for f in dim[j + 1:])
-    pieces = []
-    for lo, hi, leaf in sp.leaves(root):
-        if sp.fixed[sp.find(leaf)] or hi - lo <= 1:
-            continue
-        pieces.append((sp.find(leaf), lo * inner, outer, n * inner, inner, hi - lo, lo, hi, n))
-    return pieces
-
-
 def _build_spec(interp: _SpecInterpreter, strict: bool) -> PermSpec:
     sp = interp.sp
     for _ in range(100):
         sp.propagate()
         try:
             return _build_spec_once(interp)
-        except _ResolveProblem as problem:
+        except ResolveProblem as problem:
             if strict:
                 origins = sorted({sp.origin[s] for s in problem.spaces})
                 raise SpecTraceError(f"{problem} (channels created at fx node(s) {origins}); pass strict=False to "
@@ -840,20 +676,20 @@ def _build_spec_once(interp: _SpecInterpreter) -> PermSpec:
     sp = interp.sp
     for space, stride in sorted(sp.misaligned):
         if not sp.fixed[sp.find(space)]:
-            raise _ResolveProblem(f"a fused part of {sp.size[sp.find(space)]} channels straddles blocks of {stride} "
-                                  "channels (e.g. GroupNorm groups across a concatenation)", [space])
+            raise ResolveProblem(f"a fused part of {sp.size[sp.find(space)]} channels straddles blocks of {stride} "
+                                 "channels (e.g. GroupNorm groups across a concatenation)", [space])
     found: Dict[int, dict] = {}
     for name in interp.param_order:
         for axis, dim in enumerate(interp.param_dims[name]):
             if dim is None:
                 continue
             try:
-                pieces = _resolve_dim(interp, dim)
-            except _ResolveProblem as e:
-                raise _ResolveProblem(f"{name} axis {axis} {e}", e.spaces) from None
+                found_pieces = pieces(interp.sp, dim)
+            except ResolveProblem as e:
+                raise ResolveProblem(f"{name} axis {axis} {e}", e.spaces) from None
             role = interp.param_roles.get((name, axis), "output")
             similarity = not name.endswith(_SIMILARITY_EXCLUDED_SUFFIXES)
-            for leaf, offset, outer, span, inner, size, lo, hi, n in pieces:
+            for leaf, offset, outer, span, inner, size, lo, hi, n in found_pieces:
                 entry = found.setdefault(leaf, {"members": [], "name": None, "size": size})
                 member = Member(name, axis, role, offset, outer, span if outer > 1 else 0, inner, similarity)
                 if member not in entry["members"]:
@@ -865,10 +701,10 @@ def _build_spec_once(interp: _SpecInterpreter) -> PermSpec:
     for leaf, entry in found.items():
         strides = sorted(st for st in sp.strides[leaf] if st < entry["size"])
         if len(strides) > 1:
-            raise _ResolveProblem(f"group of {entry['size']} channels has nested block structures {strides}",
+            raise ResolveProblem(f"group of {entry['size']} channels has nested block structures {strides}",
                                   [leaf])
         if strides and entry["size"] % strides[0]:
-            raise _ResolveProblem(f"group of {entry['size']} channels does not split into blocks of {strides[0]}",
+            raise ResolveProblem(f"group of {entry['size']} channels does not split into blocks of {strides[0]}",
                                   [leaf])
         entry["num_blocks"] = entry["size"] // strides[0] if strides else 1
     # ties between block digits
@@ -886,11 +722,11 @@ def _build_spec_once(interp: _SpecInterpreter) -> PermSpec:
             continue
         fixed_a, fixed_b = ra not in found, rb not in found
         if fixed_a != fixed_b:  # one side is unpermuted: its partner's blocks must stay in place too
-            raise _ResolveProblem("a head-tied partner is unpermuted", [ra if fixed_b else rb])
+            raise ResolveProblem("a head-tied partner is unpermuted", [ra if fixed_b else rb])
         if fixed_a:
             continue
         if found[ra]["num_blocks"] != found[rb]["num_blocks"]:
-            raise _ResolveProblem(
+            raise ResolveProblem(
                 f"tied groups have {found[ra]['num_blocks']} and {found[rb]['num_blocks']} blocks", [ra, rb])
         tie_parent[tie_find(ra)] = tie_find(rb)
     # order, names, taps
@@ -935,10 +771,10 @@ def _collect_taps(interp: _SpecInterpreter, found: Dict[int, dict]) -> Dict[int,
             if not isinstance(dim, tuple):
                 continue
             try:
-                pieces = _resolve_dim(interp, dim)
-            except _ResolveProblem:
+                found_pieces = pieces(interp.sp, dim)
+            except ResolveProblem:
                 continue
-            for leaf, offset, outer, span, inner, size, lo, hi, n in pieces:
+            for leaf, offset, outer, span, inner, size, lo, hi, n in found_pieces:
                 if leaf not in found or outer != 1 or inner != 1:
                     continue
                 tap = Tap(module, kind, -1 if j == len(info) - 1 else j, None if (lo, hi) == (0, n) else (lo, hi))
