@@ -6,7 +6,7 @@ Data model. :class:`TraceState` holds the :class:`~mudsc.spec.spaces.Spaces` sto
 produced units, "input" for consumed ones) and the order in which tensors were first met (``param_order``: group
 and member order follow it). Tap candidates are :class:`ModuleTap` entries (a leaf module's first tensor input
 and its output, with their tensor infos) and :class:`SpecialTap` entries (taps a handler builds itself, such as
-the q/k/v projections inside ``nn.MultiheadAttention``).
+the q/k/v projections inside ``nn.MultiheadAttention``). :class:`SpecTraceError` is the public error of a trace.
 
 A handler sees one fx node as a :class:`Call`: the node, its real arguments and result, and the same arguments
 with every fx node replaced by its tensor info (``iargs``/``ikwargs``).
@@ -23,6 +23,10 @@ import torch.nn as nn
 from .data import Tap
 from .factors import Dim, TensorInfo, Unsupported, dim_size, looks_like_factor, none_dim, space_dim, union_dims
 from .spaces import Spaces
+
+
+class SpecTraceError(ValueError):
+    """The tracer met a construct it cannot prove permutation-invariant (message names the fx node)."""
 
 
 class ModuleTap(NamedTuple):

@@ -1,14 +1,20 @@
 """``trace(model, example_inputs)``: discover a model's permutation spec with torch.fx.
 
 Method. The model is symbolically traced (``torch.fx``) and the graph is run once on ``example_inputs`` by an
-interpreter that, next to every real value, carries a description of each tensor axis (a *dim*, see
-``spaces.py``): which channel index space it holds, possibly split into blocks (heads) or fused slices. Handlers
+interpreter that, next to every real value, carries a description of each tensor axis (a *dim* of factors, see
+``factors.py``): which channel index space it holds, possibly split into blocks (heads) or fused slices. Handlers
 per op state the constraints (a ``Linear`` identifies its weight's column space with the input's last axis and
 creates a new space for its rows; ``add`` identifies the axes of its operands; a reshape splits or joins factors
 using the concrete shapes; ``unbind`` of a fused ``qkv`` partitions its row space; ``q @ kᵀ`` identifies the
 head-dim spaces of q and k and ties their head digits...). Model inputs and outputs fix whatever they touch.
 At the end every non-fixed leaf space becomes a :class:`~mudsc.spec.data.Group`; parameters/buffers whose axes
 hold that space become its members.
+
+Layout. This module is the interpreter loop: per fx node it builds a :class:`~mudsc.spec.state.Call` (real
+arguments and result, and the same arguments as tensor infos) and hands it to
+:func:`~mudsc.spec.handlers.handle_node`, which dispatches through the op registries of ``handlers/`` and records
+constraints in a :class:`~mudsc.spec.state.TraceState` (over the union-find of ``spaces.py``). ``resolve.py``
+turns the finished state into a :class:`~mudsc.spec.data.PermSpec`, choosing taps with ``taps.py``.
 
 Unsupported constructs (an op without a handler, a reshape that mixes channels, grouped convolutions with
 ``1 < groups < channels`` that would need within-group structure) raise :class:`SpecTraceError` naming the fx
@@ -21,25 +27,21 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch.fx.node import map_arg
 
-from .data import Group, Member, PermSpec, Tap
-from .factors import ResolveProblem, Unsupported, pieces
+from .data import PermSpec
+from .factors import Unsupported
 from .handlers import handle_node
+from .resolve import build_spec
 from .spaces import SpaceError
-from .state import Call, TraceState, is_tensor
+from .state import Call, SpecTraceError, TraceState, is_tensor
 
-
-class SpecTraceError(ValueError):
-    """The tracer met a construct it cannot prove permutation-invariant (message names the fx node)."""
-
-
-_SIMILARITY_EXCLUDED_SUFFIXES = ("running_mean", "running_var")
+__all__ = ["SpecTraceError", "trace"]
 
 
 class _SpecInterpreter(fx.Interpreter):
@@ -73,7 +75,7 @@ class _SpecInterpreter(fx.Interpreter):
         shapes = [tuple(a.shape) for a in list(c.args) + list(c.kwargs.values()) if is_tensor(a)]
         target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
         if n.op == "call_module":
-            target = f"{n.target} ({type(self.module.get_submodule(n.target)).__name__})"
+            target = f"{n.target} ({type(c.module).__name__})"
         return f"fx node {n.name!r} ({n.op} {target}) with tensor input shapes {shapes}"
 
     def _unsupported(self, c: Call, reason: str):
@@ -86,182 +88,6 @@ class _SpecInterpreter(fx.Interpreter):
         for info in (c.iargs, c.ikwargs):
             self.state.fix_all(info)
         return self.state.none_info(c.result)
-
-
-# -- resolution: spaces -> PermSpec --------------------------------------------------------------------------
-def _build_spec(state: TraceState, strict: bool) -> PermSpec:
-    sp = state.sp
-    for _ in range(100):
-        sp.propagate()
-        try:
-            return _build_spec_once(state)
-        except ResolveProblem as problem:
-            if strict:
-                origins = sorted({sp.origin[s] for s in problem.spaces})
-                raise SpecTraceError(f"{problem} (channels created at fx node(s) {origins}); pass strict=False to "
-                                     "leave them unpermuted") from None
-            warnings.warn(f"{problem}; those channels are left unpermuted", stacklevel=3)
-            for s in problem.spaces:
-                sp.fix(s)
-    raise SpecTraceError("could not settle the spec after fixing 100 unsupported spaces")
-
-
-def _build_spec_once(state: TraceState) -> PermSpec:
-    sp = state.sp
-    for space, stride in sorted(sp.misaligned):
-        if not sp.fixed[sp.find(space)]:
-            raise ResolveProblem(f"a fused part of {sp.size[sp.find(space)]} channels straddles blocks of {stride} "
-                                 "channels (e.g. GroupNorm groups across a concatenation)", [space])
-    found: Dict[int, dict] = {}
-    for name in state.param_order:
-        for axis, dim in enumerate(state.param_dims[name]):
-            if dim is None:
-                continue
-            try:
-                found_pieces = pieces(state.sp, dim)
-            except ResolveProblem as e:
-                raise ResolveProblem(f"{name} axis {axis} {e}", e.spaces) from None
-            role = state.param_roles.get((name, axis), "output")
-            similarity = not name.endswith(_SIMILARITY_EXCLUDED_SUFFIXES)
-            for leaf, offset, outer, span, inner, size, lo, hi, n in found_pieces:
-                entry = found.setdefault(leaf, {"members": [], "name": None, "size": size})
-                member = Member(name, axis, role, offset, outer, span if outer > 1 else 0, inner, similarity)
-                if member not in entry["members"]:
-                    entry["members"].append(member)
-                if entry["name"] is None and role == "output":
-                    base = name.rsplit(".", 1)[0] if "." in name else name
-                    entry["name"] = base if (lo, hi) == (0, n) else f"{base}[{lo}:{hi}]"
-    # block structure
-    for leaf, entry in found.items():
-        strides = sorted(st for st in sp.strides[leaf] if st < entry["size"])
-        if len(strides) > 1:
-            raise ResolveProblem(f"group of {entry['size']} channels has nested block structures {strides}",
-                                  [leaf])
-        if strides and entry["size"] % strides[0]:
-            raise ResolveProblem(f"group of {entry['size']} channels does not split into blocks of {strides[0]}",
-                                  [leaf])
-        entry["num_blocks"] = entry["size"] // strides[0] if strides else 1
-    # ties between block digits
-    tie_parent = {leaf: leaf for leaf in found}
-
-    def tie_find(a):
-        while tie_parent[a] != a:
-            tie_parent[a] = tie_parent[tie_parent[a]]
-            a = tie_parent[a]
-        return a
-
-    for a, b in sp.ties:
-        ra, rb = sp.find(a), sp.find(b)
-        if ra == rb:
-            continue
-        fixed_a, fixed_b = ra not in found, rb not in found
-        if fixed_a != fixed_b:  # one side is unpermuted: its partner's blocks must stay in place too
-            raise ResolveProblem("a head-tied partner is unpermuted", [ra if fixed_b else rb])
-        if fixed_a:
-            continue
-        if found[ra]["num_blocks"] != found[rb]["num_blocks"]:
-            raise ResolveProblem(
-                f"tied groups have {found[ra]['num_blocks']} and {found[rb]['num_blocks']} blocks", [ra, rb])
-        tie_parent[tie_find(ra)] = tie_find(rb)
-    # order, names, taps
-    order = list(found)
-    names: Dict[int, str] = {}
-    used = set()
-    for leaf in order:
-        entry = found[leaf]
-        base = entry["name"] or entry["members"][0].name.rsplit(".", 1)[0]
-        name, k = base, 2
-        while name in used:
-            name, k = f"{base}#{k}", k + 1
-        used.add(name)
-        names[leaf] = name
-    tie_members: Dict[int, List[int]] = {}
-    for leaf in order:
-        tie_members.setdefault(tie_find(leaf), []).append(leaf)
-    taps = _collect_taps(state, found)
-    groups = []
-    for leaf in order:
-        entry = found[leaf]
-        cls = tie_members[tie_find(leaf)]
-        tie = names[cls[0]] if len(cls) > 1 and entry["num_blocks"] > 1 else None
-        groups.append(Group(names[leaf], entry["size"], entry["members"], entry["num_blocks"], tie, taps[leaf]))
-    return PermSpec(groups)
-
-
-def _collect_taps(state: TraceState, found: Dict[int, dict]) -> Dict[int, List[Tap]]:
-    """Consumer inputs first; else the output of the last module producing the channels; else special taps."""
-    consumers: Dict[int, List[Tap]] = {leaf: [] for leaf in found}
-    producers: Dict[int, List[Tuple[int, Tap]]] = {leaf: [] for leaf in found}
-    input_modules = {leaf: {m.name for m in e["members"] if m.role == "input"} for leaf, e in found.items()}
-    # A tensor read by several modules (a downsampling block's conv1 and shortcut both read the residual
-    # stream) is tapped once: a second tap would count the same samples twice in the group's statistics.
-    # Not when an in-place op may change the tensor between the reads (fx keeps the node name).
-    mutated = _mutated_in_place(state.gm)
-    seen_inputs: Dict[int, set] = {leaf: set() for leaf in found}
-    for index, (module, kind, info, source) in enumerate(state.module_taps):
-        if not isinstance(info, tuple):
-            continue
-        for j, dim in enumerate(info):
-            if not isinstance(dim, tuple):
-                continue
-            try:
-                found_pieces = pieces(state.sp, dim)
-            except ResolveProblem:
-                continue
-            for leaf, offset, outer, span, inner, size, lo, hi, n in found_pieces:
-                if leaf not in found or outer != 1 or inner != 1:
-                    continue
-                tap = Tap(module, kind, -1 if j == len(info) - 1 else j, None if (lo, hi) == (0, n) else (lo, hi))
-                prefix = module + "."
-                if kind == "input" and any(name.startswith(prefix) for name in input_modules[leaf]):
-                    key = (source, tap.channel_dim, tap.channel_slice)
-                    if tap not in consumers[leaf] and key not in seen_inputs[leaf]:
-                        if source not in mutated:
-                            seen_inputs[leaf].add(key)
-                        consumers[leaf].append(tap)
-                elif kind == "output":
-                    producers[leaf].append((index, tap))
-    special: Dict[int, List[Tap]] = {}
-    for space, tap in state.special_taps:
-        special.setdefault(state.sp.find(space), []).append(tap)
-    out = {}
-    for leaf in found:
-        if consumers[leaf]:
-            out[leaf] = consumers[leaf]
-        elif producers[leaf]:
-            last = producers[leaf][-1][1].module
-            out[leaf] = _unique([t for _, t in producers[leaf] if t.module == last])
-        else:
-            out[leaf] = _unique(special.get(leaf, []))
-    return out
-
-
-def _mutated_in_place(gm: fx.GraphModule) -> set:
-    """Names of the fx nodes whose tensor some node may modify in place (``relu_``, ``x.add_(...)``,
-    ``inplace=True``, a module with ``inplace=True``): their readers may see different values."""
-    out = set()
-    for node in gm.graph.nodes:
-        if node.op not in ("call_function", "call_method", "call_module") or not node.args:
-            continue
-        target = node.target
-        if node.op == "call_module":
-            inplace = bool(getattr(gm.get_submodule(target), "inplace", False))
-        else:
-            name = target if isinstance(target, str) else getattr(target, "__name__", "")
-            inplace = bool(node.kwargs.get("inplace", False)) or (
-                name.endswith("_") and not name.endswith("__")) or name in ("__iadd__", "__imul__", "__isub__",
-                                                                             "__itruediv__", "setitem")
-        if inplace and isinstance(node.args[0], fx.Node):
-            out.add(node.args[0].name)
-    return out
-
-
-def _unique(taps: List[Tap]) -> List[Tap]:
-    out = []
-    for t in taps:
-        if t not in out:
-            out.append(t)
-    return out
 
 
 def trace(
@@ -311,7 +137,7 @@ def trace(
     finally:
         for m, flag in flags.items():
             m.training = flag
-    spec = _build_spec(interp.state, strict)
+    spec = build_spec(interp.state, strict)
     if check:
         from .check import check_spec
 
