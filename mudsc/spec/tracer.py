@@ -34,6 +34,7 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.fx.node import map_arg
 
+from .check import check_spec
 from .data import PermSpec
 from .factors import Unsupported
 from .handlers import handle_node
@@ -139,8 +140,6 @@ def trace(
             m.training = flag
     spec = build_spec(interp.state, strict)
     if check:
-        from .check import check_spec
-
         check_spec(model, spec, example_inputs, rtol=rtol)
     if not share_heads:
         spec = PermSpec([dataclasses.replace(g, block_tie=None) for g in spec.groups])
