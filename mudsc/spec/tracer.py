@@ -91,6 +91,30 @@ class _SpecInterpreter(fx.Interpreter):
         return self.state.none_info(c.result)
 
 
+def _to_graph(model: nn.Module, tracer: Optional[fx.Tracer]) -> fx.GraphModule:
+    """``model`` traced symbolically (with ``tracer`` if given); torch.fx failures become :class:`SpecTraceError`."""
+    try:
+        if tracer is None:
+            return fx.symbolic_trace(model)
+        return fx.GraphModule(model, tracer.trace(model))
+    except Exception as e:  # torch.fx raises many types (TraceError, TypeError, NotImplementedError...)
+        raise SpecTraceError(f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}") from e
+
+
+def _interpret(model: nn.Module, gm: fx.GraphModule, example_inputs: tuple, strict: bool) -> TraceState:
+    """Run ``gm`` once on the inputs in eval mode without grad (``model``'s train flags restored after)."""
+    flags = {m: m.training for m in model.modules()}
+    try:
+        gm.eval()
+        interp = _SpecInterpreter(gm, strict)
+        with torch.no_grad():
+            interp.run(*example_inputs)
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    return interp.state
+
+
 def trace(
     model: nn.Module,
     example_inputs,
@@ -122,23 +146,8 @@ def trace(
     if is_tensor(example_inputs):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    try:
-        if tracer is None:
-            gm = fx.symbolic_trace(model)
-        else:
-            gm = fx.GraphModule(model, tracer.trace(model))
-    except Exception as e:  # torch.fx raises many types (TraceError, TypeError, NotImplementedError...)
-        raise SpecTraceError(f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}") from e
-    flags = {m: m.training for m in model.modules()}
-    try:
-        gm.eval()
-        interp = _SpecInterpreter(gm, strict)
-        with torch.no_grad():
-            interp.run(*example_inputs)
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-    spec = build_spec(interp.state, strict)
+    state = _interpret(model, _to_graph(model, tracer), example_inputs, strict)
+    spec = build_spec(state, strict)
     if check:
         check_spec(model, spec, example_inputs, rtol=rtol)
     if not share_heads:
