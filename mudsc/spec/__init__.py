@@ -1,7 +1,9 @@
 """Model graphs: permutation specs (data model), the torch.fx tracer, the invariance check, and transforms.
 
 - :class:`PermSpec` / :class:`Group` / :class:`Member` / :class:`Tap`: the spec data model (``data.py``).
-- :func:`trace`: discover a spec with torch.fx (``tracer.py``).
+- :func:`trace`: discover a spec with torch.fx (``tracer.py``: the interpreter loop; ``state.py``: what it records;
+  ``factors.py``: how an axis is described in channel spaces; ``handlers/``: the per-op rules and their registries;
+  ``spaces.py``: the union-find; ``resolve.py``: spaces to groups; ``taps.py``: where to observe each group).
 - :func:`check_spec`: verify a spec by random permutations (``check.py``).
 - :func:`permute_model`, :func:`apply_maps`: permute one model / merge N models by per-group maps
   (``transform.py``).

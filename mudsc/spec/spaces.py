@@ -1,25 +1,23 @@
 """Union-find over channel index spaces, with partitions (slices) and block splits, used by the tracer.
 
-A *space* is an index set of ``size`` channels. Every tensor axis the tracer sees is described by a *dim*: a
-row-major tuple of *factors* ``(space or None, size, stride)``; the axis index is the mixed-radix number of its
-factors' digits. ``(s, n, 1)`` with ``n == size(s)`` is the whole space; ``(s, a, st)`` with ``a·st == size(s)``,
-``st > 1`` is its *block digit* (e.g. the head index), ``(s, st, 1)`` its *within-block digit*. ``None`` marks
-positions that are not permutable (batch, spatial, tokens, or anything touching the model's inputs/outputs).
+A *space* is an index set of ``size`` channels; ids are ints. How tensor axes are described in spaces (factors
+and dims) is ``factors.py``; this module only stores the constraints between spaces:
 
-Operations:
 - ``union(a, b)``: the two spaces must use one permutation;
 - ``fix(a)``: the space must keep the identity (it touches a model input/output, or an unknown op);
 - ``add_stride(a, st)``: the space is split into blocks of ``st`` channels (only block-respecting permutations);
 - ``tie(a, b)``: the block digits of a and b are one index (shared head permutation);
 - ``partition(a, cuts)``: the space is a concatenation of independent child spaces (fused qkv, ``torch.cat``).
+
+Layout. Parallel lists indexed by space id: ``parent`` (the union-find forest), and at each root ``size``,
+``fixed``, ``strides`` (block sizes), ``children`` (``[(start, stop, child)]`` once partitioned) and ``origin``
+(the fx node that created the space, for messages); ``ties`` lists tied pairs, ``misaligned`` the children that
+straddle a block boundary of their parent (filled by ``propagate``).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Set, Tuple
-
-Factor = Tuple[Optional[int], int, int]
-Dim = Tuple[Factor, ...]
+from typing import List, Optional, Set, Tuple
 
 
 class SpaceError(Exception):
@@ -170,15 +168,3 @@ def _cuts(children) -> Set[int]:
         return set()
     return {lo for lo, _, _ in children[1:]}
 
-
-def dim_size(dim: Dim) -> int:
-    """The axis length a dim describes."""
-    n = 1
-    for _, size, _ in dim:
-        n *= size
-    return n
-
-
-def none_dim(size: int) -> Dim:
-    """A non-permutable axis of ``size`` (empty for size 1)."""
-    return ((None, int(size), 1),) if size > 1 else ()
