@@ -19,28 +19,33 @@ def _describe(exc: ImportError, name: str) -> str:
     return f"mudsc.{name} failed to load: {exc}"
 
 
-core = None
-CORE_ERROR: str | None = None
-try:
-    from . import _core as core  # type: ignore[attr-defined,no-redef]
-except ImportError as exc:  # not built, or built for another Python / ABI
-    CORE_ERROR = _describe(exc, "_core")
+def _load_core():
+    """``(mudsc._core, None)``, or ``(None, why it did not load)``."""
+    try:
+        from . import _core
+    except ImportError as exc:  # not built, or built for another Python / ABI
+        return None, _describe(exc, "_core")
+    return _core, None
 
+
+def _load_ops():
+    """``(True, None)`` once ``mudsc._C`` registered the ``mudsc::`` ops (and ``mudsc._ops`` their fake kernels),
+    or ``(False, why not)``."""
+    try:
+        import torch  # noqa: F401  (the ops library links against torch)
+
+        from . import _C  # noqa: F401  (importing registers the mudsc:: ops)
+
+        # The ops' fake kernels (torch.compile / FakeTensor); only once the ops exist to take them.
+        from . import _ops  # noqa: F401
+    except ImportError as exc:
+        return False, _describe(exc, "_C")
+    return True, None
+
+
+core, CORE_ERROR = _load_core()
 HAS_CORE = core is not None
-
-C_ERROR: str | None = None
-HAS_C = False
-try:
-    import torch  # noqa: F401  (the ops library links against torch)
-
-    from . import _C  # noqa: F401  (importing registers the mudsc:: ops)
-
-    # The ops' fake kernels (torch.compile / FakeTensor); only once the ops exist to take them.
-    from . import _ops  # noqa: F401
-
-    HAS_C = True
-except ImportError as exc:
-    C_ERROR = _describe(exc, "_C")
+HAS_C, C_ERROR = _load_ops()
 
 
 def build_info() -> dict:
