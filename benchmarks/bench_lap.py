@@ -83,7 +83,9 @@ if str(ROOT) not in sys.path:  # run as ``python benchmarks/bench_lap.py`` from 
     sys.path.insert(0, str(ROOT))
 
 import mudsc  # noqa: E402
-from mudsc.problems import EASY_NOISE, HARD_NOISE, HARD_OWN, HARD_SIGNAL, LATENT_K, correlation_problem  # noqa: E402
+from mudsc.demo.problems import (  # noqa: E402
+    EASY_NOISE, HARD_NOISE, HARD_OWN, HARD_SIGNAL, LATENT_K, correlation_problem,
+)
 
 CACHE_DIR = ROOT / "benchmarks" / ".cache"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "lap.json"
@@ -367,7 +369,7 @@ def _rng(family: str, n: int, index: int = 0) -> np.random.Generator:
 
 
 def make_correlation(flavour: str, n: int, index: int = 0, samples: Optional[int] = None) -> np.ndarray:
-    """One ``n x n`` float64 correlation matrix of ``flavour`` (:func:`mudsc.problems.correlation_problem`)."""
+    """One ``n x n`` float64 correlation matrix of ``flavour`` (:func:`mudsc.demo.problems.correlation_problem`)."""
     return correlation_problem(n, flavour, seed=[SEEDS[flavour], n, index], dtype=np.float64, samples=samples)
 
 

@@ -3,7 +3,7 @@
 What is measured, single-threaded, side by side in one run:
 
 - ``zip``: ``mudsc.zip_match`` native (C++) vs reference (the original's Θ(O³) torch loop) on the merge similarity
-  of two synthetic models (``mudsc.problems.merge_similarity``), O = 512, 1024, 2048; then native alone up to
+  of two synthetic models (``mudsc.demo.problems.merge_similarity``), O = 512, 1024, 2048; then native alone up to
   O = 10240 (ViT-H MLP size). Correctness first: where the reference runs, labels must be identical. Peak extra
   memory of the native zip is measured in a fresh subprocess (growth of the peak resident size, VmHWM, reset
   right before the call) and reported against one O² float32 matrix.
@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 import mudsc  # noqa: E402
-from mudsc.problems import merge_similarity  # noqa: E402
+from mudsc.demo.problems import merge_similarity  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mudsc import demo, mnist
+from mudsc import demo
+from mudsc.demo import mnist
 
 
 def test_digits_shape_and_normalisation():
