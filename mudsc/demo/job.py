@@ -14,6 +14,8 @@
    model; the ordering MuDSC >= ZipIt >= Re-Basin >= averaging (reported, not forced); a table per
    architecture, a bar chart (PNG) and the numbers (JSON next to it).
 
+Exit status of :func:`run_demo`: 1 when a native plan differs from its reference twin, else 0. The quick run
+only reports such a difference unless asked to fail on it (:func:`identical_plans_required`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .merges import merge_or_load, read_json
 from .report import print_arch_table, save_chart, save_numbers
 from .solver_table import run_solver_table
 
-__all__ = ["DemoData", "prepare_data", "run_demo", "train_endpoints"]
+__all__ = ["DemoData", "identical_plans_required", "prepare_data", "run_demo", "train_endpoints"]
 
 Log = Callable[[str], None]
 SEEDS = ((0, 1), (1, 2))  # (task, seed) of model A and model B
@@ -126,9 +128,6 @@ def merge_rows(endpoints, names: Sequence[str], loader, spec, x_test, data: Demo
             row["reference_timing"] = ref_timing
             row["same_plan_as_reference"] = not differ
             row["groups_differing_from_reference"] = differ
-            # A differing plan is reported (groups named), not an error: units that are dead on the data
-            # (zero variance: all their correlations are 0) tie exactly, and the reference's float32 moments
-            # perturb near-dead ones, so the two backends may break those ties differently.
         rows[method] = row
     if any(reused):
         log(f"  merges: {sum(reused)} of {len(reused)} from the cache: plans loaded and applied to the endpoints "
@@ -154,10 +153,30 @@ def run_arch(arch: ArchConfig, data: DemoData, methods: Sequence[str], recompute
     return {"arch": arch.name, "rows": rows, "ordering_holds": holds, "ordering": text}
 
 
+def plans_differing_from_reference(results: List[dict]) -> List[str]:
+    """``"<arch> <method>"`` for every merge whose native plan differs from its reference twin."""
+    return [f"{r['arch']} {method}" for r in results for method, row in r["rows"].items()
+            if row.get("same_plan_as_reference") is False]
+
+
+def identical_plans_required(quick: bool, require: Optional[bool] = None) -> bool:
+    """Whether a native plan that differs from its reference twin fails the run: ``require`` when given, else
+    only in the full demo.
+
+    The quick run's endpoints are trained for one epoch on 100 images each and stay near chance; many of their
+    units are dead (zero variance on the merge data), their similarities tie, and the reference's float32
+    statistics can break such ties differently from the native ones. So by default the quick run reports a
+    difference without failing.
+    """
+    return (not quick) if require is None else bool(require)
+
+
 def run_demo(quick: bool = False, solvers: bool = False, cache_dir: Optional[os.PathLike] = None,
              out: Optional[os.PathLike] = None, resnet_width: int = 4, methods: Optional[Sequence[str]] = None,
-             archs: Optional[Sequence[ArchConfig]] = None, log: Log = print, recompute: bool = False) -> int:
-    """Run the demo; returns a process exit code (non-zero when a native and a reference plan differ).
+             archs: Optional[Sequence[ArchConfig]] = None, log: Log = print, recompute: bool = False,
+             require_identical_plans: Optional[bool] = None) -> int:
+    """Run the demo; returns a process exit code: 1 when a native plan differs from its reference twin (and
+    :func:`identical_plans_required` says that fails the run), else 0.
 
     Args:
         quick: tiny smoke run (one small architecture, few images, one epoch; its accuracies mean nothing).
@@ -166,7 +185,7 @@ def run_demo(quick: bool = False, solvers: bool = False, cache_dir: Optional[os.
         resnet_width: ResNet-20 width multiplier of the full run. methods: subset of ``mudsc.METHODS``.
         archs: architectures to run (default :func:`default_archs` / :func:`quick_archs`).
         log: where the report lines go. recompute: run every merge even where its plan is cached.
-    Returns 0, or 1 when a native plan differs from its reference twin.
+        require_identical_plans: fail on a plan differing from its reference twin (default: full demo only).
     """
     if solvers:
         return run_solver_table(quick=quick)
@@ -189,4 +208,17 @@ def run_demo(quick: bool = False, solvers: bool = False, cache_dir: Optional[os.
                for r in results]
     log("ordering MuDSC >= ZipIt >= Re-Basin >= avg: " + "; ".join(summary))
     log(f"total {time.perf_counter() - t_all:.0f}s (accuracies in %, times in seconds, {threads} threads)")
+    return _exit_status(results, identical_plans_required(quick, require_identical_plans), log)
+
+
+def _exit_status(results: List[dict], required: bool, log: Log) -> int:
+    """1 when a plan differs from its reference twin and ``required``; a difference is logged either way."""
+    differ = plans_differing_from_reference(results)
+    if not differ:
+        return 0
+    if required:
+        log(f"FAILED: native plan differs from its reference twin: {', '.join(differ)}")
+        return 1
+    log(f"note: native plan differs from its reference twin: {', '.join(differ)} (not a failure in the quick "
+        "run, whose near-chance endpoints have near-tied units; --require-identical-plans makes it one)")
     return 0
