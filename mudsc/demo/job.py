@@ -42,7 +42,7 @@ from .solver_table import run_solver_table
 __all__ = ["DemoData", "identical_plans_required", "prepare_data", "run_demo", "train_endpoints"]
 
 Log = Callable[[str], None]
-SEEDS = ((0, 1), (1, 2))  # (task, seed) of model A and model B
+TASK_SEEDS = ((0, 1), (1, 2))  # (task, seed) of model A and model B
 
 
 @dataclass
@@ -83,13 +83,13 @@ def train_endpoints(arch: ArchConfig, data: DemoData, log: Log) -> tuple:
     """``(endpoints, checkpoint names, all cached)`` of model A and model B; logs how each was obtained."""
     images = data.images(arch.image_size)
     endpoints, notes = [], []
-    for task, seed in SEEDS:
+    for task, seed in TASK_SEEDS:
         idx = data.task_idx[task]
         model, secs, cached = load_or_train(arch, images[idx], data.labels[idx], seed, task, data.cache, log)
         endpoints.append(model)
         notes.append("cached" if cached else f"trained {secs:.0f}s")
     log(f"  endpoints: model A ({notes[0]}), model B ({notes[1]})")
-    names = [checkpoint_key(arch, seed, task, len(data.task_idx[task])) for task, seed in SEEDS]
+    names = [checkpoint_key(arch, seed, task, len(data.task_idx[task])) for task, seed in TASK_SEEDS]
     return endpoints, names, all(n == "cached" for n in notes)
 
 
