@@ -62,12 +62,12 @@ for _var in THREAD_ENV_VARS:  # before numpy (and its BLAS) is imported
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import gc  # noqa: E402
+import hashlib  # noqa: E402
 import importlib  # noqa: E402
 import importlib.metadata  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
@@ -77,17 +77,18 @@ from typing import Any, Callable, Optional  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 import scipy.optimize  # noqa: E402
+import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as ``python benchmarks/bench_lap.py`` from a source checkout
-    sys.path.insert(0, str(ROOT))
+from common import RESULTS, ROOT, atomic_path, device_name, time_calls, usable_cpus, write_json  # noqa: E402
 
 import mudsc  # noqa: E402
-from mudsc.problems import EASY_NOISE, HARD_NOISE, HARD_OWN, HARD_SIGNAL, LATENT_K, correlation_problem  # noqa: E402
+from mudsc.demo.problems import (  # noqa: E402
+    EASY_NOISE, HARD_NOISE, HARD_OWN, HARD_SIGNAL, LATENT_K, correlation_problem,
+)
 
 CACHE_DIR = ROOT / "benchmarks" / ".cache"
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "lap.json"
-DEFAULT_OUT_QUICK = ROOT / "benchmarks" / "results" / "lap_quick.json"
+DEFAULT_OUT = RESULTS / "lap.json"
+DEFAULT_OUT_QUICK = RESULTS / "lap_quick.json"
 
 FAMILIES = ("uniform", "easy", "hard", "hard-sym", "batch", "warm")
 SIZES_FULL = {
@@ -367,7 +368,7 @@ def _rng(family: str, n: int, index: int = 0) -> np.random.Generator:
 
 
 def make_correlation(flavour: str, n: int, index: int = 0, samples: Optional[int] = None) -> np.ndarray:
-    """One ``n x n`` float64 correlation matrix of ``flavour`` (:func:`mudsc.problems.correlation_problem`)."""
+    """One ``n x n`` float64 correlation matrix of ``flavour`` (:func:`mudsc.demo.problems.correlation_problem`)."""
     return correlation_problem(n, flavour, seed=[SEEDS[flavour], n, index], dtype=np.float64, samples=samples)
 
 
@@ -391,9 +392,8 @@ def cached_correlation(flavour: str, n: int, use_cache: bool = True) -> np.ndarr
     log(f"  generated {flavour} n={n} in {time.perf_counter() - t0:.1f} s")
     if use_cache:
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npy")
-        np.save(tmp, c)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no ".npy" to it
+            np.save(f, c)
     return c
 
 
@@ -487,23 +487,6 @@ def repeat_count(first_s: float, cfg: Config) -> int:
     return int(min(MAX_REPEATS, max(MIN_REPEATS, cfg.budget_s / max(first_s, 1e-7))))
 
 
-def time_calls(fn: Callable[[], Any], repeats: int) -> list:
-    """``repeats`` wall-clock timings (``time.perf_counter``) of ``fn()``, with the GC paused."""
-    times = []
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    finally:
-        if was_enabled:
-            gc.enable()
-    return times
-
-
 def check_and_time(
     solvers: list,
     run: Callable[[Solver], Callable[[], Any]],
@@ -570,7 +553,7 @@ def check_and_time(
             rec.times_s, rec.single_run = [rec.check_s], True
         else:
             try:
-                rec.times_s = time_calls(calls[s.name], reps)
+                rec.times_s = time_calls(calls[s.name], reps, pause_gc=True)[0]
             except Exception as exc:  # noqa: BLE001
                 rec.status, rec.note = "error", short_error(exc)
                 continue
@@ -1018,18 +1001,6 @@ def acceptance(entries: list, solvers: list, threads_all: int) -> list:
     return out
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (falls back to ``platform.processor()``)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _loadavg() -> Optional[list]:
     """1/5/15-minute load averages (other processes on the machine disturb the timings), ``None`` if unknown."""
     try:
@@ -1038,19 +1009,8 @@ def _loadavg() -> Optional[list]:
         return None
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def build_provenance() -> dict:
     """Which mudsc build ran: module path, native core file (mtime, sha256 prefix), git HEAD and dirty sources."""
-    import hashlib
-    import subprocess
-
     info: dict = {"mudsc_file": getattr(mudsc, "__file__", None)}
     core = getattr(mudsc, "_core", None) or sys.modules.get("mudsc._core")
     core_file = getattr(core, "__file__", None)
@@ -1076,19 +1036,13 @@ def build_provenance() -> dict:
 
 def metadata(solvers: list, cfg: Config, args: argparse.Namespace) -> dict:
     """Device, thread and version information for the header and the JSON file."""
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except Exception:  # noqa: BLE001
-        torch_version = _dist_version("torch")
     peers = {}
     for s in solvers:
         if s.kind == "peer":
             peers.setdefault(s.package, s.version or "missing")
     notes = {s.name: s.note for s in solvers if s.note}
     return {
-        "cpu": cpu_model(),
+        "cpu": device_name(),
         "usable_cpus": usable_cpus(),
         "timed_threads": 1,
         "batch_all_threads": cfg.threads_all,
@@ -1097,7 +1051,7 @@ def metadata(solvers: list, cfg: Config, args: argparse.Namespace) -> dict:
         "platform": platform.platform(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
-        "torch": torch_version,
+        "torch": torch.__version__,
         "mudsc": mudsc.__version__,
         "mudsc_simd": getattr(getattr(mudsc, "_core", None), "simd", None),
         "build": build_provenance(),
@@ -1235,11 +1189,9 @@ def main(argv: Optional[list] = None) -> int:
     print(f"\ntotal runtime {total:.0f} s; load average at the end {_loadavg()}")
 
     out = args.out or (DEFAULT_OUT_QUICK if args.quick else DEFAULT_OUT)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta["runtime_s"] = total
     meta["loadavg_end"] = _loadavg()
-    with open(out, "w") as f:
-        json.dump(to_json({"metadata": meta, "cases": entries, "acceptance": accept}), f, indent=1)
+    write_json(out, to_json({"metadata": meta, "cases": entries, "acceptance": accept}), indent=1)
     print(f"results written to {out}")
     # Timings never fail a run (these machines are noisy); a wrong or failing mudsc answer does.
     bad = [

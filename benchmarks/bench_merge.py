@@ -28,21 +28,17 @@ total reference / native >= 3x; printed as met / not met, never asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import RESULTS, ROOT, device_name, write_json
 
-import mudsc  # noqa: E402
+import mudsc
+from mudsc.demo import differing_groups
 
 STAGES = ("forward", "stats", "similarity", "solve", "apply")
 
@@ -71,6 +67,7 @@ def make_case(name: str, quick: bool):
 
 
 def run_merge(models, loader, spec, method: str, backend: str, max_sweeps: int):
+    """``(MergeResult, seconds per stage + "wall")`` of one merge without the BatchNorm reset."""
     t0 = time.perf_counter()
     res = mudsc.merge(models, loader, method=method, spec=spec, backend=backend, progress=False,
                       reset_bn_stats=False, max_sweeps=max_sweeps)
@@ -80,27 +77,18 @@ def run_merge(models, loader, spec, method: str, backend: str, max_sweeps: int):
     return res, timing
 
 
-def plan_differences(a, b) -> list:
-    """Names of groups whose labels differ between two plans (plus groups present in only one)."""
-    diff = sorted(set(a.maps) ^ set(b.maps))
-    for k in sorted(set(a.maps) & set(b.maps)):
-        if not np.array_equal(np.asarray(a.maps[k].labels), np.asarray(b.maps[k].labels)):
-            diff.append(k)
-    return diff
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
     parser.add_argument("--cases", nargs="*", default=["resnet20x8", "vit-s"])
     parser.add_argument("--method", default="mudsc-zip", choices=list(mudsc.METHODS))
     parser.add_argument("--max-sweeps", type=int, default=None, help="descent cap (default 100; --quick: 3)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "merge.json"))
+    parser.add_argument("--out", default=str(RESULTS / "merge.json"))
     args = parser.parse_args(argv)
     sweeps = args.max_sweeps if args.max_sweeps is not None else (3 if args.quick else 100)
 
     threads = torch.get_num_threads()
-    cpu = platform.processor() or platform.machine()
+    cpu = device_name()
     print(f"bench_merge: mudsc {mudsc.__version__}, method {args.method} (max {sweeps} sweeps), N = 2, "
           f"CPU {cpu}, torch threads {threads}, "
           f"native core {'loaded' if mudsc.build_info().get('core') else 'NOT loaded'}")
@@ -110,7 +98,7 @@ def main(argv=None) -> int:
         print(f"\n== {case}: {desc}, {len(spec.groups)} groups", flush=True)
         ref, t_ref = run_merge(models, loader, spec, args.method, "reference", sweeps)
         nat_check, _ = run_merge(models, loader, spec, args.method, "native", sweeps)
-        diff = plan_differences(nat_check.plan, ref.plan)
+        diff = differing_groups(nat_check.plan, ref.plan)
         if diff:
             ok = False
             print(f"  PLANS DIFFER (native vs reference) in {len(diff)} group(s): {', '.join(diff[:10])}")
@@ -137,11 +125,8 @@ def main(argv=None) -> int:
             print(f"acceptance (merge without forward >= 10x: {entry['ratio_without_forward']:.1f}x; end to end "
                   f">= 3x: {entry['ratio_total']:.1f}x): {'met' if met else 'NOT met'}")
         results.append(entry)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"cpu": cpu, "threads": threads, "quick": args.quick, "method": args.method, "max_sweeps": sweeps,
-                   "torch": torch.__version__, "results": results}, f, indent=1)
+    out = write_json(Path(args.out), {"cpu": cpu, "threads": threads, "quick": args.quick, "method": args.method,
+                                      "max_sweeps": sweeps, "torch": torch.__version__, "results": results}, indent=1)
     print(f"\nwrote {os.path.relpath(out, ROOT) if str(out).startswith(str(ROOT)) else out}")
     return 0 if ok else 1
 

@@ -21,22 +21,15 @@ Writes ``benchmarks/results/stats.json`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import RESULTS, device_name, interleaved_medians, write_json
 
-import torch  # noqa: E402
-
-import mudsc  # noqa: E402
-from mudsc.reference.stats import CorrelationAccumulator as ReferenceCorrelationAccumulator  # noqa: E402
+import mudsc
+from mudsc.reference.stats import CorrelationAccumulator as ReferenceCorrelationAccumulator
 
 FLOOR_VS_MM_CPU = 0.7  # native update throughput / bare mm throughput
 FLOOR_VS_REFERENCE_CPU = 1.5  # at F = 2·768, L = 32·197
@@ -51,37 +44,10 @@ SHAPES = [
 ]
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def sync(device: torch.device) -> None:
+    """Wait for ``device``'s queued work (CUDA), so a timer around a call measures the call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def interleaved_medians(fns: dict, repeats: int, device: torch.device) -> dict:
-    """Median seconds of each callable; one warm-up each, then the callables alternate so drift hits all."""
-    for fn in fns.values():
-        fn()
-    sync(device)
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
@@ -165,7 +131,7 @@ def run(quick: bool, device: torch.device, repeats: int, profile: bool = False) 
         }
         if device.type == "cuda":
             fns.update(cuda_variants(f, xs, cdim, y, device))
-        t = interleaved_medians(fns, repeats, device)
+        t = interleaved_medians(fns, repeats, sync=lambda: sync(device))
         if profile and device.type == "cuda" and f <= 1536:
             profile_update(native, xs, cdim, f"{name}, default accumulator ({native.precision}, "
                                              f"block {native.block_size})")
@@ -238,10 +204,9 @@ def main(argv=None) -> int:
     ]
     for text, ok, value in checks:
         print(f"{'PASS' if ok else 'FAIL'}: {text} ({value})")
-    out = args.out or ROOT / "benchmarks" / "results" / ("stats_quick.json" if args.quick else "stats.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"header": header, "accuracy": acc, "rows": rows,
-                               "checks": [{"check": t, "pass": ok, "value": v} for t, ok, v in checks]}, indent=2))
+    out = args.out or RESULTS / ("stats_quick.json" if args.quick else "stats.json")
+    write_json(out, {"header": header, "accuracy": acc, "rows": rows,
+                     "checks": [{"check": t, "pass": ok, "value": v} for t, ok, v in checks]}, indent=2)
     print(f"wrote {out}")
     # A wrong answer fails the run; timings never do (noisy machines).
     return 0 if checks[0][1] else 1

@@ -3,7 +3,7 @@
 What is measured, single-threaded, side by side in one run:
 
 - ``zip``: ``mudsc.zip_match`` native (C++) vs reference (the original's Θ(O³) torch loop) on the merge similarity
-  of two synthetic models (``mudsc.problems.merge_similarity``), O = 512, 1024, 2048; then native alone up to
+  of two synthetic models (``mudsc.demo.problems.merge_similarity``), O = 512, 1024, 2048; then native alone up to
   O = 10240 (ViT-H MLP size). Correctness first: where the reference runs, labels must be identical. Peak extra
   memory of the native zip is measured in a fresh subprocess (growth of the peak resident size, VmHWM, reset
   right before the call) and reported against one O² float32 matrix.
@@ -23,24 +23,18 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 import torch  # noqa: E402
 
+from common import ROOT, RESULTS, device_name, median_time, write_json  # noqa: E402
+
 import mudsc  # noqa: E402
-from mudsc.problems import merge_similarity  # noqa: E402
+from mudsc.demo.problems import merge_similarity  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -67,27 +61,6 @@ _core.zip_match(s, 2, 0.5, 0.5, 1.0)
 elapsed = time.perf_counter() - t0
 print(max(0, status('VmHWM') - before), elapsed)
 """
-
-
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo (or platform)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def median_time(fn, repeats: int) -> tuple[float, object]:
-    """Median wall time of ``repeats`` calls and the last result."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), out
 
 
 def peak_extra_memory(s: np.ndarray) -> tuple[float, float]:
@@ -209,7 +182,7 @@ def main(argv=None) -> int:
         sizes_ref = [512, 1024, 2048]
         sizes_native = [o for o in (512, 1024, 2048, 4096, 6144, 8192, 10240) if o <= args.max_o]
         shapes = [(12, 64), (16, 64)]
-    header = (f"device: {cpu_name()} | threads: 1 (torch, BLAS and native) | numpy {np.__version__} | "
+    header = (f"device: {device_name()} | threads: 1 (torch, BLAS and native) | numpy {np.__version__} | "
               f"torch {torch.__version__} | mudsc {mudsc.__version__}")
     print("# Matching benchmark\n\n" + header + "\n", flush=True)
     zip_rows = run_zip(sizes_ref, sizes_native)
@@ -243,10 +216,9 @@ def main(argv=None) -> int:
     print("\n## Acceptance\n")
     for status, name, detail in accept:
         print(f"- {status:4s} {name}: {detail}")
-    out = args.out or ROOT / "benchmarks" / "results" / ("zip_quick.json" if args.quick else "zip.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"header": header, "zip": zip_rows, "group": group_rows, "group_zip": group_zip_rows,
-                               "acceptance": [dict(zip(("status", "name", "detail"), a)) for a in accept]}, indent=1))
+    out = args.out or RESULTS / ("zip_quick.json" if args.quick else "zip.json")
+    write_json(out, {"header": header, "zip": zip_rows, "group": group_rows, "group_zip": group_zip_rows,
+                     "acceptance": [dict(zip(("status", "name", "detail"), a)) for a in accept]}, indent=1)
     print(f"\nresults written to {out}")
     wrong = [r for r in zip_rows + group_rows + group_zip_rows if r.get("identical") is False]
     return 1 if wrong else 0

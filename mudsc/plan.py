@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -163,24 +162,16 @@ class MergePlan:
         """Write the plan to one ``.safetensors`` file (layout in the module docstring); atomic."""
         from safetensors.torch import save_file
 
+        from ._io import atomic_path
+
         path = os.fspath(path)
         if os.path.isdir(path):
             raise ValueError(f"{path!r} is a directory; MergePlan.save writes one .safetensors file")
         tensors = {f"labels/{k}": torch.as_tensor(np.asarray(v.labels), dtype=torch.int64).contiguous()
                    for k, v in self.maps.items()}
         meta = json.dumps(self._metadata())
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".mudsc-plan-", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata={"mudsc_plan": meta})
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the plan gets the usual permissions
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MergePlan":

@@ -24,7 +24,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import mudsc  # noqa: E402
-from mudsc import demo, mnist  # noqa: E402
+from mudsc import demo  # noqa: E402
+from mudsc.demo import mnist  # noqa: E402
 
 
 def main(argv=None) -> int:

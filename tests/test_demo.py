@@ -1,14 +1,18 @@
-"""The demo: MNIST-5k split, the quick end-to-end run (table, chart, JSON), and the checkpoint cache."""
+"""The demo: MNIST-5k split, the quick end-to-end run (table, chart, JSON), the checkpoint cache, and the exit
+status when a native plan differs from its reference twin."""
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from mudsc import demo, mnist
+from mudsc import demo
+from mudsc.cli import main
+from mudsc.demo import mnist
 
 
 def test_digits_shape_and_normalisation():
@@ -99,17 +103,94 @@ def test_quick_demo_end_to_end_and_cache_hit(tmp_path):
     assert json.loads(png.with_suffix(".json").read_text())["results"][0]["rows"]["model A"] == rows["model A"]
 
 
+def _fake_plan(groups):
+    """A stand-in for a MergePlan: only what the demo compares (``maps[group].labels``)."""
+    return SimpleNamespace(maps={k: SimpleNamespace(labels=np.asarray(v)) for k, v in groups.items()})
+
+
+def test_differing_groups_names_changed_and_missing_groups():
+    a = _fake_plan({"g1": [0, 1, 0, 1], "g2": [0, 0], "g3": [1, 0]})
+    assert demo.differing_groups(a, a) == []
+    b = _fake_plan({"g1": [0, 1, 0, 1], "g2": [0, 1], "g4": [1, 0]})
+    assert demo.differing_groups(a, b) == ["g2", "g3", "g4"]
+
+
+def test_exit_status_counts_only_plans_that_differ():
+    rows = {"model A": {}, "avg": {}, "mudsc-zip": {"same_plan_as_reference": True}}
+    assert demo.job.plans_differing_from_reference([{"arch": "a", "rows": rows}]) == []
+    rows["mudsc-zip"]["same_plan_as_reference"] = False
+    assert demo.job.plans_differing_from_reference([{"arch": "a", "rows": rows}]) == ["a mudsc-zip"]
+
+
+@pytest.fixture
+def forged_reference(monkeypatch):
+    """Replace the demo's reference mudsc-zip merge by the native plan, its first group's labels shifted when
+    ``forged_reference.differ`` (the native merge itself runs for real)."""
+    real = demo.job.merge_or_load
+    state = SimpleNamespace(differ=True, calls=[])
+
+    def merge_or_load(endpoints, loader, method, spec, backend, *args, **kwargs):
+        state.calls.append((method, backend))
+        if backend != "reference":
+            return real(endpoints, loader, method, spec, backend, *args, **kwargs)
+        _, plan, timing, sweeps, hit = real(endpoints, loader, method, spec, "native", *args, **kwargs)
+        groups = {k: np.asarray(v.labels) for k, v in plan.maps.items()}
+        first = sorted(groups)[0]
+        if state.differ:
+            groups[first] = groups[first] + 1
+        state.first = first
+        return None, _fake_plan(groups), timing, sweeps, hit
+
+    monkeypatch.setattr(demo.job, "merge_or_load", merge_or_load)
+    return state
+
+
+def test_identical_plans_are_required_in_the_full_demo_and_on_request():
+    assert demo.job.identical_plans_required(quick=False) is True
+    assert demo.job.identical_plans_required(quick=True) is False
+    assert demo.job.identical_plans_required(quick=True, require=True) is True
+    assert demo.job.identical_plans_required(quick=False, require=False) is False
+
+
+def test_demo_exit_status_is_1_when_a_native_plan_differs_from_its_reference(tmp_path, forged_reference):
+    lines = []
+    kwargs = dict(quick=True, cache_dir=tmp_path / "cache", out=tmp_path / "d.png", methods=("mudsc-zip",),
+                  log=lines.append)
+    assert demo.run_demo(**kwargs, require_identical_plans=True) == 1, "\n".join(lines)
+    assert ("mudsc-zip", "reference") in forged_reference.calls
+    text = "\n".join(lines)
+    assert "identical plans: NO" in text and f"groups that differ: {forged_reference.first}" in text, text
+    assert "FAILED: native plan differs from its reference twin: VGG-11/8 (BN) mudsc-zip" in text, text
+    row = json.loads((tmp_path / "d.json").read_text())["results"][0]["rows"]["mudsc-zip"]
+    assert row["same_plan_as_reference"] is False
+    assert row["groups_differing_from_reference"] == [forged_reference.first]
+
+    # The quick run's default: the difference is reported, not a failure (cached endpoints and native plan).
+    lines.clear()
+    assert demo.run_demo(**kwargs) == 0, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "identical plans: NO" in text and "note: native plan differs" in text and "FAILED" not in text, text
+
+    # The control: with an unaltered twin the strict run passes.
+    forged_reference.differ = False
+    lines.clear()
+    assert demo.run_demo(**kwargs, require_identical_plans=True) == 0, "\n".join(lines)
+    text = "\n".join(lines)
+    assert "identical plans: yes" in text and "differs" not in text, text
+
+
 @pytest.mark.slow
 def test_cli_quick_demo_all_methods(tmp_path, capsys):
-    """Every method, plus mudsc-zip on the reference backend with its plan compared (2-3 minutes on 2 cores)."""
-    from mudsc.cli import main
-
-    assert main(["demo", "--quick", "--cache-dir", str(tmp_path), "--out", str(tmp_path / "d.png")]) == 0
+    """Every method, plus mudsc-zip on the reference backend with its plan compared; with
+    --require-identical-plans the exit status says whether the two plans are identical."""
+    code = main(["demo", "--quick", "--require-identical-plans", "--cache-dir", str(tmp_path),
+                 "--out", str(tmp_path / "d.png")])
     assert (tmp_path / "d.png").exists()
     text = capsys.readouterr().out
     assert "matching (similarity + solve)" in text and "identical plans:" in text
     rows = json.loads((tmp_path / "d.json").read_text())["results"][0]["rows"]
     assert set(rows) >= {"avg", "rebasin", "act-align", "zipit", "wzip", "mudsc-align", "mudsc-zip"}
+    assert code == (0 if rows["mudsc-zip"]["same_plan_as_reference"] else 1), text
 
 
 def test_digits_resized_for_the_resnets_keep_the_background():

@@ -13,8 +13,8 @@ Example::
   shaped for the architecture) or ``module:loader_factory`` (a callable returning a loader, called with no
   arguments).
 - ``--out``: the merged model's ``state_dict`` (``torch.save``); ``--plan``: the :class:`mudsc.MergePlan`
-  (one ``.safetensors`` file). Both are written to a temporary file and renamed at the very end, so nothing
-  appears at either path when any step fails.
+  (one ``.safetensors`` file). Both are written to temporary files and renamed at the very end
+  (:func:`mudsc._io.atomic_path`), so nothing appears at either path when any step fails.
 
 Exit codes: 0 success, 2 bad arguments or inputs (the message says which).
 """
@@ -22,11 +22,19 @@ Exit codes: 0 success, 2 bad arguments or inputs (the message says which).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
-import tempfile
+
+import torch
+
+from .. import METHODS, merge, models
+from .._io import atomic_path
+from ..demo.mnist import load_digits
+
+__all__ = ["BUILTIN_ARCHS", "BUILTIN_DATA", "CliError", "add_parser", "run"]
 
 BUILTIN_ARCHS = ("resnet20", "vgg11", "vit", "mlp")
 BUILTIN_DATA = ("mnist", "random")
@@ -36,10 +44,8 @@ class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
-def add_merge_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub) -> argparse.ArgumentParser:
     """Register the ``merge`` subcommand on an ``argparse`` subparsers object."""
-    from .methods import METHODS
-
     p = sub.add_parser("merge", help="merge checkpoints of one architecture into one model")
     p.add_argument("--arch", required=True, help=f"{'|'.join(BUILTIN_ARCHS)} or module:factory")
     p.add_argument("--arch-kwargs", default="{}", help="JSON object of factory keyword arguments")
@@ -65,6 +71,7 @@ def add_merge_parser(sub) -> argparse.ArgumentParser:
 
 
 def _import_object(text: str, what: str):
+    """The callable named ``module:attr`` (``attr`` may be dotted); ``CliError`` naming ``what`` otherwise."""
     module_name, sep, attr = text.partition(":")
     if not sep or not module_name or not attr:
         raise CliError(f"{what} {text!r} is neither a built-in name nor module:callable")
@@ -83,8 +90,7 @@ def _import_object(text: str, what: str):
 
 
 def _factory_and_kwargs(args):
-    from . import models
-
+    """``(model factory, its keyword arguments)`` from ``--arch`` / ``--arch-kwargs`` (and ``--data``)."""
     try:
         kwargs = json.loads(args.arch_kwargs)
     except json.JSONDecodeError as exc:
@@ -103,6 +109,7 @@ def _factory_and_kwargs(args):
 
 
 def _input_shape(args, kwargs):
+    """Shape of one input of a built-in architecture (without the batch dimension)."""
     if args.arch == "mlp":
         features = kwargs.get("in_features", 784)
         return (features,)
@@ -112,8 +119,7 @@ def _input_shape(args, kwargs):
 
 
 def _loader(args, kwargs):
-    import torch
-
+    """The merge data: a list of input batches (``random``, ``mnist``) or the user's loader."""
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be positive, got {args.batch_size}")
     if args.data == "random":
@@ -125,8 +131,6 @@ def _loader(args, kwargs):
         images = torch.randn(args.num_samples, *shape, generator=gen)
         return [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
     if args.data == "mnist":
-        from .mnist import load_digits
-
         images, _ = load_digits(32)
         if args.arch == "mlp":
             images = images.reshape(len(images), -1)
@@ -135,8 +139,7 @@ def _loader(args, kwargs):
 
 
 def _load_checkpoint(model, path: str):
-    import torch
-
+    """``model`` with the state_dict of ``path`` loaded strictly; ``CliError`` saying why it does not fit."""
     if not os.path.isfile(path):
         raise CliError(f"checkpoint {path!r} does not exist")
     try:
@@ -154,71 +157,55 @@ def _load_checkpoint(model, path: str):
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        raise CliError(f"checkpoint {path!r} does not fit --arch {args_arch(model)}: "
+        raise CliError(f"checkpoint {path!r} does not fit --arch {type(model).__name__}: "
                        f"{' '.join(line.strip() for line in first[:3])}") from exc
     return model
 
 
-def args_arch(model) -> str:
-    return type(model).__name__
-
-
-def _atomic_writer(path: str):
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
+def _check_output(path: str, flag: str) -> None:
+    """Fail before the merge, not after it, when ``path`` cannot be written."""
+    if os.path.isdir(path):
+        raise CliError(f"{flag} {path!r} is a directory; give a file path")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         raise CliError(f"the folder of {path!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".mudsc-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the output gets the usual permissions
-    return tmp
 
 
-def run_merge(args) -> int:
+def _merge_models(args):
+    """Build the models, load the checkpoints and merge them: the :class:`mudsc.MergeResult`."""
+    if len(args.checkpoints) < 2:
+        raise CliError(f"--checkpoints needs at least two files, got {len(args.checkpoints)}")
+    _check_output(args.out, "--out")
+    if args.plan:
+        _check_output(args.plan, "--plan")
+    factory, kwargs = _factory_and_kwargs(args)
+    loaded = []
+    for path in args.checkpoints:
+        try:
+            model = factory(**kwargs)
+        except TypeError as exc:
+            raise CliError(f"--arch {args.arch} rejects --arch-kwargs {kwargs}: {exc}") from exc
+        loaded.append(_load_checkpoint(model, path))
+    loader = _loader(args, kwargs)
+    return merge(loaded, loader, method=args.method, balance=args.balance, reduce=args.reduce, alpha=args.alpha,
+                 beta=args.beta, max_sweeps=args.max_sweeps, patience=args.patience, seed=args.seed,
+                 max_batches=args.max_batches, device=args.device, backend=args.backend,
+                 progress=not args.no_progress)
+
+
+def run(args) -> int:
     """Run ``mudsc merge`` with parsed ``args``; returns the exit code (2 with a message on bad input)."""
-    tmp_files = []
     try:
-        import torch
-
-        from .methods import merge
-
-        if len(args.checkpoints) < 2:
-            raise CliError(f"--checkpoints needs at least two files, got {len(args.checkpoints)}")
-        if os.path.isdir(args.out):
-            raise CliError(f"--out {args.out!r} is a directory; give a file path")
-        factory, kwargs = _factory_and_kwargs(args)
-        models = []
-        for path in args.checkpoints:
-            try:
-                model = factory(**kwargs)
-            except TypeError as exc:
-                raise CliError(f"--arch {args.arch} rejects --arch-kwargs {kwargs}: {exc}") from exc
-            models.append(_load_checkpoint(model, path))
-        loader = _loader(args, kwargs)
-        result = merge(models, loader, method=args.method, balance=args.balance, reduce=args.reduce,
-                       alpha=args.alpha, beta=args.beta, max_sweeps=args.max_sweeps, patience=args.patience,
-                       seed=args.seed, max_batches=args.max_batches, device=args.device, backend=args.backend,
-                       progress=not args.no_progress)
-        out_tmp = _atomic_writer(args.out)
-        tmp_files.append(out_tmp)
-        torch.save(result.model.state_dict(), out_tmp)
-        plan_tmp = None
-        if args.plan:
-            plan_tmp = _atomic_writer(args.plan)
-            tmp_files.append(plan_tmp)
-            result.plan.save(plan_tmp)
-        os.replace(out_tmp, args.out)
-        if plan_tmp:
-            os.replace(plan_tmp, args.plan)
-        t = result.report["timing"]
-        print(f"merged {len(models)} models with {args.method}: merge value {result.report['merge_value']:.4f}, "
-              f"{result.report['sweeps']} sweeps, {t['total']:.2f} s -> {args.out}")
-        return 0
+        result = _merge_models(args)
+        # The model is renamed into place last: after the plan (when asked for), so --out marks completion.
+        with atomic_path(args.out) as out_tmp:
+            with atomic_path(args.plan) if args.plan else contextlib.nullcontext() as plan_tmp:
+                torch.save(result.model.state_dict(), out_tmp)
+                if plan_tmp:
+                    result.plan.save(plan_tmp)
     except (CliError, ValueError, TypeError) as exc:
         print(f"mudsc merge: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        for tmp in tmp_files:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    t = result.report["timing"]
+    print(f"merged {len(args.checkpoints)} models with {args.method}: merge value "
+          f"{result.report['merge_value']:.4f}, {result.report['sweeps']} sweeps, {t['total']:.2f} s -> {args.out}")
+    return 0
