@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ._io import atomic_path
 from ._version import __version__
 from .maps import MatchResult
 from .spec import PermSpec, apply_maps
@@ -161,8 +162,6 @@ class MergePlan:
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan to one ``.safetensors`` file (layout in the module docstring); atomic."""
         from safetensors.torch import save_file
-
-        from ._io import atomic_path
 
         path = os.fspath(path)
         if os.path.isdir(path):
