@@ -31,7 +31,7 @@ from .norm import first_input
 from .spec import Group, PermSpec
 from .stats import CorrelationAccumulator
 
-__all__ = ["ActivationStats", "StatsCollector", "collect_stats"]
+__all__ = ["ActivationStats", "StatsCollector", "TapError", "collect_stats"]
 
 
 class ActivationStats:
@@ -95,6 +95,29 @@ def _resolve(root: nn.Module, name: str) -> torch.Tensor:
     return getattr(module, leaf).detach()
 
 
+class TapError(RuntimeError):
+    """A tap behaved differently across models or batches (fired more often, modified in place later)."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA or CPU allocator failure (``torch.OutOfMemoryError``, or the CPU allocator's RuntimeError)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def accumulator_note(spec: PermSpec, num_models: int) -> str:
+    """The float64 moments of every tapped group (``8·(N·size)²`` bytes each), totalled, with the largest."""
+    sizes = {g.name: 8 * (num_models * g.size) ** 2 for g in spec.groups if g.taps}
+    if not sizes:
+        return "no group is tapped"
+    largest = max(sizes, key=sizes.get)
+    return (f"the accumulators of {len(sizes)} groups hold {sum(sizes.values()) / 2**30:.2f} GiB of float64 moments "
+            f"(largest: group {largest!r}, {sizes[largest] / 2**30:.2f} GiB), besides the models and their "
+            "activations; use fewer or smaller batches, or a device with more memory")
+
+
 def _version(t: torch.Tensor) -> Optional[int]:
     try:
         return int(t._version)
@@ -117,14 +140,21 @@ class StatsCollector:
         self.models = list(models)
         self.spec = spec
         self.n = len(self.models)
-        self.accumulators = {g.name: CorrelationAccumulator(self.n * g.size, device=device, backend=backend)
-                             for g in spec.groups if g.taps}
+        try:
+            self.accumulators = {g.name: CorrelationAccumulator(self.n * g.size, device=device, backend=backend)
+                                 for g in spec.groups if g.taps}
+        except RuntimeError as exc:
+            if is_out_of_memory(exc):
+                raise MemoryError(f"out of memory allocating the statistics on {device}: "
+                                  f"{accumulator_note(spec, self.n)}") from exc
+            raise
         self.hook_time = 0.0
         self._pending: Dict[Tuple[str, int], List] = {}
         self._calls: Dict[Tuple[int, str, int], int] = {}
         self._must_copy: Dict[Tuple[int, str, int], bool] = {}
         self._handles: list = []
         self._flags: list = []
+        self._first_shape: tuple = ()
 
     def __enter__(self) -> "StatsCollector":
         self._flags = [{m: m.training for m in model.modules()} for model in self.models]
@@ -173,7 +203,7 @@ class StatsCollector:
         self._calls[(i, g.name, t_index)] = call + 1
         slots = self._pending.setdefault(key, [])
         if i > 0 and call >= len(slots):
-            raise RuntimeError(f"{where}: fired more often than in model 0")
+            raise TapError(f"{where}: fired more often than in model 0")
         if i < self.n - 1:
             kept = self._keep(x, (i, g.name, t_index))
             if i == 0:
@@ -201,15 +231,19 @@ class StatsCollector:
         if known is None:
             self._must_copy[key] = changed
         elif known is False and changed and data is source:
-            raise RuntimeError(
+            raise TapError(
                 f"{where}: this activation was modified in place after it was observed, although it was not on "
                 "the first batch (data-dependent in-place ops?); its statistics would be wrong, so the pass stops "
                 "here")
         return data
 
-    def run_batch(self, x: torch.Tensor, first: bool = False) -> float:
-        """Run every model on ``x`` under ``no_grad``; returns the seconds of the models' own forward passes
-        (hook time excluded). ``first``: an exception of model 0 names the batch as the loader's first."""
+    def run_batch(self, x: torch.Tensor, index: int = 0) -> float:
+        """Run every model on batch ``index`` ``x`` under ``no_grad``; returns the seconds of the models' own
+        forward passes (hook time excluded). A model that fails raises ValueError naming the batch, its shape (and
+        the first batch's), the model and the error; running out of memory raises :class:`MemoryError` with the
+        accumulators' size."""
+        if index == 0:
+            self._first_shape = tuple(x.shape)
         self._pending.clear()
         self._calls.clear()
         t0 = time.perf_counter()
@@ -218,12 +252,22 @@ class StatsCollector:
             for i, model in enumerate(self.models):
                 try:
                     model(x)
+                except TapError:
+                    raise  # the collector's own finding, already located
                 except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                    if first and i == 0:
+                    if is_out_of_memory(exc):
+                        raise MemoryError(f"out of memory in the statistics pass (model {i}, batch {index} of shape "
+                                          f"{tuple(x.shape)}): {self.memory_note()}") from exc
+                    if index == 0 and i == 0:
                         raise ValueError(f"model 0 cannot run on the loader's first batch of shape "
                                          f"{tuple(x.shape)}: {exc}") from exc
-                    raise
+                    raise ValueError(f"model {i} cannot run on batch {index} of shape {tuple(x.shape)} (the first "
+                                     f"batch had shape {self._first_shape}): {exc}") from exc
         return (time.perf_counter() - t0) - (self.hook_time - h0)
+
+    def memory_note(self) -> str:
+        """How much the accumulators hold, for an out-of-memory message."""
+        return accumulator_note(self.spec, self.n)
 
     def check_fired(self) -> None:
         """ValueError when a group's taps never fired (the spec does not match the models' forward)."""
@@ -289,7 +333,7 @@ def collect_stats(
         for batch in progress_bar(batches, progress, total=total, desc="mudsc stats", leave=False):
             if max_batches is not None and num_batches >= max_batches:
                 break
-            forward += collector.run_batch(first_input(batch).to(dev), first=num_batches == 0)
+            forward += collector.run_batch(first_input(batch).to(dev), index=num_batches)
             num_batches += 1
     if num_batches == 0:
         raise ValueError("the loader yielded no batches")

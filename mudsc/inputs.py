@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import itertools
 import numbers
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from .norm import first_input
 
-__all__ = ["check_models", "check_max_batches", "peek", "named_tensors"]
+__all__ = ["check_device", "check_finite_weights", "check_models", "check_max_batches", "peek", "named_tensors"]
 
 
 def check_models(models) -> List[nn.Module]:
@@ -42,7 +42,56 @@ def check_models(models) -> List[nn.Module]:
         extra = [k for k in shapes if k not in ref]
         if extra:
             raise ValueError(f"model {i} has parameter/buffer {extra[0]!r} that model 0 lacks")
+    _check_dtypes_and_devices(models)
     return models
+
+
+def _check_dtypes_and_devices(models: List[nn.Module]) -> None:
+    """Every model's tensor ``name`` has model 0's dtype, and every model lives on model 0's one device."""
+    ref = named_tensors(models[0])
+    ref_devices = sorted({str(t.device) for t in ref.values()})
+    for i, m in enumerate(models):
+        tensors = named_tensors(m)
+        devices = sorted({str(t.device) for t in tensors.values()})
+        if len(devices) > 1:
+            raise ValueError(f"model {i} spans several devices ({', '.join(devices)}); merging needs each model on "
+                             "one device")
+        if devices != ref_devices:
+            raise ValueError(f"model {i} is on {devices[0]} but model 0 is on {ref_devices[0]}; move the models to "
+                             "one device first")
+        for name, t in tensors.items():
+            if t.dtype != ref[name].dtype:
+                raise ValueError(f"parameter/buffer {name!r} is {t.dtype} in model {i} but {ref[name].dtype} in "
+                                 "model 0; convert the models to one dtype first (e.g. model.float())")
+
+
+def check_finite_weights(models: Sequence[nn.Module]) -> None:
+    """ValueError naming the model and the tensor when a floating-point parameter or buffer holds NaN or ±Inf."""
+    for i, m in enumerate(models):
+        for name, t in named_tensors(m).items():
+            if t.is_floating_point() or t.is_complex():
+                bad = int(torch.count_nonzero(~torch.isfinite(t.detach())))
+                if bad:
+                    raise ValueError(f"model {i}: parameter/buffer {name!r} of shape {tuple(t.shape)} has {bad} "
+                                     "non-finite values (NaN or Inf); merging would spread them into the result")
+
+
+def check_device(device) -> Optional[torch.device]:
+    """``device`` as a ``torch.device`` that exists here (None stays None); ValueError naming the problem."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"device {device!r} is not a device name ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available here")
+    return dev
 
 
 def _shapes(model: nn.Module) -> Dict[str, tuple]:

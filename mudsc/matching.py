@@ -22,8 +22,8 @@ from ._arrays import as_cost_array
 from .maps import MatchResult, ZipResult
 from .reference import matching as _reference_matching
 
-__all__ = ["MatchResult", "ZipResult", "check_zip_parameters", "zip_match", "group_zip_match", "permute_match",
-           "group_permute_match"]
+__all__ = ["MatchResult", "ZipResult", "check_zip_parameters", "default_reduce", "zip_match", "group_zip_match",
+           "permute_match", "group_permute_match"]
 
 
 def _as_similarity(sim: Any, num_models: int, groups: Optional[int] = None, symmetric: bool = True,
@@ -75,6 +75,11 @@ def _as_similarity(sim: Any, num_models: int, groups: Optional[int] = None, symm
     return a
 
 
+def default_reduce(num_models: int) -> float:
+    """ZipIt's rule ``1 − 1/N``: the zip keeps the width of one model, exactly."""
+    return 1.0 - 1.0 / int(num_models)
+
+
 def check_zip_parameters(reduce: float, alpha: float, beta: float) -> None:
     """reduce in [0, 1), alpha finite, beta finite and >= 0; ValueError naming the parameter otherwise."""
     for name, value in (("reduce", reduce), ("alpha", alpha), ("beta", beta)):
@@ -89,7 +94,7 @@ def check_zip_parameters(reduce: float, alpha: float, beta: float) -> None:
 def zip_match(
     sim: Any,
     num_models: int,
-    reduce: float = 0.5,
+    reduce: Optional[float] = None,
     alpha: float = 0.5,
     beta: float = 1.0,
     *,
@@ -100,8 +105,8 @@ def zip_match(
     Args:
         sim: ``[O, O]`` symmetric similarity of all units of all models (model-major); ``-inf`` forbids a pair.
         num_models: N (O must be divisible by N).
-        reduce: fraction of units removed: K = floor(O·(1 − reduce) + 1e-4) outputs (0.5 with N = 2 keeps the
-            width of one model).
+        reduce: fraction of units removed: K = floor(O·(1 − reduce) + 1e-4) outputs (default ``1 − 1/N``, ZipIt's
+            rule: the width of one model, exactly).
         alpha: decay of a merged unit's similarities (``alpha·min`` linkage); ``<= 0``: merged units never merge
             again.
         beta: within-model merge budget factor (1 = floor((O − K)/N) merges per model).
@@ -113,6 +118,7 @@ def zip_match(
     """
     chosen = backends.choose("zip_match", backend)
     a = _as_similarity(sim, num_models, native=chosen == "native")
+    reduce = default_reduce(num_models) if reduce is None else reduce
     check_zip_parameters(reduce, alpha, beta)
     if chosen == "reference":
         labels, k, value = _reference_matching.zip_match(a, int(num_models), float(reduce), float(alpha), float(beta))
@@ -125,7 +131,7 @@ def group_zip_match(
     sim: Any,
     num_models: int,
     groups: int,
-    reduce: float = 0.5,
+    reduce: Optional[float] = None,
     alpha: float = 0.5,
     beta: float = 1.0,
     *,
@@ -150,6 +156,7 @@ def group_zip_match(
     """
     chosen = backends.choose("group_zip_match", backend)
     a = _as_similarity(sim, num_models, groups, native=chosen == "native")
+    reduce = default_reduce(num_models) if reduce is None else reduce
     check_zip_parameters(reduce, alpha, beta)
     args = (a, int(num_models), int(groups), float(reduce), float(alpha), float(beta))
     if chosen == "reference":

@@ -84,7 +84,7 @@ def test_collector_removes_its_hooks_and_restores_the_flags_also_on_error():
             assert not any(m.training for model in ms for m in model.modules())
             hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in ms[0].modules())
             assert hooks == taps
-            collector.run_batch(torch.randn(4, 7), first=True)  # wrong width: model 0 fails
+            collector.run_batch(torch.randn(4, 7), index=0)  # wrong width: model 0 fails
     assert [{n: m.training for n, m in model.named_modules()} for model in ms] == before
     assert all(not m._forward_hooks and not m._forward_pre_hooks for model in ms for m in model.modules())
 
@@ -96,7 +96,7 @@ def test_collector_feeds_each_group_the_n_models_features():
     x = torch.randn(16, 12, generator=torch.Generator().manual_seed(3))
     spec = trace(ms[0], x[:2])
     with StatsCollector(ms, spec, torch.device("cpu")) as collector:
-        forward = collector.run_batch(x, first=True)
+        forward = collector.run_batch(x, index=0)
     assert forward > 0
     group = next(g for g in spec.groups if any(t.module == "fc2" and t.kind == "input" for t in g.taps))
     want = mudsc.CorrelationAccumulator(2 * group.size)

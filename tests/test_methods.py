@@ -69,8 +69,8 @@ def test_merge_report_and_three_models():
     r = merge(ms, _loader(), method="mudsc-zip", **FAST)
     assert set(r.report["timing"]) >= {"forward", "stats", "similarity", "solve", "apply"}
     assert r.report["num_models"] == 3 and r.report["num_batches"] == 2
-    for name, g in r.report["groups"].items():  # K = floor(3·Om·0.5)
-        assert g["num_outputs"] == (3 * g["size"]) // 2
+    for name, g in r.report["groups"].items():  # reduce defaults to 1 - 1/N: K = Om
+        assert g["num_outputs"] == g["size"]
     assert r.model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
     r3 = merge(ms, _loader(), method="act-align", progress=False)  # alignment keeps Om for any N
     assert all(g["num_outputs"] == g["size"] for g in r3.report["groups"].values())

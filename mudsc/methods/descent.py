@@ -33,7 +33,7 @@ import torch.nn as nn
 from .._progress import progress_bar
 from ..backends import choose
 from ..collect import ActivationStats
-from ..inputs import check_models, named_tensors
+from ..inputs import check_finite_weights, check_models, named_tensors
 from ..maps import MatchResult
 from ..piece_cache import PieceCache
 from ..plan import MergePlan, fingerprint
@@ -42,6 +42,7 @@ from ..spec import Group, PermSpec
 from .coordinates import coordinates, solve_coordinate
 from .registry import MethodInfo, check_hyperparameters, check_method
 from .weights import MapState
+from .widths import default_reduce
 
 __all__ = ["Descent", "match"]
 
@@ -184,7 +185,7 @@ def match(
     method: str = "mudsc-zip",
     stats: Optional[ActivationStats] = None,
     balance: float = 0.5,
-    reduce: float = 0.5,
+    reduce: Optional[float] = None,
     alpha: float = 0.5,
     beta: float = 1.0,
     max_sweeps: int = 100,
@@ -204,8 +205,9 @@ def match(
         stats: :func:`collect_stats` output; required by the activation methods and reused unchanged (a
             balance sweep calls ``match(..., stats=stats, balance=b)`` repeatedly).
         balance: weight of the weight-space term in MuDSC's ``S = balance·S_w + (1−balance)·S_act`` (0..1).
-        reduce, alpha, beta: zip parameters (:func:`mudsc.zip_match`): fraction of units removed (0.5: the
-            merged width equals one model's for N = 2), similarity decay of merged units, within-model budget.
+        reduce, alpha, beta: zip parameters (:func:`mudsc.zip_match`): fraction of units removed (default
+            ``1 - 1/N``: the merged width equals one model's), similarity decay of merged units, within-model
+            budget.
         max_sweeps, patience, seed: coordinate descent limits and the seed of its group order.
         backend: of every solver and similarity call.
         progress: a tqdm bar over the sweeps.
@@ -219,7 +221,9 @@ def match(
     """
     info_m = check_method(method)
     models = check_models(models)
+    reduce = default_reduce(len(models)) if reduce is None else reduce
     check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule)
+    check_finite_weights(models)
     if not isinstance(spec, PermSpec):
         raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
     _check_stats(info_m, stats, spec, len(models))

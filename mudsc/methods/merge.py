@@ -12,12 +12,14 @@ import torch
 import torch.nn as nn
 
 from ..collect import collect_stats
-from ..inputs import check_max_batches, check_models, peek
+from ..inputs import check_device, check_finite_weights, check_max_batches, check_models, peek
 from ..norm import reset_bn
 from ..plan import MergePlan
+from ..probe import run_named
 from ..spec import PermSpec, trace
 from .descent import match
 from .registry import check_hyperparameters, check_method
+from .widths import check_widths, default_reduce
 
 __all__ = ["MergeResult", "merge"]
 
@@ -46,7 +48,7 @@ def merge(
     spec: Optional[PermSpec] = None,
     example_inputs: Any = None,
     balance: float = 0.5,
-    reduce: float = 0.5,
+    reduce: Optional[float] = None,
     alpha: float = 0.5,
     beta: float = 1.0,
     max_sweeps: int = 100,
@@ -68,21 +70,28 @@ def merge(
         method: one of ``mudsc.METHODS`` (default ``"mudsc-zip"``).
         spec: the models' :class:`mudsc.PermSpec` (default: ``mudsc.trace(models[0], example_inputs)``).
         example_inputs: inputs for tracing (default: the loader's first batch).
-        balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule: see :func:`match`.
+        balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule: see :func:`match` (``reduce``
+            defaults to ``1 - 1/N``, which keeps the input widths; one that changes them is accepted only when the
+            model runs with the new widths, checked before the statistics pass: :mod:`mudsc.methods.widths`).
         max_batches: batches of the statistics pass and of the BatchNorm reset (None: all).
         device: where the statistics pass runs (default: model 0's device).
         backend: ``"auto"`` | ``"native"`` | ``"reference"`` for every solver, statistic and similarity.
         progress: tqdm bars on the data pass and the sweeps.
         reset_bn_stats: recompute BatchNorm running statistics of the merged model (needs a loader).
 
-    Every argument is checked (methods, N, shapes, hyperparameters, an empty loader, a first batch the models
-    cannot run) before the statistics pass or the descent start.
+    Every argument is checked (methods, N, shapes, dtypes and devices of the models, NaN/Inf in their weights,
+    hyperparameters, the device, an empty loader, a first batch the models cannot run, merged widths the model
+    cannot run with) before the statistics pass or the descent start. The merged model is run once on the
+    example inputs at the end; a failure raises, naming the module, instead of returning a broken model.
     """
     t_start = time.perf_counter()
     info_m = check_method(method)
     models = check_models(models)
+    reduce = default_reduce(len(models)) if reduce is None else reduce
     check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule)
     check_max_batches(max_batches)
+    device = check_device(device)
+    check_finite_weights(models)
     if spec is not None and not isinstance(spec, PermSpec):
         raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
     first = None
@@ -99,6 +108,9 @@ def merge(
         t0 = time.perf_counter()
         spec = _trace(models[0], example_inputs, first)
         timing["trace"] = time.perf_counter() - t0
+    probe_inputs = example_inputs if example_inputs is not None else (first[:2] if first is not None else None)
+    if probe_inputs is not None:
+        check_widths(models, spec, info_m, reduce, probe_inputs)
     stats = None
     if info_m.activations:
         stats = collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
@@ -111,6 +123,8 @@ def merge(
     t0 = time.perf_counter()
     model = plan.apply(models, check=False)
     timing["apply"] = time.perf_counter() - t0
+    if probe_inputs is not None:
+        run_named(model, probe_inputs, "the merged model")
     if reset_bn_stats and loader is not None:
         timing["reset_bn"] = _reset_bn(model, loader, one_shot and info_m.activations, max_batches, device)
     timing["total"] = time.perf_counter() - t_start

@@ -1,0 +1,196 @@
+"""What merge refuses before heavy work, and what it guarantees about its result (issue: correct merges for every
+model, every N, every width): the default zip width keeps the architecture for every N; a width change a model
+cannot follow is refused naming the module; the merged model runs; NaN/Inf weights, mixed dtypes or devices, a
+device that does not exist, a later batch of the wrong shape and running out of memory are named errors."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import mudsc
+from mudsc import models
+from mudsc.probe import ModelRunError, run_named
+
+torch.set_num_threads(2)
+FAST = dict(max_sweeps=1, patience=1, progress=False)
+
+
+def _loader(shape=(3, 32, 32), batches=2, size=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, *shape, generator=gen) for _ in range(batches)]
+
+
+def _seeded(make, n):
+    out = []
+    for seed in range(n):
+        torch.manual_seed(100 + seed)
+        out.append(make().eval())
+    return out
+
+
+def _tv_vit():
+    return torchvision.models.VisionTransformer(32, 8, 2, 2, 32, 64, num_classes=10)
+
+
+@pytest.mark.parametrize("method", ["zipit", "mudsc-zip", "wzip"])
+def test_three_models_zip_keeps_the_architecture(method):
+    """reduce defaults to 1 - 1/N: every group keeps its width exactly, and the merged state dict loads into a
+    fresh instance of the architecture."""
+    ms = _seeded(lambda: models.resnet20(width=1), 3)
+    r = mudsc.merge(ms, _loader(), method=method, **FAST)
+    for name, g in r.report["groups"].items():
+        assert g["num_outputs"] == g["size"], name
+    fresh = models.resnet20(width=1)
+    fresh.load_state_dict(r.model.state_dict())
+    assert fresh.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_zip_solvers_default_to_the_width_of_one_model():
+    rng = np.random.default_rng(0)
+    for n, om in ((2, 24), (3, 24), (4, 12), (3, 192)):
+        sim = np.corrcoef(rng.standard_normal((n * om, 40))).astype(np.float32)
+        assert mudsc.zip_match(sim, n).num_outputs == om
+        assert mudsc.group_zip_match(sim, n, 4).num_outputs == om
+
+
+def test_torchvision_vit_merges_from_three_models_and_loads():
+    ms = _seeded(_tv_vit, 3)
+    r = mudsc.merge(ms, _loader(), method="zipit", progress=False)
+    fresh = _tv_vit()
+    fresh.load_state_dict(r.model.state_dict())
+    assert torch.isfinite(fresh.eval()(torch.randn(2, 3, 32, 32))).all()
+
+
+def test_a_width_change_the_model_cannot_follow_is_refused_before_the_statistics(monkeypatch):
+    """torchvision's ViT reshapes by its stored hidden width: reduce=0.4 at N = 2 widens the residual stream, and
+    the merge must stop before the statistics pass, naming the module, instead of returning a broken model."""
+    ms = _seeded(_tv_vit, 2)
+
+    def no_stats(*args, **kwargs):
+        raise AssertionError("the statistics pass started")
+
+    monkeypatch.setattr(importlib.import_module("mudsc.methods.merge"), "collect_stats", no_stats)
+    # (the reshape by the stored width is in VisionTransformer's own forward, outside any submodule)
+    with pytest.raises(ValueError, match=r"reduce=0.4 changes merged widths \(conv_proj 32 -> 38, .* fails in the "
+                                         r"forward of VisionTransformer itself: RuntimeError: shape"):
+        mudsc.merge(ms, _loader(), method="zipit", reduce=0.4, progress=False)
+
+
+def test_a_width_change_the_model_follows_is_allowed_with_a_warning():
+    ms = _seeded(lambda: models.resnet20(width=1), 2)
+    with pytest.warns(UserWarning, match="changes merged widths"):
+        r = mudsc.merge(ms, _loader(), method="zipit", reduce=0.25, progress=False)
+    assert any(g["num_outputs"] > g["size"] for g in r.report["groups"].values())
+    assert r.model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_run_named_names_the_failing_module():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 4), nn.Linear(5, 2))
+            self.head = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    with pytest.raises(ModelRunError, match=r"fails in module 'body.1' \(Linear\)") as info:
+        run_named(Broken(), torch.randn(3, 4), "the merged model")
+    assert info.value.module == "body.1"
+
+    class ReshapeInForward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 6)
+
+        def forward(self, x):
+            return self.fc(x).view(-1, 4)
+
+    with pytest.raises(ModelRunError, match="the forward of ReshapeInForward itself"):
+        run_named(ReshapeInForward(), torch.randn(3, 4))
+    m = Broken()
+    m.train()
+    assert run_named(nn.Linear(4, 2), torch.randn(1, 4)).shape == (1, 2)
+    assert m.training and not m.body[0]._forward_hooks
+
+
+@pytest.mark.parametrize("method", sorted(mudsc.METHODS))
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_named_before_any_work(method, value):
+    ms = _seeded(lambda: models.mlp(in_features=3 * 32 * 32, hidden=(16,)), 2)
+    name, p = list(ms[1].named_parameters())[2]
+    with torch.no_grad():
+        p.view(-1)[5] = value
+    with pytest.raises(ValueError, match=rf"model 1: parameter/buffer '{name}' .* non-finite"):
+        mudsc.merge(ms, _loader(), method=method, **FAST)
+
+
+def test_mixed_dtypes_and_devices_are_named():
+    ms = _seeded(lambda: models.mlp(in_features=12, hidden=(8,)), 2)
+    ms[1] = ms[1].double()
+    with pytest.raises(ValueError, match="is torch.float64 in model 1 but torch.float32 in model 0"):
+        mudsc.merge(ms, _loader(shape=(12,)), method="avg", progress=False)
+    ms = _seeded(lambda: models.mlp(in_features=12, hidden=(8,)), 2)
+    ms[1] = ms[1].to("meta")
+    with pytest.raises(ValueError, match="model 1 is on meta but model 0 is on cpu"):
+        mudsc.merge(ms, _loader(shape=(12,)), method="avg", progress=False)
+
+
+@pytest.mark.parametrize("device, message", [("bogus", "is not a device name"),
+                                             ("cuda:7" if torch.cuda.is_available() else "cuda", "CUDA")])
+def test_a_device_that_does_not_exist_is_named(device, message):
+    ms = _seeded(lambda: models.mlp(in_features=12, hidden=(8,)), 2)
+    with pytest.raises(ValueError, match=message):
+        mudsc.merge(ms, _loader(shape=(12,)), method="zipit", device=device, progress=False)
+
+
+def test_a_later_batch_of_the_wrong_shape_is_named():
+    ms = _seeded(lambda: models.mlp(in_features=12, hidden=(8,)), 2)
+    loader = [torch.randn(8, 12), torch.randn(8, 12), torch.randn(8, 11)]
+    with pytest.raises(ValueError, match=r"model 0 cannot run on batch 2 of shape \(8, 11\) \(the first batch had "
+                                         r"shape \(8, 12\)\)"):
+        mudsc.merge(ms, loader, method="zipit", progress=False)
+
+
+def _failing_after(calls: int, exc: BaseException):
+    """A replacement for CorrelationAccumulator.update that raises ``exc`` from its ``calls``-th call on."""
+    original = mudsc.stats.CorrelationAccumulator.update
+    count = [0]
+
+    def update(self, *args, **kwargs):
+        count[0] += 1
+        if count[0] >= calls:
+            raise exc
+        return original(self, *args, **kwargs)
+
+    return update
+
+
+def test_out_of_memory_in_the_statistics_pass_is_named_with_the_estimate(monkeypatch):
+    ms = _seeded(lambda: models.mlp(in_features=12, hidden=(8,)), 2)
+    loader = [torch.randn(8, 12) for _ in range(3)]
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+    monkeypatch.setattr(mudsc.stats.CorrelationAccumulator, "update", _failing_after(2, oom))
+    with pytest.raises(MemoryError, match=r"out of memory in the statistics pass \(model 1, batch 1 .* GiB of "
+                                          r"float64 moments \(largest: group"):
+        mudsc.merge(ms, loader, method="zipit", progress=False)
+
+
+def test_out_of_memory_allocating_the_statistics_is_named(monkeypatch):
+    ms = _seeded(lambda: models.mlp(in_features=12, hidden=(8,)), 2)
+    original = mudsc.stats.CorrelationAccumulator.__init__
+
+    def init(self, num_features, *args, **kwargs):
+        if num_features >= 16:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB (simulated)")
+        original(self, num_features, *args, **kwargs)
+
+    monkeypatch.setattr(mudsc.stats.CorrelationAccumulator, "__init__", init)
+    with pytest.raises(MemoryError, match="out of memory allocating the statistics on cpu"):
+        mudsc.merge(ms, [torch.randn(8, 12)], method="zipit", progress=False)
