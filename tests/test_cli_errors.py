@@ -187,3 +187,24 @@ def test_missing_data_module_is_one_line(tmp_path, checkpoints, no_work, capsys)
     assert main(_argv(checkpoints, "--data", "cli14_no_such_module:loader", "--out", str(tmp_path / "m.pt"))) == 2
     _one_line_error(capsys, "cannot import module 'cli14_no_such_module'")
     assert no_work == []
+
+
+def test_an_existing_out_is_kept_on_failure_and_replaced_on_success(tmp_path, checkpoints, monkeypatch, capsys):
+    out = tmp_path / "merged.pt"
+    out.write_bytes(b"old")
+    real_save = cli_merge.torch.save
+
+    def half_then_fail(obj, path):
+        Path(path).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(cli_merge.torch, "save", half_then_fail)
+    assert main(_argv(checkpoints, "--out", str(out))) == 2
+    _one_line_error(capsys, "No space left on device")
+    assert out.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["m0.pt", "m1.pt", "merged.pt"]
+    monkeypatch.setattr(cli_merge.torch, "save", real_save)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert main(_argv(checkpoints, "--out", str(out))) == 0
+    assert "layers.0.weight" in torch.load(out, weights_only=True)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert sorted(os.listdir(tmp_path)) == ["m0.pt", "m1.pt", "merged.pt"]
