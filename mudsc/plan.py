@@ -12,9 +12,18 @@ dtype and a cheap checksum: the float64 sum and sum of squares of a strided samp
 File layout (one file, ``.safetensors``): tensors ``labels/<group name>`` (int64[N·Om]) and, in the safetensors
 header metadata, the key ``mudsc_plan`` holding a JSON document::
 
-    {"format": "mudsc.MergePlan/1", "version": <library version>, "method": ..., "hyperparameters": {...},
+    {"format": "mudsc.MergePlan/2", "version": <library version>, "method": ..., "hyperparameters": {...},
      "num_models": N, "spec": {...}, "fingerprints": [{name: [shape, dtype, sum, sumsq]}, ...],
-     "groups": {name: {"num_outputs": K, "merge_value": v}}, "info": {...}}
+     "groups": {name: {"num_outputs": K, "merge_value": v}}, "info": {...}, "checksum": "sha256:<hex>"}
+
+Checksum (format 2): sha256 over a fixed tag, the canonical JSON of the document without ``"checksum"``
+(``sort_keys``, separators ``,`` and ``:``, ASCII) and, in group-name order, every group's name and labels
+(little-endian int64 bytes), each part preceded by its length as 8 little-endian bytes. Any edit of the labels
+or of the metadata (a group's K, the spec, the fingerprints, ...) is detected on load.
+
+Format 1 (written before the checksum existed; the same layout without ``"checksum"``) is still read: it is
+validated like format 2 but cannot be verified, so loading it warns (:class:`UnverifiedPlanWarning`); saving the
+plan again writes format 2. A format newer than 2 is refused (written by a newer mudsc).
 
 What is validated (``ValueError``; on load the message names the file, and the group or key at fault):
 
@@ -24,18 +33,21 @@ What is validated (``ValueError``; on load the message names the file, and the g
   group's blocks; there are 0 or N fingerprints, all of the same parameter names, shapes and dtypes, and every
   spec member is one of their tensors, with the member's axis and extent inside the fingerprinted shape;
 - load, in addition: the file is a readable safetensors file (not truncated, header intact), the metadata is a
-  JSON object with every key of the layout above of the right type, the format is known (a newer one is
-  refused), the labels tensors are 1-D int64 and name exactly the groups the metadata lists.
+  JSON object with every key of the layout above of the right type, the format is 1 or 2 (a newer one is
+  refused), the labels tensors are 1-D int64 and name exactly the groups the metadata lists, and (format 2) the
+  checksum matches. The content checks run before the checksum, so a message names what is wrong where it can.
 
 Saving writes a temporary file next to the target and renames it, so a failed save leaves no partial file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import operator
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -48,12 +60,17 @@ from ._version import __version__
 from .maps import MatchResult
 from .spec import PermSpec, apply_maps
 
-__all__ = ["MergePlan", "fingerprint", "check_fingerprint"]
+__all__ = ["MergePlan", "UnverifiedPlanWarning", "fingerprint", "check_fingerprint"]
 
 _FORMAT_NAME = "mudsc.MergePlan"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # written; 1 is read too (no checksum)
 _FORMAT = f"{_FORMAT_NAME}/{_FORMAT_VERSION}"
+_CHECKSUM_TAG = b"mudsc.MergePlan checksum v1\0"
 _SAMPLE = 4096
+
+
+class UnverifiedPlanWarning(UserWarning):
+    """A plan file of format 1 was loaded: it holds no checksum, so edits of it cannot be detected."""
 
 
 def _named_tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -212,6 +229,25 @@ def _validate(plan: "MergePlan") -> None:
     _check_fingerprints(plan.spec, plan.fingerprints, num_models)
 
 
+def _canonical_json(doc: Mapping) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _checksum(doc: Mapping, labels: Mapping[str, np.ndarray]) -> str:
+    """``"sha256:<hex>"`` of the document (its ``"checksum"`` left out) and the labels (see the module doc)."""
+    h = hashlib.sha256(_CHECKSUM_TAG)
+
+    def part(data: bytes) -> None:
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
+    part(_canonical_json({k: v for k, v in doc.items() if k != "checksum"}))
+    for name in sorted(labels):
+        part(name.encode("utf-8"))
+        part(np.ascontiguousarray(labels[name], dtype="<i8").tobytes())
+    return "sha256:" + h.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------- reading
 _KEYS = {"version": str, "method": str, "hyperparameters": dict, "num_models": int, "spec": dict,
          "fingerprints": list, "groups": dict}
@@ -244,14 +280,15 @@ def _format_version(path: str, meta: dict) -> int:
     fmt = meta.get("format")
     tail = fmt[len(_FORMAT_NAME) + 1:] if isinstance(fmt, str) and fmt.startswith(_FORMAT_NAME + "/") else ""
     if not (tail.isascii() and tail.isdigit()) or int(tail) < 1:
-        raise ValueError(f"{path!r} holds plan format {fmt!r}; this library reads {_FORMAT!r}")
+        raise ValueError(f"{path!r} holds plan format {fmt!r}; this library reads {_FORMAT_NAME + '/1'!r} to "
+                         f"{_FORMAT!r}")
     if int(tail) > _FORMAT_VERSION:
         raise ValueError(f"{path!r} holds plan format {fmt!r}, written by a newer mudsc; this one ({__version__}) "
                          f"reads formats up to {_FORMAT!r}: upgrade mudsc to load it")
     return int(tail)
 
 
-def _check_keys(path: str, meta: dict) -> None:
+def _check_keys(path: str, meta: dict, fmt_version: int) -> None:
     for key, typ in _KEYS.items():
         if key not in meta:
             raise ValueError(f"{path!r}: the plan metadata lacks the key {key!r}")
@@ -262,6 +299,9 @@ def _check_keys(path: str, meta: dict) -> None:
         raise ValueError(f"{path!r}: the plan metadata key 'version' is empty")
     if not isinstance(meta.get("info", {}), dict):
         raise ValueError(f"{path!r}: the plan metadata key 'info' must be a JSON object")
+    if fmt_version >= 2 and not isinstance(meta.get("checksum"), str):
+        raise ValueError(f"{path!r}: the plan metadata lacks the key 'checksum' (a string), which format "
+                         f"{meta['format']!r} requires")
     for name, g in meta["groups"].items():
         if not (isinstance(g, dict) and _is_int(g.get("num_outputs")) and _is_number(g.get("merge_value"))):
             raise ValueError(f"{path!r}: group {name!r}: its metadata must be {{\"num_outputs\": int, "
@@ -286,6 +326,19 @@ def _labels_of(path: str, meta: dict, tensors: Mapping[str, torch.Tensor]) -> Di
     if missing:
         raise ValueError(f"{path!r} lacks the labels of group {missing[0]!r}")
     return labels
+
+
+def _verify_checksum(path: str, meta: dict, labels: Mapping[str, np.ndarray]) -> None:
+    stored = meta.get("checksum")
+    if stored is None:  # format 1 (format 2 requires the key: _check_keys)
+        warnings.warn(f"{path!r} is a plan of format '{_FORMAT_NAME}/1', which holds no checksum: its content was "
+                      f"validated, but edits of it cannot be detected; save it again to write {_FORMAT!r}",
+                      UnverifiedPlanWarning, stacklevel=3)
+        return
+    actual = _checksum(meta, labels)
+    if stored != actual:
+        raise ValueError(f"{path!r}: checksum mismatch (stored {stored[:19]}..., content {actual[:19]}...): the "
+                         "labels or the metadata were changed or damaged after the plan was saved")
 
 
 @dataclass
@@ -389,23 +442,25 @@ class MergePlan:
         self.validate()
         tensors = {f"labels/{k}": torch.as_tensor(np.asarray(v.labels), dtype=torch.int64).contiguous()
                    for k, v in self.maps.items()}
-        meta = json.dumps(self._metadata())
+        doc = json.loads(json.dumps(self._metadata()))  # the document exactly as load will read it
+        doc["checksum"] = _checksum(doc, {k[len("labels/"):]: t.numpy() for k, t in tensors.items()})
         with atomic_path(path) as tmp:
-            save_file(tensors, tmp, metadata={"mudsc_plan": meta})
+            save_file(tensors, tmp, metadata={"mudsc_plan": json.dumps(doc)})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MergePlan":
-        """Read a plan written by :meth:`save`, validated as the module docstring says.
+        """Read a plan written by :meth:`save` (format 1 or 2), validated as the module docstring says.
 
-        Raises ``ValueError`` naming the file (and the group or metadata key) if the file is not a readable plan or
-        is inconsistent.
+        Raises ``ValueError`` naming the file (and the group or metadata key) if the file is not a readable plan,
+        is inconsistent, or (format 2) does not match its checksum; warns :class:`UnverifiedPlanWarning` for a
+        format-1 plan, which has no checksum.
         """
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ValueError(f"no plan file at {path!r}")
         meta, tensors = _read_file(path)
-        _format_version(path, meta)
-        _check_keys(path, meta)
+        fmt_version = _format_version(path, meta)
+        _check_keys(path, meta, fmt_version)
         labels = _labels_of(path, meta, tensors)
         try:
             spec = PermSpec.from_dict(meta["spec"])
@@ -419,6 +474,7 @@ class MergePlan:
                        version=meta["version"], info=meta.get("info", {}))
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{path!r}: {exc}") from exc
+        _verify_checksum(path, meta, labels)
         return plan
 
     def __repr__(self) -> str:

@@ -1,5 +1,5 @@
 """MergePlan validation: what load, construction and apply refuse (always a ValueError naming the file and the group
-or key), and that valid plans behave as before."""
+or key), the checksum of format 2, format-1 files (read with a warning), and that valid plans behave as before."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mudsc import MatchResult, MergePlan, merge, models
+from mudsc import plan as plan_module
 
 torch.set_num_threads(2)
 
@@ -41,13 +42,17 @@ def _read(path):
         return json.loads(f.metadata()["mudsc_plan"]), {k: f.get_tensor(k) for k in f.keys()}
 
 
-def _rewrite(src, dst, meta_edit=None, tensor_edit=None):
-    """Copy plan file ``src`` to ``dst`` with edits."""
+def _rewrite(src, dst, meta_edit=None, tensor_edit=None, resign=False):
+    """Copy plan file ``src`` to ``dst`` with edits; ``resign`` recomputes the checksum (only the content checks
+    can then find the edit)."""
     meta, tensors = _read(src)
     if meta_edit:
         meta_edit(meta)
     if tensor_edit:
         tensor_edit(tensors)
+    if resign:
+        labels = {k[len("labels/"):]: t.numpy() for k, t in tensors.items()}
+        meta["checksum"] = plan_module._checksum(meta, labels)
     save_file(tensors, str(dst), metadata={"mudsc_plan": json.dumps(meta)})
     return dst
 
@@ -62,25 +67,36 @@ def _first_group(plan):
 
 
 # ------------------------------------------------------------------------------------------ the reported defects
-def test_raised_num_outputs_is_refused(tmp_path, saved, merged):
+@pytest.mark.parametrize("resign", [False, True])
+def test_raised_num_outputs_is_refused(tmp_path, saved, merged, resign):
     name = _first_group(merged[1].plan)
 
     def edit(meta):
         meta["groups"][name]["num_outputs"] += 1
 
-    bad = _rewrite(saved, tmp_path / "bad.safetensors", meta_edit=edit)
+    bad = _rewrite(saved, tmp_path / "bad.safetensors", meta_edit=edit, resign=resign)
     with _refused(bad, f"group {name!r}", r"1 of its num_outputs=17 merged units have no input unit \(first: \[16\]\)"):
         MergePlan.load(bad)
 
 
-def test_all_labels_zero_is_refused(tmp_path, saved, merged):
+@pytest.mark.parametrize("resign", [False, True])
+def test_all_labels_zero_is_refused(tmp_path, saved, merged, resign):
     name = _first_group(merged[1].plan)
 
     def edit(tensors):
         tensors[f"labels/{name}"] = torch.zeros_like(tensors[f"labels/{name}"])
 
-    bad = _rewrite(saved, tmp_path / "bad.safetensors", tensor_edit=edit)
+    bad = _rewrite(saved, tmp_path / "bad.safetensors", tensor_edit=edit, resign=resign)
     with _refused(bad, f"group {name!r}", "15 of its num_outputs=16 merged units have no input unit"):
+        MergePlan.load(bad)
+
+
+def test_dropped_spec_member_is_refused(tmp_path, saved):
+    def edit(meta):
+        meta["spec"]["groups"][0]["members"].pop()
+
+    bad = _rewrite(saved, tmp_path / "bad.safetensors", meta_edit=edit)
+    with _refused(bad, "checksum mismatch"):
         MergePlan.load(bad)
 
 
@@ -133,6 +149,7 @@ def test_garbage_header_is_named(tmp_path, saved):
     (lambda m: next(iter(m["groups"].values())).pop("merge_value"), r"group 'layers\.0'.*merge_value"),
     (lambda m: m["spec"]["groups"][0]["members"][0].update(colour=1), "'spec' is not a valid permutation spec"),
     (lambda m: m["spec"].pop("groups"), "'spec' is not a valid permutation spec"),
+    (lambda m: m.pop("checksum"), "lacks the key 'checksum'"),
     (lambda m: m.update(format="mudsc.MergePlan/3"), "written by a newer mudsc.*upgrade mudsc"),
     (lambda m: m.update(format="mudsc.MergePlan/x"), "holds plan format 'mudsc.MergePlan/x'"),
     (lambda m: m.update(format=None), "holds plan format None"),
@@ -163,9 +180,9 @@ def test_labels_and_groups_must_agree(tmp_path, saved, merged):
          f"group {name!r}: labels must be a 1-D int64 tensor, got torch.int32"),
         (dict(tensor_edit=lambda t: t.update({f"labels/{name}": t[f"labels/{name}"].view(2, -1)})),
          f"group {name!r}: labels must be a 1-D int64 tensor"),
-        (dict(tensor_edit=lambda t: t.update({f"labels/{name}": t[f"labels/{name}"][:-1]})),
+        (dict(tensor_edit=lambda t: t.update({f"labels/{name}": t[f"labels/{name}"][:-1]}), resign=True),
          rf"group {re.escape(repr(name))}: labels have shape \(31,\)"),
-        (dict(tensor_edit=lambda t: t[f"labels/{name}"].__setitem__(0, 16)),
+        (dict(tensor_edit=lambda t: t[f"labels/{name}"].__setitem__(0, 16), resign=True),
          r"must lie in \[0, num_outputs=16\)"),
     ]
     for n, (edit, message) in enumerate(cases):
@@ -183,7 +200,7 @@ def test_group_renamed_consistently_must_be_in_the_spec(tmp_path, saved, merged)
     def tensor_edit(tensors):
         tensors["labels/ghost"] = tensors.pop(f"labels/{name}")
 
-    bad = _rewrite(saved, tmp_path / "bad.safetensors", meta_edit=meta_edit, tensor_edit=tensor_edit)
+    bad = _rewrite(saved, tmp_path / "bad.safetensors", meta_edit=meta_edit, tensor_edit=tensor_edit, resign=True)
     with _refused(bad, "group 'ghost' has a map but is not a group of the spec"):
         MergePlan.load(bad)
 
@@ -199,8 +216,33 @@ def test_group_renamed_consistently_must_be_in_the_spec(tmp_path, saved, merged)
     (lambda m: m["fingerprints"][0]["layers.0.weight"].__setitem__(1, 7), "entry 'layers.0.weight' must be"),
 ])
 def test_spec_members_must_fit_the_fingerprints(tmp_path, saved, edit, message):
-    bad = _rewrite(saved, tmp_path / "bad.safetensors", meta_edit=edit)
+    bad = _rewrite(saved, tmp_path / "bad.safetensors", meta_edit=edit, resign=True)
     with _refused(bad, message):
+        MergePlan.load(bad)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: next(iter(m["groups"].values())).update(merge_value=0.5),
+    lambda m: m["hyperparameters"].update(alpha=0.25),
+    lambda m: m["fingerprints"][0]["layers.0.weight"].__setitem__(2, 1.0),
+    lambda m: m.update(checksum="sha256:" + "0" * 64),
+])
+def test_checksum_detects_valid_looking_edits(tmp_path, saved, edit):
+    bad = _rewrite(saved, tmp_path / "bad.safetensors", meta_edit=edit)
+    with _refused(bad, "checksum mismatch"):
+        MergePlan.load(bad)
+
+
+def test_checksum_detects_swapped_labels(tmp_path, saved, merged):
+    name = _first_group(merged[1].plan)
+
+    def edit(tensors):  # swap two units' merged units: the labels stay a valid map, only the checksum can tell
+        lab = tensors[f"labels/{name}"]
+        i = int(np.flatnonzero(lab.numpy() != int(lab[0]))[0])
+        lab[0], lab[i] = int(lab[i]), int(lab[0])
+
+    bad = _rewrite(saved, tmp_path / "bad.safetensors", tensor_edit=edit)
+    with _refused(bad, "checksum mismatch"):
         MergePlan.load(bad)
 
 
@@ -250,8 +292,10 @@ def test_apply_and_save_validate_a_changed_plan(tmp_path, merged):
 
 
 # ------------------------------------------------------------------------------------------ valid plans
-def test_round_trip_applies_identically(tmp_path, saved, merged):
+def test_round_trip_is_verified_and_applies_identically(tmp_path, saved, merged):
     ms, result = merged
+    meta, _ = _read(saved)
+    assert meta["format"] == "mudsc.MergePlan/2" and re.fullmatch(r"sha256:[0-9a-f]{64}", meta["checksum"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plan = MergePlan.load(saved)
@@ -263,4 +307,32 @@ def test_round_trip_applies_identically(tmp_path, saved, merged):
     for k, v in plan.apply(ms).state_dict().items():
         torch.testing.assert_close(v, expected[k], rtol=0, atol=0)
         torch.testing.assert_close(v, result.model.state_dict()[k], rtol=0, atol=0)
+    again = tmp_path / "again.safetensors"
+    plan.save(again)
+    assert _read(again)[0]["checksum"] == meta["checksum"]
 
+
+def test_format_1_file_loads_with_a_warning(tmp_path, saved, merged):
+    ms, result = merged
+
+    def legacy(meta):
+        meta.pop("checksum")
+        meta["format"] = "mudsc.MergePlan/1"
+
+    old = _rewrite(saved, tmp_path / "old.safetensors", meta_edit=legacy)
+    with pytest.warns(plan_module.UnverifiedPlanWarning, match=re.escape(repr(str(old))) + ".*no checksum"):
+        plan = MergePlan.load(old)
+    for k, v in plan.apply(ms).state_dict().items():
+        torch.testing.assert_close(v, result.model.state_dict()[k], rtol=0, atol=0)
+    # still validated: an inconsistent format-1 file is refused (and not merely warned about)
+    name = _first_group(result.plan)
+    bad = _rewrite(old, tmp_path / "bad.safetensors",
+                   meta_edit=lambda m: m["groups"][name].update(num_outputs=m["groups"][name]["num_outputs"] + 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _refused(bad, f"group {name!r}", "have no input unit"):
+            MergePlan.load(bad)
+    # saving it again writes format 2 with a checksum
+    new = tmp_path / "new.safetensors"
+    plan.save(new)
+    assert _read(new)[0]["format"] == "mudsc.MergePlan/2" and _read(new)[0]["checksum"] == _read(saved)[0]["checksum"]
