@@ -36,7 +36,6 @@ import inspect
 import json
 import math
 import os
-import secrets
 import sys
 import tempfile
 
@@ -44,6 +43,7 @@ import torch
 
 import mudsc
 
+from .._io import atomic_path
 from ..demo.mnist import load_digits
 
 __all__ = ["BUILTIN_ARCHS", "BUILTIN_DATA", "CliError", "add_parser", "run"]
@@ -186,33 +186,6 @@ def _check_outputs(args) -> None:
             raise CliError(f"--out and --plan are the same file {args.out!r}")
 
 
-@contextlib.contextmanager
-def _written_on_success(path: str):
-    """A fresh temporary path next to ``path`` for the block to write; fsynced and renamed onto ``path`` when the
-    block succeeds, removed when it fails (so ``path`` holds a complete file or what it held before).
-
-    Created with mode 0o666 minus the umask, as ``open(path, "w")`` would; named ``.mudsc-<name>-<hex>.tmp``."""
-    folder, name = os.path.split(os.path.abspath(path))
-    while True:
-        tmp = os.path.join(folder, f".mudsc-{name[:200]}-{secrets.token_hex(4)}.tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
 def _factory_and_kwargs(args):
     """``(model factory, its keyword arguments)`` from ``--arch`` / ``--arch-kwargs``, unchanged by ``--data``."""
     try:
@@ -345,8 +318,8 @@ def run(args) -> int:
     try:
         result = _merge_models(args)
         # The model is renamed into place last: after the plan (when asked for), so --out marks completion.
-        with _written_on_success(args.out) as out_tmp:
-            with _written_on_success(args.plan) if args.plan else contextlib.nullcontext() as plan_tmp:
+        with atomic_path(args.out) as out_tmp:
+            with atomic_path(args.plan) if args.plan else contextlib.nullcontext() as plan_tmp:
                 torch.save(result.model.state_dict(), out_tmp)
                 if plan_tmp:
                     result.plan.save(plan_tmp)
