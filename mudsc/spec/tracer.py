@@ -8,7 +8,8 @@ creates a new space for its rows; ``add`` identifies the axes of its operands; a
 using the concrete shapes; ``unbind`` of a fused ``qkv`` partitions its row space; ``q @ kᵀ`` identifies the
 head-dim spaces of q and k and ties their head digits...). Model inputs and outputs fix whatever they touch.
 At the end every non-fixed leaf space becomes a :class:`~mudsc.spec.data.Group`; parameters/buffers whose axes
-hold that space become its members.
+hold that space become its members. A tensor reached under several names (tied weights) is one tensor under the
+model's first name for it, so its axes carry the constraints of every use (``state.py``).
 
 Layout. This module is the interpreter loop: per fx node it builds a :class:`~mudsc.spec.state.Call` (real
 arguments and result, and the same arguments as tensor infos) and hands it to
@@ -48,10 +49,10 @@ __all__ = ["SpecTraceError", "trace"]
 class _SpecInterpreter(fx.Interpreter):
     """Runs the traced graph and, next to every value, its tensor info (see the module docstring)."""
 
-    def __init__(self, gm: fx.GraphModule, strict: bool):
+    def __init__(self, gm: fx.GraphModule, strict: bool, root: Optional[nn.Module] = None):
         super().__init__(gm)
         self.strict = strict
-        self.state = TraceState(gm)
+        self.state = TraceState(gm, root)
         self.info: Dict[fx.Node, Any] = {}
 
     def run_node(self, n: fx.Node) -> Any:
@@ -106,7 +107,7 @@ def _interpret(model: nn.Module, gm: fx.GraphModule, example_inputs: tuple, stri
     flags = {m: m.training for m in model.modules()}
     try:
         gm.eval()
-        interp = _SpecInterpreter(gm, strict)
+        interp = _SpecInterpreter(gm, strict, model)
         with torch.no_grad():
             interp.run(*example_inputs)
     finally:
