@@ -164,7 +164,12 @@ class Descent:
                                                                         "updated": None}
         return {"history": self.history, "sweeps": len(self.history), "fallback_groups": fallback,
                 "timing": self.timing, "weight_pieces": pieces,
-                "merge_value": float(np.mean(list(self.values.values()))) if self.values else 0.0}
+                "merge_value": float(np.mean(list(self.values.values()))) if self.values else self._empty_value()}
+
+    def _empty_value(self) -> float:
+        """The merge value of a spec without groups: 1.0 for ``avg`` (identity maps, as each of its groups would
+        have), else 0.0."""
+        return 1.0 if self.method.solver is None else 0.0
 
 
 def _check_stats(method: MethodInfo, stats, spec: PermSpec, n: int) -> None:

@@ -1,5 +1,6 @@
 """The one-call API: :func:`merge` runs every stage (trace, statistics, matching, apply, BatchNorm reset) and
-returns a :class:`MergeResult` with the merged model, the plan and a report of every stage's time."""
+returns a :class:`MergeResult` with the merged model, the plan and a report of every stage's time. ``avg`` skips
+the trace (identity maps need no groups), so it merges models torch.fx cannot trace."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..inputs import check_device, check_finite_weights, check_max_batches, chec
 from ..norm import reset_bn
 from ..plan import MergePlan
 from ..probe import run_named
-from ..spec import PermSpec, trace
+from ..spec import PermSpec, SpecTraceError, trace
 from .descent import match
 from .registry import check_hyperparameters, check_method
 from .widths import check_widths, default_reduce
@@ -68,8 +69,14 @@ def merge(
         loader: yields ``Tensor[B, ...]`` or ``(inputs, targets)``; needed by the activation methods, and used
             to recompute BatchNorm statistics of the result (``reset_bn_stats``); must be re-iterable for that.
         method: one of ``mudsc.METHODS`` (default ``"mudsc-zip"``).
-        spec: the models' :class:`mudsc.PermSpec` (default: ``mudsc.trace(models[0], example_inputs)``).
-        example_inputs: inputs for tracing (default: the loader's first batch).
+        spec: the models' :class:`mudsc.PermSpec` (default: ``mudsc.trace(models[0], example_inputs)``). For a
+            model ``torch.fx`` cannot trace (data-dependent control flow such as ``if x.sum() > 0:``) or whose
+            constructs the tracer does not support, write the spec by hand (``mudsc.PermSpec([Group(name, size,
+            [Member(tensor name, axis, "output" | "input"), ...], taps=[Tap(module, kind, channel_dim)])])`` with
+            ``Group``, ``Member``, ``Tap`` from ``mudsc.spec``, or :meth:`mudsc.PermSpec.from_dict`), check it with
+            :func:`mudsc.check_spec`, and pass it here. ``method="avg"`` needs none: without ``spec`` it traces
+            nothing and averages every tensor (identity maps; the plan's spec and the report's groups are empty).
+        example_inputs: inputs for tracing (default: the loader's first batch; unused by ``"avg"``).
         balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule: see :func:`match` (``reduce``
             defaults to ``1 - 1/N``, which keeps the input widths; one that changes them is accepted only when the
             model runs with the new widths, checked before the statistics pass: :mod:`mudsc.methods.widths`).
@@ -106,7 +113,7 @@ def merge(
               "reset_bn": 0.0}
     if spec is None:
         t0 = time.perf_counter()
-        spec = _trace(models[0], example_inputs, first)
+        spec = _trace(models[0], example_inputs, first, needs_groups=info_m.solver is not None)
         timing["trace"] = time.perf_counter() - t0
     probe_inputs = example_inputs if example_inputs is not None else (first[:2] if first is not None else None)
     if probe_inputs is not None:
@@ -131,25 +138,42 @@ def merge(
     return MergeResult(model=model, plan=plan, report=_report(method, len(models), spec, plan, stats, timing))
 
 
-def _trace(model: nn.Module, example_inputs: Any, first: Optional[torch.Tensor]) -> PermSpec:
+def _trace(model: nn.Module, example_inputs: Any, first: Optional[torch.Tensor], needs_groups: bool = True
+           ) -> PermSpec:
     """The spec of ``model``, traced on ``example_inputs`` (default: the loader's first batch ``first``), after
-    checking that the model runs on one sample of ``first`` (an error then names the batch, not the tracer)."""
+    checking that the model runs on one sample of ``first`` (an error then names the batch, not the tracer).
+    Without ``needs_groups`` (identity maps: ``avg``) nothing is traced: a spec without groups averages every
+    tensor. A failed trace raises :class:`mudsc.SpecTraceError` saying how to pass a spec instead."""
     inputs = example_inputs if example_inputs is not None else first
-    if inputs is None:
+    if inputs is None and needs_groups:
         raise ValueError("pass spec=..., example_inputs=... or a loader: tracing needs example inputs")
     if first is not None:
-        try:
-            with torch.no_grad():
-                was = model.training
-                model.eval()
-                try:
-                    model(first[:1].to(next(model.parameters()).device))
-                finally:
-                    model.train(was)
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            raise ValueError(f"model 0 cannot run on the loader's first batch of shape {tuple(first.shape)}: "
-                             f"{exc}") from exc
-    return trace(model, inputs)
+        _check_runs(model, first)
+    if not needs_groups:
+        return PermSpec([])
+    try:
+        return trace(model, inputs)
+    except SpecTraceError as exc:
+        raise SpecTraceError(
+            f"{exc}. (merge traces models[0] with mudsc.trace(model, inputs), strictly: a spec traced yourself, "
+            "e.g. with strict=False or tracer=, or written by hand with mudsc.spec.Group/Member/Tap or "
+            "mudsc.PermSpec.from_dict and verified with mudsc.check_spec, goes in as merge(..., spec=spec); "
+            "method='avg' needs none)") from exc
+
+
+def _check_runs(model: nn.Module, first: torch.Tensor) -> None:
+    """ValueError naming the batch unless ``model`` runs (eval, no grad) on one sample of ``first``."""
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            try:
+                model(first[:1].to(next(model.parameters()).device))
+            finally:
+                model.train(was)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"model 0 cannot run on the loader's first batch of shape {tuple(first.shape)}: "
+                         f"{exc}") from exc
 
 
 def _reset_bn(model: nn.Module, loader: Iterable, consumed: bool, max_batches, device) -> float:

@@ -8,6 +8,14 @@ and member order follow it). Tap candidates are :class:`ModuleTap` entries (a le
 and its output, with their tensor infos) and :class:`SpecialTap` entries (taps a handler builds itself, such as
 the q/k/v projections inside ``nn.MultiheadAttention``). :class:`SpecTraceError` is the public error of a trace.
 
+Tied tensors. A parameter or buffer reachable under several names (``self.dec.weight = self.emb.weight``, or one
+module registered twice) is one tensor: every name of it is read as its *canonical* name, the first one the
+model's deduplicating ``named_parameters()`` / ``named_buffers()`` give (the name ``apply_maps`` and
+``permute_model`` look up). Each op that uses the tensor, under whichever name, binds the same per-axis dims, so
+its axes carry the constraints of all its uses (a tied embedding/decoder: the rows are the vocabulary of both,
+the columns one hidden space) and it becomes one member per axis. That member has one role, the one its first
+use gave the axis.
+
 A handler sees one fx node as a :class:`Call`: the node, its real arguments and result, and the same arguments
 with every fx node replaced by its tensor info (``iargs``/``ikwargs``).
 """
@@ -88,7 +96,7 @@ def is_tensor(x) -> bool:
 class TraceState:
     """The constraints and parameter dims recorded so far (see the module docstring)."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, root: Optional[nn.Module] = None):
         self.gm = gm
         self.sp = Spaces()
         self.param_dims: Dict[str, List[Optional[Dim]]] = {}
@@ -97,8 +105,14 @@ class TraceState:
         self.module_taps: List[ModuleTap] = []
         self.special_taps: List[SpecialTap] = []
         self.node: Optional[fx.Node] = None  # the node being handled (names the spaces it creates)
-        self.tensors = dict(gm.named_parameters())
-        self.tensors.update(dict(gm.named_buffers()))
+        self.aliases = tensor_aliases(gm if root is None else root)
+        self.tensors: Dict[str, torch.Tensor] = {}
+        for name, t in _all_named_tensors(gm):
+            self.tensors.setdefault(self.canonical(name), t)
+
+    def canonical(self, name: str) -> str:
+        """The canonical name of parameter/buffer ``name`` (itself unless it is a second name of a tied tensor)."""
+        return self.aliases.get(name, name)
 
     # -- tensor infos ----------------------------------------------------------------------------------------
     def none_info(self, value):
@@ -124,7 +138,8 @@ class TraceState:
 
     # -- parameters ------------------------------------------------------------------------------------------
     def register(self, name: str) -> List[Optional[Dim]]:
-        """The per-axis dims of parameter/buffer ``name`` (registered on first use)."""
+        """The per-axis dims of parameter/buffer ``name`` (registered on first use under its canonical name)."""
+        name = self.canonical(name)
         if name not in self.param_dims:
             if name not in self.tensors:
                 raise Unsupported(f"{name!r} is not a parameter or buffer of the model")
@@ -134,6 +149,7 @@ class TraceState:
 
     def fresh(self, name: str, axis: int, role: str = "output") -> Dim:
         """The dim of ``name``'s ``axis``, a new space (created at the current node) if no op met it yet."""
+        name = self.canonical(name)
         dims = self.register(name)
         if dims[axis] is None:
             size = self.tensors[name].shape[axis]
@@ -143,6 +159,7 @@ class TraceState:
 
     def bind(self, name: str, axis: int, dim: Dim, role: str) -> Dim:
         """Identify ``name``'s ``axis`` with ``dim`` (the first binding sets it); returns the axis' dim."""
+        name = self.canonical(name)
         dims = self.register(name)
         self.param_roles.setdefault((name, axis), role)
         if dims[axis] is None:
@@ -156,10 +173,32 @@ class TraceState:
 
     def param_info(self, name: str) -> TensorInfo:
         """The info of parameter/buffer ``name`` read by a ``get_attr`` node (fresh spaces where unmet)."""
+        name = self.canonical(name)
         return tuple(self.fresh(name, a) for a in range(self.tensors[name].dim()))
 
     def set_role(self, arg, axis: int, role: str) -> None:
         """Set the role of ``axis`` of the parameter that fx argument ``arg`` reads (if it reads one)."""
-        if isinstance(arg, fx.Node) and arg.op == "get_attr" and arg.target in self.tensors:
-            ndim = self.tensors[arg.target].dim()
-            self.param_roles[(arg.target, axis % ndim)] = role
+        if isinstance(arg, fx.Node) and arg.op == "get_attr" and self.canonical(arg.target) in self.tensors:
+            name = self.canonical(arg.target)
+            ndim = self.tensors[name].dim()
+            self.param_roles[(name, axis % ndim)] = role
+
+    def has_tensor(self, name: str) -> bool:
+        """Whether ``name`` (under any of its names) is a parameter or buffer of the model."""
+        return self.canonical(name) in self.tensors
+
+
+def _all_named_tensors(model: nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    """Every ``(name, tensor)`` of ``model``'s parameters, then buffers, each tensor under all its names."""
+    return list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+
+
+def tensor_aliases(model: nn.Module) -> Dict[str, str]:
+    """``{second name: canonical name}`` for every tensor of ``model`` reachable under several names (tied
+    parameters, a module registered twice); the canonical name is the one ``named_parameters()`` (or
+    ``named_buffers()``) gives. Empty for a model without ties."""
+    canonical = {}
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        canonical.setdefault(id(t), name)
+    return {name: canonical[id(t)] for name, t in _all_named_tensors(model)
+            if id(t) in canonical and canonical[id(t)] != name}

@@ -8,7 +8,8 @@ creates a new space for its rows; ``add`` identifies the axes of its operands; a
 using the concrete shapes; ``unbind`` of a fused ``qkv`` partitions its row space; ``q @ kᵀ`` identifies the
 head-dim spaces of q and k and ties their head digits...). Model inputs and outputs fix whatever they touch.
 At the end every non-fixed leaf space becomes a :class:`~mudsc.spec.data.Group`; parameters/buffers whose axes
-hold that space become its members.
+hold that space become its members. A tensor reached under several names (tied weights) is one tensor under the
+model's first name for it, so its axes carry the constraints of every use (``state.py``).
 
 Layout. This module is the interpreter loop: per fx node it builds a :class:`~mudsc.spec.state.Call` (real
 arguments and result, and the same arguments as tensor infos) and hands it to
@@ -19,13 +20,17 @@ turns the finished state into a :class:`~mudsc.spec.data.PermSpec`, choosing tap
 Unsupported constructs (an op without a handler, a reshape that mixes channels, grouped convolutions with
 ``1 < groups < channels`` that would need within-group structure) raise :class:`SpecTraceError` naming the fx
 node with ``strict=True``; with ``strict=False`` the channels they touch are fixed (their groups are dropped) and
-a warning names the node. Every traced spec is then verified by :func:`mudsc.spec.check.check_spec` unless
-``check=False``.
+a warning names the node. A model torch.fx cannot trace at all (data-dependent control flow such as
+``if x.sum() > 0:``) raises :class:`SpecTraceError` naming the line of the model's code where tracing stopped and
+the ways around it (a hand-written spec among them). Every traced spec is then verified by
+:func:`mudsc.spec.check.check_spec` unless ``check=False``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import traceback
 import warnings
 from typing import Any, Dict, Optional
 
@@ -48,10 +53,10 @@ __all__ = ["SpecTraceError", "trace"]
 class _SpecInterpreter(fx.Interpreter):
     """Runs the traced graph and, next to every value, its tensor info (see the module docstring)."""
 
-    def __init__(self, gm: fx.GraphModule, strict: bool):
+    def __init__(self, gm: fx.GraphModule, strict: bool, root: Optional[nn.Module] = None):
         super().__init__(gm)
         self.strict = strict
-        self.state = TraceState(gm)
+        self.state = TraceState(gm, root)
         self.info: Dict[fx.Node, Any] = {}
 
     def run_node(self, n: fx.Node) -> Any:
@@ -91,14 +96,35 @@ class _SpecInterpreter(fx.Interpreter):
         return self.state.none_info(c.result)
 
 
+def _user_frame(exc: BaseException) -> Optional[str]:
+    """``"file:line in function: source"`` of the innermost traceback frame outside torch (the model's code that
+    torch.fx stopped at), or None."""
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not os.path.abspath(f.filename).startswith(torch_dir) and f.filename != __file__]
+    if not frames:
+        return None
+    f = frames[-1]
+    return f"{os.path.basename(f.filename)}:{f.lineno} in {f.name}: {(f.line or '').strip()!r}"
+
+
 def _to_graph(model: nn.Module, tracer: Optional[fx.Tracer]) -> fx.GraphModule:
-    """``model`` traced symbolically (with ``tracer`` if given); torch.fx failures become :class:`SpecTraceError`."""
+    """``model`` traced symbolically (with ``tracer`` if given); torch.fx failures become :class:`SpecTraceError`
+    naming the model code torch.fx stopped at and the ways around it."""
     try:
         if tracer is None:
             return fx.symbolic_trace(model)
         return fx.GraphModule(model, tracer.trace(model))
     except Exception as e:  # torch.fx raises many types (TraceError, TypeError, NotImplementedError...)
-        raise SpecTraceError(f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}") from e
+        where = _user_frame(e)
+        raise SpecTraceError(
+            f"torch.fx could not trace {type(model).__name__}: {type(e).__name__}: {e}"
+            + (f" (at {where})" if where else "")
+            + ". torch.fx runs the code on symbolic values, so it cannot follow what needs real ones (Python control "
+            "flow on a tensor: if/while on it, bool()/int() of it, data-dependent shapes); make that code "
+            "traceable, make the submodule holding it a leaf of a custom tracer= (with strict=False its channels "
+            "are then left unpermuted), or write the model's mudsc.PermSpec by hand and pass it as spec= to "
+            "mudsc.merge / mudsc.match") from e
 
 
 def _interpret(model: nn.Module, gm: fx.GraphModule, example_inputs: tuple, strict: bool) -> TraceState:
@@ -106,7 +132,7 @@ def _interpret(model: nn.Module, gm: fx.GraphModule, example_inputs: tuple, stri
     flags = {m: m.training for m in model.modules()}
     try:
         gm.eval()
-        interp = _SpecInterpreter(gm, strict)
+        interp = _SpecInterpreter(gm, strict, model)
         with torch.no_grad():
             interp.run(*example_inputs)
     finally:

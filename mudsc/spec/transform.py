@@ -12,6 +12,10 @@ transformed with ``N·M_iᵀ`` on output-side axes (cluster means, written as se
 are averaged. Deviation from the original: ``eps`` defaults to 0 (the original keeps ``1e-5``, a 5e-6 relative
 shrink per output axis; pass ``merge_eps=1e-5`` for parity) so that exact permutation maps recover a model
 exactly. Module attributes (features, channels, normalized_shape, heads' ``head_dim`` ...) follow the new widths.
+
+Tied tensors (one parameter under several names, ``dec.weight = emb.weight``) are transformed once, under the name
+``named_parameters()`` gives, and stay one tensor in the result: ``permute_model`` permutes a deep copy in place,
+``apply_maps`` puts each merged tensor at every place that held the original.
 """
 
 from __future__ import annotations
@@ -33,17 +37,36 @@ def _named_tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
-    """Replace parameter/buffer ``name`` (possibly with a new shape), keeping its kind and requires_grad."""
+def _tensor_slots(model: nn.Module) -> Dict[str, List[Tuple[nn.Module, str]]]:
+    """``{name: [(module, attribute)]}`` per parameter/buffer (deduplicated names, as :func:`_named_tensors`):
+    every place that holds the tensor; a tied tensor (``dec.weight = emb.weight``) has several."""
+    places: Dict[int, List[Tuple[nn.Module, str]]] = {}
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for attribute, t in store.items():
+                if t is not None:
+                    places.setdefault(id(t), []).append((module, attribute))
+    return {name: places[id(t)] for name, t in _named_tensors(model).items()}
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor, slots=None) -> None:
+    """Replace parameter/buffer ``name`` (possibly with a new shape), keeping its kind and requires_grad, at every
+    place that holds it (``slots`` from :func:`_tensor_slots`, computed when not given): tied tensors stay tied."""
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model
     if leaf in module._parameters:
         old = module._parameters[leaf]
-        module._parameters[leaf] = nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad)
+        new = nn.Parameter(value.to(old.dtype), requires_grad=old.requires_grad)
     elif leaf in module._buffers:
-        module._buffers[leaf] = value.to(module._buffers[leaf].dtype)
+        new = value.to(module._buffers[leaf].dtype)
     else:
         raise ValueError(f"{name!r} is neither a parameter nor a buffer of {type(module).__name__}")
+    places = (slots if slots is not None else _tensor_slots(model)).get(name, [(module, leaf)])
+    for holder, attribute in places:
+        if attribute in holder._parameters:
+            holder._parameters[attribute] = new
+        else:
+            holder._buffers[attribute] = new
 
 
 def _check_members(spec: PermSpec, tensors: Dict[str, torch.Tensor], what: str) -> None:
@@ -192,7 +215,8 @@ def apply_maps(models: Sequence[nn.Module], spec: PermSpec, maps: Mapping[str, o
     _check_members(spec, named[0], type(models[0]).__name__)
     labels = _labels_of(spec, maps, num_models)
     counts = {g: torch.bincount(lab, minlength=k).double() for g, (lab, k) in labels.items()}
-    merged = copy.deepcopy(models[0])
+    merged = copy.deepcopy(models[0])  # a deep copy keeps ties; _set_tensor replaces a tensor at all its places
+    slots = _tensor_slots(merged)
     with torch.no_grad():
         for name, ref in named[0].items():
             if not torch.is_floating_point(ref):
@@ -207,7 +231,7 @@ def apply_maps(models: Sequence[nn.Module], spec: PermSpec, maps: Mapping[str, o
                 for axis, ms in sorted(by_axis.items()):
                     t = _transform_axis(t, axis, ms, i, labels, counts, num_models, merge_eps)
                 results.append(t)
-            _set_tensor(merged, name, torch.stack(results).mean(0).to(ref.dtype))
+            _set_tensor(merged, name, torch.stack(results).mean(0).to(ref.dtype), slots)
     _check_fused_widths(spec, merged)
     update_module_attributes(merged)
     return merged

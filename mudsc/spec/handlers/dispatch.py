@@ -143,7 +143,7 @@ def _placeholder(s: TraceState, c: Call):
 
 def _get_attr(s: TraceState, c: Call):
     """A parameter or buffer read: its per-axis dims (fresh spaces where no op met them yet)."""
-    if is_tensor(c.result) and c.node.target in s.tensors:
+    if is_tensor(c.result) and s.has_tensor(c.node.target):
         return s.param_info(c.node.target)
     return s.none_info(c.result)
 
