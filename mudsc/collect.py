@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -53,6 +54,27 @@ class ActivationStats:
         self.timing = dict(timing)
         self.backend = backend
         self._cache: Dict[str, torch.Tensor] = {}
+        self._dead: Dict[str, torch.Tensor] = {}
+
+    def degenerate_units(self, group: str, eps: float = 1e-7) -> torch.Tensor:
+        """``LongTensor[k]``: units of ``group`` (model-major) whose variance over the samples seen is below ``eps``
+        (the clamp of :meth:`correlation`; constant units included; empty without taps). Their correlations are
+        0 or shrunk towards it, with their twins too, so matching must not rely on them."""
+        if group not in self._dead:
+            acc = self.accumulators.get(group)
+            if acc is None:
+                self._dead[group] = torch.zeros(0, dtype=torch.long)
+            else:
+                var = acc.covariance(dtype=torch.float64).diagonal().cpu()
+                low = torch.zeros(var.numel(), dtype=torch.bool)
+                low[acc.zero_variance_units.cpu().long()] = True
+                self._dead[group] = torch.nonzero(low | (var < eps)).flatten()
+        return self._dead[group]
+
+    def underdetermined(self, group: str) -> bool:
+        """``group`` has fewer samples than units (its correlation is rank-deficient)."""
+        acc = self.accumulators.get(group)
+        return acc is not None and acc.num_samples < acc.num_features
 
     def correlation(self, group: str) -> Optional[torch.Tensor]:
         """``Tensor[N·size, N·size]`` float32 activation correlation of ``group`` (None without taps)."""
@@ -277,6 +299,18 @@ class StatsCollector:
                                  "match the models' forward")
 
 
+def _warn_underdetermined(accumulators: Dict[str, CorrelationAccumulator]) -> None:
+    """Warn for groups with fewer samples than units: their correlation is rank-deficient, so many matchings fit
+    it equally well."""
+    few = [(name, acc.num_samples, acc.num_features) for name, acc in accumulators.items()
+           if acc.num_samples < acc.num_features]
+    if few:
+        name, samples, units = few[0]
+        more = f" (and {len(few) - 1} more groups)" if len(few) > 1 else ""
+        warnings.warn(f"group {name!r} has {samples} samples for its {units} units{more}: its activation correlation "
+                      "is rank-deficient and the matching is poorly determined; pass more merge data")
+
+
 def _loader_length(loader, max_batches: Optional[int]) -> Optional[int]:
     """The number of batches the pass will see, when known (for the progress bar)."""
     if max_batches is not None or not hasattr(loader, "__len__"):
@@ -338,5 +372,6 @@ def collect_stats(
     if num_batches == 0:
         raise ValueError("the loader yielded no batches")
     collector.check_fired()
+    _warn_underdetermined(collector.accumulators)
     return ActivationStats(spec, len(models), collector.accumulators, num_batches,
                            {"forward": forward, "stats": collector.hook_time}, backend)

@@ -17,12 +17,13 @@ Weight similarity on the native path goes through a :class:`mudsc.PieceCache` (a
 a map on one of its own other axes changed, and brought up to date from a kept version where it can); the
 reference backend recomputes everything with dense matrices, as the original does. Activation taps follow the
 spec's taps (the tracer's choice); groups without taps use their weight similarity in activation methods
-(reported as ``fallback_groups``).
+(reported as ``fallback_groups``), and so do the units of a group that are constant on the merge data.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -55,6 +56,8 @@ class Descent:
         balance, reduce, alpha, beta, backend, axis_rule: as in :func:`match`.
         piece_cache: the :class:`mudsc.PieceCache` of the native weight similarity (default: a new one; unused
             when the similarity runs on the reference backend).
+        tie_break: weight of ``S_w`` added to the activation similarity of groups with fewer samples than units
+            (:meth:`similarity`; 0: off).
 
     Attributes:
         state: the :class:`MapState` (current maps); values: ``{group: merge value}``; history: per sweep
@@ -63,13 +66,14 @@ class Descent:
 
     def __init__(self, models: Sequence[nn.Module], spec: PermSpec, method: MethodInfo,
                  stats: Optional[ActivationStats], balance: float, reduce: float, alpha: float, beta: float,
-                 backend: str, axis_rule: str, piece_cache: Optional[PieceCache] = None):
+                 backend: str, axis_rule: str, piece_cache: Optional[PieceCache] = None, tie_break: float = 1e-4):
         self.spec = spec
         self.method = method
         self.stats = stats
         self.n = len(models)
         self.balance, self.reduce, self.alpha, self.beta = float(balance), reduce, alpha, beta
         self.backend = backend
+        self.tie_break = float(tie_break)
         self.tensors = [named_tensors(m) for m in models]
         self.state = MapState(spec, self.n, axis_rule)
         self.coords = coordinates(spec)
@@ -88,16 +92,27 @@ class Descent:
         return weight_moments(pieces, self.cache, group.name, keys).correlation(1e-7, dtype=torch.float32).cpu()
 
     def similarity(self, group: Group, mix: Optional[float]) -> torch.Tensor:
-        """mix None: activation only; else ``mix·S_w + (1−mix)·S_act`` (S_w alone without activations)."""
+        """mix None: activation only; else ``mix·S_w + (1−mix)·S_act`` (S_w alone without activations).
+
+        ``S_act`` is the activation correlation where it determines the matching: the rows and columns of units
+        of (near) zero variance on the merge data (they correlate 0 with everything, their twins included) are
+        their weight similarity, and a group with fewer samples than units (sparse activations correlate exactly 1
+        with each other there) gets ``tie_break·S_w`` added, so exact ties go to the most similar weights."""
         t0 = time.perf_counter()
         act = self.stats.correlation(group.name) if self.method.activations else None
         if act is not None and mix is not None and mix == 0.0:
             mix = None
-        if act is None or mix is not None:
-            sw = self.weight_part(group)
-            s = sw if act is None else mix * sw + (1.0 - mix) * act
-        else:
-            s = act
+        dead = self.stats.degenerate_units(group.name) if act is not None else None
+        patch = dead is not None and dead.numel() > 0
+        ties = act is not None and self.tie_break > 0 and self.stats.underdetermined(group.name)
+        sw = self.weight_part(group) if act is None or mix is not None or patch or ties else None
+        if patch:
+            act = act.clone()
+            act[dead, :] = sw[dead, :]
+            act[:, dead] = sw[:, dead]
+        if ties:
+            act = act + self.tie_break * sw
+        s = sw if act is None else (act if mix is None else mix * sw + (1.0 - mix) * act)
         self.timing["similarity"] += time.perf_counter() - t0
         return s
 
@@ -200,6 +215,7 @@ def match(
     progress: bool = True,
     axis_rule: str = "merge",
     piece_cache: Optional[PieceCache] = None,
+    tie_break: float = 1e-4,
 ) -> MergePlan:
     """Per-group unit maps of N models by ``method`` (see :mod:`mudsc.methods`): a :class:`mudsc.MergePlan`.
 
@@ -220,6 +236,9 @@ def match(
             (:mod:`mudsc.methods.weights`).
         piece_cache: the :class:`mudsc.PieceCache` of the native weight similarity (default: a new one per call;
             ``PieceCache(reuse=False)`` recomputes every piece).
+        tie_break: in a group with fewer samples than units, ``tie_break·S_w`` is added to the activation
+            similarity, so that exact ties (sparse units correlate exactly 1 there) go to the most similar
+            weights; 0 turns it off. Units constant on the merge data always take their weight similarity.
 
     The plan's ``info`` holds ``history`` (per sweep: value, best value, improved), ``sweeps``,
     ``fallback_groups``, ``weight_pieces`` and ``timing`` (``similarity`` and ``solve`` seconds).
@@ -238,7 +257,10 @@ def match(
             if mem.name not in tensors:
                 raise ValueError(f"group {g.name!r} names {mem.name!r}, which is not a parameter or buffer of the "
                                  "models")
-    descent = Descent(models, spec, info_m, stats, balance, reduce, alpha, beta, backend, axis_rule, piece_cache)
+    if not isinstance(tie_break, numbers.Real) or not 0.0 <= float(tie_break) <= 1e-2:
+        raise ValueError(f"tie_break must be a number in [0, 0.01] (a tie-breaker, not a weight), got {tie_break!r}")
+    descent = Descent(models, spec, info_m, stats, balance, reduce, alpha, beta, backend, axis_rule, piece_cache,
+                      tie_break)
     fallback = [g.name for g in spec.groups if stats.correlation(g.name) is None] if info_m.activations else []
     descent.initial_maps()
     if info_m.descent:
