@@ -115,7 +115,8 @@ def merge(
         t0 = time.perf_counter()
         spec = _trace(models[0], example_inputs, first, needs_groups=info_m.solver is not None)
         timing["trace"] = time.perf_counter() - t0
-    probe_inputs = example_inputs if example_inputs is not None else (first[:2] if first is not None else None)
+    probe_inputs = _on_device_of(models[0], example_inputs if example_inputs is not None else
+                                 (first[:2] if first is not None else None))
     if probe_inputs is not None:
         check_widths(models, spec, info_m, reduce, probe_inputs)
     stats = None
@@ -174,6 +175,16 @@ def _check_runs(model: nn.Module, first: torch.Tensor) -> None:
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ValueError(f"model 0 cannot run on the loader's first batch of shape {tuple(first.shape)}: "
                          f"{exc}") from exc
+
+
+def _on_device_of(model: nn.Module, inputs: Any) -> Any:
+    """``inputs`` (a tensor, a tuple of them, or None) on the device of ``model``'s first parameter."""
+    param = next(model.parameters(), None)
+    if inputs is None or param is None:
+        return inputs
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(param.device)
+    return tuple(t.to(param.device) if isinstance(t, torch.Tensor) else t for t in inputs)
 
 
 def _reset_bn(model: nn.Module, loader: Iterable, consumed: bool, max_batches, device) -> float:
