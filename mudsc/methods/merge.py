@@ -101,14 +101,7 @@ def merge(
     check_finite_weights(models)
     if spec is not None and not isinstance(spec, PermSpec):
         raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
-    first = None
-    one_shot = False
-    if loader is not None:
-        first, loader_items = peek(loader)
-        if iter(loader) is loader:  # a one-shot iterator (generator): keep the peeked batch, no second pass
-            loader, one_shot = loader_items, True
-    elif info_m.activations:
-        raise ValueError(f"method {method!r} uses activation statistics: pass a loader")
+    first, loader, one_shot = _peek_loader(loader, info_m.activations, method)
     timing = {"trace": 0.0, "forward": 0.0, "stats": 0.0, "similarity": 0.0, "solve": 0.0, "apply": 0.0,
               "reset_bn": 0.0}
     if spec is None:
@@ -175,6 +168,19 @@ def _check_runs(model: nn.Module, first: torch.Tensor) -> None:
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ValueError(f"model 0 cannot run on the loader's first batch of shape {tuple(first.shape)}: "
                          f"{exc}") from exc
+
+
+def _peek_loader(loader, needed: bool, method: str) -> tuple:
+    """``(first model input or None, the loader to use, whether it is a one-shot iterator)``. A one-shot
+    iterator (a generator) is replaced by one that yields the peeked batch again; it cannot feed a second pass."""
+    if loader is None:
+        if needed:
+            raise ValueError(f"method {method!r} uses activation statistics: pass a loader")
+        return None, None, False
+    first, items = peek(loader)
+    if iter(loader) is loader:
+        return first, items, True
+    return first, loader, False
 
 
 def _on_device_of(model: nn.Module, inputs: Any) -> Any:
