@@ -77,21 +77,32 @@ def check_finite_weights(models: Sequence[nn.Module]) -> None:
 
 
 def check_device(device) -> Optional[torch.device]:
-    """``device`` as a ``torch.device`` that exists here (None stays None); ValueError naming the problem."""
+    """``device`` as a ``torch.device`` that exists and works here (None stays None): a tensor is made there and
+    copied back, as the statistics pass does (refuses ``meta`` and absent backends); ValueError naming it."""
     if device is None:
         return None
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise ValueError(f"device {device!r} is not a device name ({exc})") from None
+        raise ValueError(f"device {device!r} is not a device torch knows ({_one_line(exc)})") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: no CUDA device is available here")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r}: MPS is not available here")
+            raise ValueError(f"device {device!r}: no CUDA GPU is usable here (torch.cuda.is_available() is False)")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s), cuda:0 to "
+                             f"cuda:{count - 1}")
+    try:
+        torch.zeros(1, device=dev).cpu()
+    except Exception as exc:  # torch raises RuntimeError, AssertionError or NotImplementedError here
+        raise ValueError(f"device {device!r} is not usable here ({_one_line(exc)})") from exc
     return dev
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _shapes(model: nn.Module) -> Dict[str, tuple]:

@@ -47,3 +47,17 @@ def _skip_cuda_without_gpu(request):
     """Skip tests marked ``cuda`` on machines without a usable CUDA device."""
     if request.node.get_closest_marker("cuda") is not None and not _cuda_available():
         pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    """Two state dicts of a tiny built-in MLP (12 -> 4 -> 10) from seeds 0 and 1, saved under ``tmp_path``: the
+    CLI tests' checkpoints."""
+    import torch  # noqa: PLC0415  (the fixture is only used by tests that need torch)
+
+    paths = []
+    for i in range(2):
+        torch.manual_seed(i)
+        paths.append(str(tmp_path / f"m{i}.pt"))
+        torch.save(mudsc.models.mlp(in_features=12, hidden=(4,)).state_dict(), paths[-1])
+    return paths

@@ -33,16 +33,6 @@ def _one_line_error(capsys, *phrases: str) -> str:
 
 
 @pytest.fixture
-def checkpoints(tmp_path):
-    paths = []
-    for i in range(2):
-        torch.manual_seed(i)
-        paths.append(str(tmp_path / f"m{i}.pt"))
-        torch.save(models.mlp(in_features=12, hidden=(4,)).state_dict(), paths[-1])
-    return paths
-
-
-@pytest.fixture
 def no_work(monkeypatch):
     """Fails the test when a checkpoint is loaded or ``mudsc.merge`` runs."""
     calls = []

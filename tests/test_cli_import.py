@@ -20,16 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MLP_KWARGS = '{"in_features": 12, "hidden": [4]}'
 
 
-@pytest.fixture
-def checkpoints(tmp_path):
-    paths = []
-    for i in range(2):
-        torch.manual_seed(i)
-        paths.append(str(tmp_path / f"m{i}.pt"))
-        torch.save(models.mlp(in_features=12, hidden=(4,)).state_dict(), paths[-1])
-    return paths
-
-
 LOADERS = """import torch
 def loader():
     return [torch.randn(8, 12, generator=torch.Generator().manual_seed(i)) for i in range(2)]

@@ -142,7 +142,7 @@ def test_mixed_dtypes_and_devices_are_named():
         mudsc.merge(ms, _loader(shape=(12,)), method="avg", progress=False)
 
 
-@pytest.mark.parametrize("device, message", [("bogus", "is not a device name"),
+@pytest.mark.parametrize("device, message", [("bogus", "is not a device torch knows"),
                                              ("cuda:7" if torch.cuda.is_available() else "cuda", "CUDA")])
 def test_a_device_that_does_not_exist_is_named(device, message):
     ms = _seeded(lambda: models.mlp(in_features=12, hidden=(8,)), 2)

@@ -45,6 +45,7 @@ import mudsc
 
 from .._io import atomic_path
 from ..demo.mnist import load_digits
+from ..inputs import check_device
 
 __all__ = ["BUILTIN_ARCHS", "BUILTIN_DATA", "CliError", "add_parser", "run"]
 
@@ -142,24 +143,11 @@ def _import_object(text: str, what: str):
 
 def _check_device(text):
     """``--device`` as a ``torch.device`` (None stays None); ``CliError`` when torch or this machine lacks it."""
-    if text is None:
-        return None
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise CliError(f"--device {text!r} is not a device torch knows ({_one_line(exc)})") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CliError(f"--device {text!r}: no CUDA GPU is usable here (torch.cuda.is_available() is False); "
-                           "pass --device cpu or leave it out")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise CliError(f"--device {text!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    try:  # a tensor made there and copied back: what the statistics pass does (refuses meta, absent backends)
-        torch.zeros(1, device=device).cpu()
-    except Exception as exc:  # torch raises RuntimeError, AssertionError or NotImplementedError here
-        raise CliError(f"--device {text!r} is not usable here ({_one_line(exc)})") from exc
-    return device
+        return check_device(text)
+    except ValueError as exc:
+        hint = "; pass --device cpu or leave it out" if "CUDA" in str(exc) else ""
+        raise CliError(f"--{exc}{hint}") from exc
 
 
 def _check_output(path: str, flag: str) -> None:
