@@ -45,7 +45,7 @@ from .registry import MethodInfo, check_hyperparameters, check_method
 from .weights import MapState
 from .widths import default_reduce
 
-__all__ = ["Descent", "match"]
+__all__ = ["Descent", "match", "run_matching"]
 
 
 class Descent:
@@ -251,14 +251,24 @@ def match(
     if not isinstance(spec, PermSpec):
         raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
     _check_stats(info_m, stats, spec, len(models))
+    if not isinstance(tie_break, numbers.Real) or not 0.0 <= float(tie_break) <= 1e-2:
+        raise ValueError(f"tie_break must be a number in [0, 0.01] (a tie-breaker, not a weight), got {tie_break!r}")
+    return run_matching(models, spec, info_m, stats, balance, reduce, alpha, beta, max_sweeps, patience, seed,
+                        backend, progress, axis_rule, piece_cache, tie_break)
+
+
+def run_matching(models: List[nn.Module], spec: PermSpec, info_m: MethodInfo, stats: Optional[ActivationStats],
+                 balance: float, reduce: float, alpha: float, beta: float, max_sweeps: int, patience: int, seed: int,
+                 backend: str, progress: bool, axis_rule: str, piece_cache: Optional[PieceCache] = None,
+                 tie_break: float = 1e-4) -> MergePlan:
+    """:func:`match` on arguments already checked (by :func:`match`, or by :func:`mudsc.merge`, which checks the
+    models and their weights once before the statistics pass); only the spec's members are checked here."""
     tensors = named_tensors(models[0])
     for g in spec.groups:
         for mem in g.members:
             if mem.name not in tensors:
                 raise ValueError(f"group {g.name!r} names {mem.name!r}, which is not a parameter or buffer of the "
                                  "models")
-    if not isinstance(tie_break, numbers.Real) or not 0.0 <= float(tie_break) <= 1e-2:
-        raise ValueError(f"tie_break must be a number in [0, 0.01] (a tie-breaker, not a weight), got {tie_break!r}")
     descent = Descent(models, spec, info_m, stats, balance, reduce, alpha, beta, backend, axis_rule, piece_cache,
                       tie_break)
     fallback = [g.name for g in spec.groups if stats.correlation(g.name) is None] if info_m.activations else []
@@ -268,5 +278,5 @@ def match(
     hyper = {"balance": float(balance), "reduce": float(reduce), "alpha": float(alpha), "beta": float(beta),
              "max_sweeps": int(max_sweeps), "patience": int(patience), "seed": int(seed), "axis_rule": axis_rule,
              "backend": backend}
-    return MergePlan(spec=spec, maps=descent.maps(), num_models=len(models), method=method, hyperparameters=hyper,
-                     fingerprints=[fingerprint(m) for m in models], info=descent.info(fallback))
+    return MergePlan(spec=spec, maps=descent.maps(), num_models=len(models), method=info_m.name,
+                     hyperparameters=hyper, fingerprints=[fingerprint(m) for m in models], info=descent.info(fallback))

@@ -18,7 +18,7 @@ from ..norm import reset_bn
 from ..plan import MergePlan
 from ..probe import run_named
 from ..spec import PermSpec, SpecTraceError, trace
-from .descent import match
+from .descent import run_matching
 from .registry import check_hyperparameters, check_method
 from .widths import check_widths, default_reduce
 
@@ -117,9 +117,9 @@ def merge(
         stats = collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
                               progress=progress)
         timing.update(stats.timing)
-    plan = match(models, spec, method, stats=stats, balance=balance, reduce=reduce, alpha=alpha, beta=beta,
-                 max_sweeps=max_sweeps, patience=patience, seed=seed, backend=backend, progress=progress,
-                 axis_rule=axis_rule)
+    # the models, weights and hyperparameters were checked above, before the statistics pass
+    plan = run_matching(models, spec, info_m, stats, balance, reduce, alpha, beta, max_sweeps, patience, seed,
+                        backend, progress, axis_rule)
     timing.update(plan.info["timing"])
     t0 = time.perf_counter()
     model = plan.apply(models, check=False)
