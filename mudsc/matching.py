@@ -80,8 +80,14 @@ def default_reduce(num_models: int) -> float:
     return 1.0 - 1.0 / int(num_models)
 
 
-def check_zip_parameters(reduce: float, alpha: float, beta: float) -> None:
-    """reduce in [0, 1), alpha finite, beta finite and >= 0; ValueError naming the parameter otherwise."""
+ZIP_DECAYS = ("same-model", "every-merge")
+
+
+def check_zip_parameters(reduce: float, alpha: float, beta: float, decay: str = "same-model") -> None:
+    """reduce in [0, 1), alpha finite, beta finite and >= 0, decay one of :data:`ZIP_DECAYS`; ValueError naming
+    the parameter otherwise."""
+    if decay not in ZIP_DECAYS:
+        raise ValueError(f"decay must be one of {', '.join(map(repr, ZIP_DECAYS))}, got {decay!r}")
     for name, value in (("reduce", reduce), ("alpha", alpha), ("beta", beta)):
         if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(float(value)):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
@@ -98,6 +104,7 @@ def zip_match(
     alpha: float = 0.5,
     beta: float = 1.0,
     *,
+    decay: str = "same-model",
     backend: str = "auto",
 ) -> MatchResult:
     """ZipIt!'s greedy zip of N models' units (ALGORITHM.md §4.c), as used by ZipIt! and MuDSC-zip.
@@ -107,9 +114,15 @@ def zip_match(
         num_models: N (O must be divisible by N).
         reduce: fraction of units removed: K = floor(O·(1 − reduce) + 1e-4) outputs (default ``1 − 1/N``, ZipIt's
             rule: the width of one model, exactly).
-        alpha: decay of a merged unit's similarities (``alpha·min`` linkage); ``<= 0``: merged units never merge
-            again.
+        alpha: decay of a merged unit's similarities (``alpha·min`` linkage); ``<= 0``: a decayed pair never
+            merges.
         beta: within-model merge budget factor (1 = floor((O − K)/N) merges per model).
+        decay: which merged similarities decay. ``"same-model"`` (default): only those towards a cluster whose
+            union with the merged one would hold two units of one model; towards the others the linkage is the
+            plain ``min``, so twins from N >= 3 models end in one cluster (a self-merge is exact).
+            ``"every-merge"``: all of them (ZipIt!'s rule; for N = 3, the pair of twins from models A and B
+            meets C's twin at ``alpha·1`` and loses it to any within-model pair above ``alpha``). The two rules
+            give identical results for N = 2.
         backend: ``"auto"``, ``"native"`` (C++: one working copy, cached row maxima) or ``"reference"`` (the
             original's Θ(O³) torch loop).
 
@@ -119,11 +132,12 @@ def zip_match(
     chosen = backends.choose("zip_match", backend)
     a = _as_similarity(sim, num_models, native=chosen == "native")
     reduce = default_reduce(num_models) if reduce is None else reduce
-    check_zip_parameters(reduce, alpha, beta)
+    check_zip_parameters(reduce, alpha, beta, decay)
+    args = (a, int(num_models), float(reduce), float(alpha), float(beta), decay)
     if chosen == "reference":
-        labels, k, value = _reference_matching.zip_match(a, int(num_models), float(reduce), float(alpha), float(beta))
+        labels, k, value = _reference_matching.zip_match(*args)
     else:
-        labels, k, value = _native.core.zip_match(a, int(num_models), float(reduce), float(alpha), float(beta))
+        labels, k, value = _native.core.zip_match(*args)
     return MatchResult(labels, int(k), float(value))
 
 
@@ -135,6 +149,7 @@ def group_zip_match(
     alpha: float = 0.5,
     beta: float = 1.0,
     *,
+    decay: str = "same-model",
     backend: str = "auto",
 ) -> MatchResult:
     """Group zip (ALGORITHM.md §4.d) for attention heads and GroupNorm groups (ZipIt!/MuDSC-zip on grouped layers).
@@ -149,7 +164,7 @@ def group_zip_match(
     Args:
         sim: ``[O, O]`` symmetric similarity (model-major; inside a model, head-major).
         num_models: N. groups: heads (or GroupNorm groups) per model; Om must be divisible by it.
-        reduce, alpha, beta: as in :func:`zip_match`.
+        reduce, alpha, beta, decay: as in :func:`zip_match`.
 
     Returns:
         :class:`MatchResult` with K = groups·R outputs ordered head-set by head-set.
@@ -157,8 +172,8 @@ def group_zip_match(
     chosen = backends.choose("group_zip_match", backend)
     a = _as_similarity(sim, num_models, groups, native=chosen == "native")
     reduce = default_reduce(num_models) if reduce is None else reduce
-    check_zip_parameters(reduce, alpha, beta)
-    args = (a, int(num_models), int(groups), float(reduce), float(alpha), float(beta))
+    check_zip_parameters(reduce, alpha, beta, decay)
+    args = (a, int(num_models), int(groups), float(reduce), float(alpha), float(beta), decay)
     if chosen == "reference":
         labels, k, value = _reference_matching.group_zip_match(*args)
     else:

@@ -32,8 +32,9 @@ def symmetric(rng, o, dtype):
     beta=st.sampled_from([1.0, 0.5]),
     dtype=st.sampled_from([np.float32, np.float64]),
     forbid=st.booleans(),
+    decay=st.sampled_from(["same-model", "every-merge"]),
 )
-def test_native_equals_reference(seed, num_models, groups, og, reduce, alpha, beta, dtype, forbid):
+def test_native_equals_reference(seed, num_models, groups, og, reduce, alpha, beta, dtype, forbid, decay):
     rng = np.random.default_rng(seed)
     o = num_models * groups * og
     s = symmetric(rng, o, dtype)
@@ -42,7 +43,8 @@ def test_native_equals_reference(seed, num_models, groups, og, reduce, alpha, be
     out = []
     for backend in ("reference", "native"):
         try:
-            out.append(mudsc.group_zip_match(s, num_models, groups, reduce, alpha, beta, backend=backend))
+            out.append(mudsc.group_zip_match(s, num_models, groups, reduce, alpha, beta, decay=decay,
+                                             backend=backend))
         except ValueError as exc:
             assert "forbidden" in str(exc)
             out.append(None)
@@ -53,6 +55,23 @@ def test_native_equals_reference(seed, num_models, groups, og, reduce, alpha, be
     np.testing.assert_array_equal(nat.labels, ref.labels)
     assert nat.num_outputs == ref.num_outputs
     assert nat.merge_value == pytest.approx(ref.merge_value, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_three_copies_of_one_model_zip_twin_by_twin(backend):
+    """Heads of 3 copies of one model (within-head similarity 0.6, twins 1): every output is one unit's three
+    twins with the default decay (ZipIt!'s every-merge decay pairs units inside a head before the third twin)."""
+    groups, og, n = 2, 3, 3
+    om = groups * og
+    base = np.full((om, om), 0.1) + 0.5 * np.kron(np.eye(groups), np.ones((og, og))) + 0.4 * np.eye(om)
+    sim = np.tile(base, (n, n))
+    res = mudsc.group_zip_match(sim, n, groups, backend=backend)
+    assert res.num_outputs == om
+    for k in range(om):
+        members = np.flatnonzero(res.labels == k)
+        assert len(set((members % om).tolist())) == 1 and len(members) == n, (k, members)
+    old = mudsc.group_zip_match(sim, n, groups, decay="every-merge", backend=backend)
+    assert any(len(set((np.flatnonzero(old.labels == k) % om).tolist())) > 1 for k in range(om))
 
 
 @pytest.mark.parametrize("backend", ["native", "reference"])

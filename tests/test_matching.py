@@ -94,10 +94,10 @@ def target_width(o: int, reduce: float) -> int:
     return int(math.floor(o * (1.0 - reduce) + 1e-4))
 
 
-def run_zip(sim, n, reduce, alpha, beta, backend):
+def run_zip(sim, n, reduce, alpha, beta, backend, decay="same-model"):
     """The MatchResult, or the ValueError raised."""
     try:
-        return mudsc.zip_match(sim, n, reduce, alpha, beta, backend=backend)
+        return mudsc.zip_match(sim, n, reduce, alpha, beta, decay=decay, backend=backend)
     except ValueError as exc:
         return exc
 
@@ -125,10 +125,10 @@ def assert_labels_structure(res, o: int, k: int) -> None:
     assert labels[0] == 0
 
 
-def assert_zip_parity(sim, n, reduce, alpha, beta):
+def assert_zip_parity(sim, n, reduce, alpha, beta, decay="same-model"):
     """Native and reference agree exactly (or both raise the 'forbidden' ValueError). Returns the result."""
-    nat = run_zip(sim, n, reduce, alpha, beta, "native")
-    ref = run_zip(sim, n, reduce, alpha, beta, "reference")
+    nat = run_zip(sim, n, reduce, alpha, beta, "native", decay)
+    ref = run_zip(sim, n, reduce, alpha, beta, "reference", decay)
     if isinstance(nat, ValueError) or isinstance(ref, ValueError):
         assert isinstance(nat, ValueError) and isinstance(ref, ValueError), (
             f"only one backend raised: native={nat!r} reference={ref!r}"
@@ -142,13 +142,15 @@ def assert_zip_parity(sim, n, reduce, alpha, beta):
     return nat
 
 
-def naive_zip(sim: np.ndarray, n: int, reduce: float, alpha: float, beta: float):
+def naive_zip(sim: np.ndarray, n: int, reduce: float, alpha: float, beta: float, decay: str = "every-merge"):
     """An independent, mask-based transcription of ALGORITHM.md §4.c (no compaction): (labels, K, value).
 
     The first maximiser in row-major order over the surviving units (in original index order), the lower index
     survives with its model label, alpha·min on its row and column (alpha <= 0: never merges again), budgets
     floor(floor((O-K)/N)·beta + 1e-4), an exhausted budget forbids all pairs among the model's survivors.
-    Raises ValueError when every remaining pair is forbidden.
+    With ``decay="same-model"`` the entry towards a survivor v is decayed only when the merged cluster and v's
+    cluster together hold two units of one model (the plain min otherwise). Raises ValueError when every
+    remaining pair is forbidden.
     """
     s = np.array(sim, copy=True)
     dt = s.dtype.type
@@ -170,6 +172,11 @@ def naive_zip(sim: np.ndarray, n: int, reduce: float, alpha: float, beta: float)
         values.append(float(masked[x, y]))
         members[lo] += members.pop(hi)
         new = dt(alpha) * np.minimum(s[lo], s[hi]) if alpha > 0 else np.full(o, NEG_INF, dtype=s.dtype)
+        if decay == "same-model":
+            for v in np.flatnonzero(alive):
+                together = [u // om for u in members[lo] + members.get(int(v), [])]
+                if len(set(together)) == len(together):
+                    new[v] = min(s[lo, v], s[hi, v])
         s[lo, :] = new
         s[:, lo] = new
         s[lo, lo] = NEG_INF
@@ -207,12 +214,14 @@ BETAS = (1.0, 0.5)
     reduce=st.sampled_from(REDUCES),
     alpha=st.sampled_from(ALPHAS),
     beta=st.sampled_from(BETAS),
+    decay=st.sampled_from(["same-model", "every-merge"]),
 )
-def test_zip_native_matches_reference(n, data, seed, kind, inf_mode, dtype, reduce, alpha, beta):
+def test_zip_native_matches_reference(n, data, seed, kind, inf_mode, dtype, reduce, alpha, beta, decay):
     om = data.draw(st.one_of(st.integers(1, 8), st.integers(1, 64 // n)), label="om")
     sim = make_sim(seed, n * om, n, kind, inf_mode, dtype)
-    note(f"O={n * om} N={n} kind={kind} inf={inf_mode} dtype={np.dtype(dtype).name} r={reduce} a={alpha} b={beta}")
-    assert_zip_parity(sim, n, reduce, alpha, beta)
+    note(f"O={n * om} N={n} kind={kind} inf={inf_mode} dtype={np.dtype(dtype).name} r={reduce} a={alpha} b={beta} "
+         f"decay={decay}")
+    assert_zip_parity(sim, n, reduce, alpha, beta, decay)
 
 
 LARGE_CASES = [
@@ -276,19 +285,20 @@ def test_zip_both_backends_raise_when_everything_is_forbidden():
     reduce=st.sampled_from(REDUCES + (0.0, 0.1, 1 / 3)),
     alpha=st.sampled_from(ALPHAS + (0.3, -1.0)),
     beta=st.sampled_from(BETAS + (0.0, 2.0)),
+    decay=st.sampled_from(["same-model", "every-merge"]),
 )
-def test_zip_matches_naive_transcription(backend, n, data, seed, kind, inf_mode, dtype, reduce, alpha, beta):
-    """Both backends against a mask-based numpy transcription of the §4.c pseudo-code (small O)."""
+def test_zip_matches_naive_transcription(backend, n, data, seed, kind, inf_mode, dtype, reduce, alpha, beta, decay):
+    """Both backends against a mask-based numpy transcription of the §4.c pseudo-code (small O), both decays."""
     om = data.draw(st.integers(1, 24 // n), label="om")
     o = n * om
     sim = make_sim(seed, o, n, kind, inf_mode, dtype)
     try:
-        want = naive_zip(sim, n, reduce, alpha, beta)
+        want = naive_zip(sim, n, reduce, alpha, beta, decay)
     except ValueError:
         with pytest.raises(ValueError, match="forbidden"):
-            mudsc.zip_match(sim, n, reduce, alpha, beta, backend=backend)
+            mudsc.zip_match(sim, n, reduce, alpha, beta, decay=decay, backend=backend)
         return
-    got = mudsc.zip_match(sim, n, reduce, alpha, beta, backend=backend)
+    got = mudsc.zip_match(sim, n, reduce, alpha, beta, decay=decay, backend=backend)
     np.testing.assert_array_equal(got.labels, want[0])
     assert got.num_outputs == want[1]
     assert_value_close(got.merge_value, want[2], sim)
@@ -387,12 +397,74 @@ def test_zip_alpha_zero_within_forbidden_is_greedy_matching(backend, om, seed, k
     reduce=st.sampled_from(REDUCES),
 )
 def test_zip_alpha_zero_clusters_have_at_most_two_units(backend, n, om, seed, kind, reduce):
+    """ZipIt!'s rule with alpha = 0: a merged unit never merges again."""
     sim = make_sim(seed, n * om, n, kind, "none", np.float64)
-    res = run_zip(sim, n, reduce, 0.0, 1.0, backend)
+    res = run_zip(sim, n, reduce, 0.0, 1.0, backend, decay="every-merge")
     if isinstance(res, ValueError):
         assert "forbidden" in str(res)
         return
     assert np.bincount(res.labels).max() <= 2
+
+
+@examples(40)
+@given(
+    n=st.sampled_from([2, 3, 4]),
+    om=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(VALUE_KINDS),
+    reduce=st.sampled_from(REDUCES),
+)
+def test_zip_same_model_alpha_zero_clusters_hold_one_unit_per_model(backend, n, om, seed, kind, reduce):
+    """decay="same-model" with alpha = 0: a merge that would put two units of one model together is forbidden
+    once a cluster is involved, so a cluster is either units of distinct models or one within-model pair."""
+    sim = make_sim(seed, n * om, n, kind, "none", np.float64)
+    res = run_zip(sim, n, reduce, 0.0, 1.0, backend, decay="same-model")
+    if isinstance(res, ValueError):
+        assert "forbidden" in str(res)
+        return
+    for k in range(res.num_outputs):
+        models = np.flatnonzero(res.labels == k) // om
+        assert len(set(models.tolist())) == len(models) or len(models) == 2, (k, models)
+
+
+@pytest.mark.parametrize("n", [3, 4])
+@pytest.mark.parametrize("reduce", [None, 0.5])
+def test_zip_same_model_keeps_twins_together(backend, n, reduce):
+    """N copies of one model's units (within-model similarity 0.6 < 1, above alpha·1 = 0.5): with the default
+    decay every output is one unit's N twins; for N = 3 ZipIt!'s every-merge decay merges within-model pairs
+    before the third twins."""
+    om = 4
+    base = np.full((om, om), 0.6) + 0.4 * np.eye(om)
+    sim = np.tile(base, (n, n))
+    res = mudsc.zip_match(sim, n, reduce, backend=backend)
+    if reduce is None:
+        np.testing.assert_array_equal(res.labels, np.tile(np.arange(om), n))
+    clusters = [set((np.flatnonzero(res.labels == k) % om).tolist()) for k in range(res.num_outputs)]
+    assert all(len(c) == 1 for c in clusters), clusters  # never two different units in one output
+    if n != 3:
+        return
+    old = mudsc.zip_match(sim, n, reduce, decay="every-merge", backend=backend)  # a·min = 0.5 < 0.6 for C's twin
+    assert any(len(set((np.flatnonzero(old.labels == k) % om).tolist())) > 1 for k in range(old.num_outputs))
+
+
+@examples(30)
+@given(om=st.integers(1, 10), seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(VALUE_KINDS),
+       reduce=st.sampled_from(REDUCES), alpha=st.sampled_from(ALPHAS + (0.3,)))
+def test_zip_decays_agree_for_two_models(backend, om, seed, kind, reduce, alpha):
+    """For N = 2 every merge that involves a cluster repeats a model, so both decay rules give the same zip."""
+    sim = make_sim(seed, 2 * om, 2, kind, "none", np.float64)
+    a = run_zip(sim, 2, reduce, alpha, 1.0, backend, "same-model")
+    b = run_zip(sim, 2, reduce, alpha, 1.0, backend, "every-merge")
+    if isinstance(a, ValueError) or isinstance(b, ValueError):
+        assert isinstance(a, ValueError) and isinstance(b, ValueError)
+        return
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.merge_value == b.merge_value
+
+
+def test_zip_decay_is_checked(backend):
+    with pytest.raises(ValueError, match="decay must be one of"):
+        mudsc.zip_match(np.eye(4), 2, decay="sometimes", backend=backend)
 
 
 # Hand-worked examples (ALGORITHM.md §4.c; N = 2, r = 0.5 -> K = O/2, a = 0.5, b = 1 -> budget floor(O/4) per model).

@@ -243,6 +243,54 @@ def test_dead_units_are_matched_by_their_weights(method):
     assert _distance(plan.apply([a, a]), a, loader[0]) < 1e-6
 
 
+class _SparseUnits(nn.Module):
+    """An MLP whose hidden units 0-3 read input 0 only (weights 5, 3, 4, 2, bias -1): they fire on the one sample
+    with ``x[:, 0] = 1`` and nowhere else, so they correlate exactly 1 with each other and with their twins."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 16), nn.Linear(16, 3)
+        with torch.no_grad():
+            self.fc1.weight[:4] = 0.0
+            self.fc1.weight[:4, 0] = torch.tensor([5.0, 3.0, 4.0, 2.0])
+            self.fc1.bias[:4] = -1.0
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("method", ["zipit", "act-align"])
+def test_tied_sparse_units_are_matched_by_their_weights_with_plenty_of_samples(method):
+    """128 samples for 32 units (not underdetermined), yet four units per model tie exactly: the tie-break by
+    weights still applies (without it act-align rotates them and zipit pairs them within the model)."""
+    torch.manual_seed(3)
+    a = _SparseUnits().eval()
+    gen = torch.Generator().manual_seed(0)
+    loader = [torch.rand(64, 12, generator=gen) for _ in range(2)]
+    for x in loader:
+        x[:, 0] = 0.0
+    loader[0][5, 0] = 1.0
+    spec = mudsc.trace(a, loader[0][:2])
+    stats = mudsc.collect_stats([a, a], spec, loader, progress=False)
+    (group,) = [g for g in spec.groups if g.size == 16]
+    assert not stats.underdetermined(group.name)
+    for tie_break, exact in ((0.0, False), (1e-4, True)):
+        plan = mudsc.match([a, a], spec, method, stats=stats, tie_break=tie_break, **FAST)
+        labels = plan.maps[group.name].labels
+        assert bool((labels[:16] == labels[16:]).all()) == exact, (tie_break, labels)
+
+
+def test_has_tied_maxima():
+    from mudsc.methods.descent import has_tied_maxima
+
+    s = torch.tensor([[1.0, 0.9, 0.2], [0.9, 1.0, 0.3], [0.2, 0.3, 1.0]])
+    assert not has_tied_maxima(s, 1e-5)  # the diagonal does not count
+    s[0, 2] = s[2, 0] = 0.9  # row 0: 0.9 twice
+    assert has_tied_maxima(s, 1e-5)
+    s[0, 2] = s[2, 0] = 0.9 - 1e-3
+    assert not has_tied_maxima(s, 1e-5) and has_tied_maxima(s, 1e-2)
+
+
 def test_tie_break_is_checked():
     ms = _seeded(lambda: models.mlp(in_features=12, hidden=(8,)), 2)
     spec = mudsc.trace(ms[0], torch.randn(2, 12))

@@ -13,6 +13,8 @@
 #include "lap.hpp"
 #include "zip.hpp"
 
+#include <string>
+
 namespace py = pybind11;
 using mudsc::lap::LapError;
 
@@ -141,6 +143,13 @@ py::tuple group_lap_one(const py::array& block, int64_t groups) {
   return py::make_tuple(cols, value);
 }
 
+/// The zip's decay rule from its Python name.
+mudsc::zip::Decay parse_decay(const std::string& name) {
+  if (name == "same-model") return mudsc::zip::Decay::kSameModel;
+  if (name == "every-merge") return mudsc::zip::Decay::kEveryMerge;
+  throw py::value_error("decay must be 'same-model' or 'every-merge', got '" + name + "'");
+}
+
 bool is_float32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
 bool is_float64(const py::array& a) { return a.dtype().is(py::dtype::of<double>()); }
 
@@ -205,36 +214,43 @@ Returns (col_of_row int64[B, n], objective float64[B], potentials float64[B, m] 
         "Phase timings and counters of the last lap_solve call (for benchmarks).");
   m.def(
       "zip_match",
-      [](const py::array& sim, int64_t num_models, double reduce, double alpha, double beta) {
+      [](const py::array& sim, int64_t num_models, double reduce, double alpha, double beta,
+         const std::string& decay) {
         if (sim.ndim() != 2 || sim.shape(0) != sim.shape(1)) throw py::value_error("sim must be square 2-D");
         if (!(sim.flags() & py::array::c_style)) throw py::value_error("sim must be C-contiguous");
         if (num_models < 1 || sim.shape(0) % num_models != 0) throw py::value_error("O must divide by num_models");
+        const mudsc::zip::Decay rule = parse_decay(decay);
         auto run = [&](const auto* data, int64_t o, int64_t* out, int64_t* k) {
-          return mudsc::zip::zip_match(data, o, num_models, reduce, alpha, beta, out, k);
+          return mudsc::zip::zip_match(data, o, num_models, reduce, alpha, beta, rule, out, k);
         };
         if (is_float32(sim)) return zip_call<float>(sim, run);
         if (is_float64(sim)) return zip_call<double>(sim, run);
         throw py::value_error("sim must be float32 or float64");
       },
       py::arg("sim"), py::arg("num_models"), py::arg("reduce"), py::arg("alpha"), py::arg("beta"),
+      py::arg("decay") = "same-model",
       R"doc(Greedy zip of a validated symmetric similarity [O, O] (C-contiguous float32/float64).
+decay: "same-model" (alpha only towards clusters sharing a model with the merged one) or "every-merge" (ZipIt!).
 Returns (labels int64[O], num_outputs, merge_value).)doc");
   m.def(
       "group_zip_match",
-      [](const py::array& sim, int64_t num_models, int64_t groups, double reduce, double alpha, double beta) {
+      [](const py::array& sim, int64_t num_models, int64_t groups, double reduce, double alpha, double beta,
+         const std::string& decay) {
         if (sim.ndim() != 2 || sim.shape(0) != sim.shape(1)) throw py::value_error("sim must be square 2-D");
         if (!(sim.flags() & py::array::c_style)) throw py::value_error("sim must be C-contiguous");
         if (num_models < 1 || groups < 1 || sim.shape(0) % (num_models * groups) != 0) {
           throw py::value_error("O must divide by num_models * groups");
         }
+        const mudsc::zip::Decay rule = parse_decay(decay);
         auto run = [&](const auto* data, int64_t o, int64_t* out, int64_t* k) {
-          return mudsc::zip::group_zip_match(data, o, num_models, groups, reduce, alpha, beta, out, k);
+          return mudsc::zip::group_zip_match(data, o, num_models, groups, reduce, alpha, beta, rule, out, k);
         };
         if (is_float32(sim)) return zip_call<float>(sim, run);
         if (is_float64(sim)) return zip_call<double>(sim, run);
         throw py::value_error("sim must be float32 or float64");
       },
       py::arg("sim"), py::arg("num_models"), py::arg("groups"), py::arg("reduce"), py::arg("alpha"), py::arg("beta"),
+      py::arg("decay") = "same-model",
       R"doc(Group zip of a validated symmetric similarity [O, O]. Returns (labels int64[O], num_outputs, merge_value).)doc");
   m.def(
       "group_permute_match",

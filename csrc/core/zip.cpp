@@ -133,14 +133,21 @@ struct WorkMatrix {
 template <typename T>
 class ZipEngine {
  public:
-  ZipEngine(T* s, int64_t n, double alpha, std::vector<int64_t> origin, std::vector<int64_t> group,
-            int64_t* model_budget, int64_t* group_budget)
-      : s_(s), n_(n), alpha_(alpha), a_(static_cast<T>(alpha)), mask_(n, T(0)), alive_(n, 1),
-        origin_(std::move(origin)), group_(std::move(group)), next_(n, -1), tail_(n), row_max_(n), row_arg_(n),
-        model_budget_(model_budget), group_budget_(group_budget) {
+  ZipEngine(T* s, int64_t n, double alpha, Decay decay, int64_t num_models, std::vector<int64_t> origin,
+            std::vector<int64_t> group, int64_t* model_budget, int64_t* group_budget)
+      : s_(s), n_(n), alpha_(alpha), a_(static_cast<T>(alpha)),
+        // With two models every merge involving a cluster repeats a model, so both rules coincide.
+        decay_all_(decay == Decay::kEveryMerge || num_models <= 2), num_models_(num_models), mask_(n, T(0)),
+        alive_(n, 1), origin_(std::move(origin)), group_(std::move(group)), next_(n, -1), tail_(n), row_max_(n),
+        row_arg_(n), model_budget_(model_budget), group_budget_(group_budget) {
     for (int64_t u = 0; u < n; ++u) {
       tail_[u] = u;
       rescan(u);
+    }
+    if (!decay_all_) {
+      counts_.assign(static_cast<size_t>(n * num_models), 0);
+      repeats_.assign(static_cast<size_t>(n), 0);
+      for (int64_t u = 0; u < n; ++u) counts_[u * num_models + origin_[u]] = 1;
     }
   }
 
@@ -168,10 +175,14 @@ class ZipEngine {
     // Survivor row: alpha * min of the two rows (symmetric, so also its column).
     T* rlo = &s_[lo * n_];
     const T* rhi = &s_[hi * n_];
-    if (alpha_ > 0) {
-      for (int64_t j = 0; j < n_; ++j) rlo[j] = a_ * std::min(rlo[j], rhi[j]);
+    if (decay_all_) {
+      if (alpha_ > 0) {
+        for (int64_t j = 0; j < n_; ++j) rlo[j] = a_ * std::min(rlo[j], rhi[j]);
+      } else {
+        std::fill(rlo, rlo + n_, neg_inf);
+      }
     } else {
-      std::fill(rlo, rlo + n_, neg_inf);
+      merge_same_model_rule(lo, hi);
     }
     rlo[lo] = neg_inf;
     alive_[hi] = 0;
@@ -230,10 +241,39 @@ class ZipEngine {
  private:
   void rescan(int64_t u) { row_argmax(&s_[u * n_], mask_.data(), n_, &row_max_[u], &row_arg_[u]); }
 
+  /// Survivor row under Decay::kSameModel: min of the two rows, times alpha (-inf when alpha <= 0) only
+  /// towards the survivors j whose union with the merged cluster would hold two units of one model. Then
+  /// lo's per-model member counts absorb hi's.
+  void merge_same_model_rule(int64_t lo, int64_t hi) {
+    const T neg_inf = -std::numeric_limits<T>::infinity();
+    const int64_t m = num_models_;
+    int32_t* clo = &counts_[lo * m];
+    const int32_t* chi = &counts_[hi * m];
+    bool repeated = false;
+    for (int64_t k = 0; k < m; ++k) {
+      clo[k] += chi[k];
+      repeated |= clo[k] > 1;
+    }
+    repeats_[lo] = repeated;
+    T* rlo = &s_[lo * n_];
+    const T* rhi = &s_[hi * n_];
+    for (int64_t j = 0; j < n_; ++j) {
+      const T v = std::min(rlo[j], rhi[j]);
+      bool decays = repeated || repeats_[j];
+      const int32_t* cj = &counts_[j * m];
+      for (int64_t k = 0; k < m && !decays; ++k) decays = clo[k] > 0 && cj[k] > 0;
+      rlo[j] = decays ? (alpha_ > 0 ? a_ * v : neg_inf) : v;
+    }
+  }
+
   T* s_;
   int64_t n_;
   double alpha_;
   T a_;
+  bool decay_all_;
+  int64_t num_models_;
+  std::vector<int32_t> counts_;  // kSameModel: members per model of each survivor's cluster [n x num_models]
+  std::vector<char> repeats_;    // kSameModel: the cluster holds two units of one model
   std::vector<T> mask_;
   std::vector<char> alive_;
   std::vector<int64_t> origin_, group_, next_, tail_;
@@ -260,7 +300,7 @@ int64_t model_budget(int64_t num_units, int64_t num_models, int64_t width, doubl
 
 template <typename T>
 double zip_match(const T* sim, int64_t o, int64_t num_models, double reduce, double alpha, double beta,
-                 int64_t* labels, int64_t* num_outputs) {
+                 Decay decay, int64_t* labels, int64_t* num_outputs) {
   const int64_t k_target = target_width(o, reduce);
   *num_outputs = k_target;
   if (o == 0) return 0.0;
@@ -271,7 +311,8 @@ double zip_match(const T* sim, int64_t o, int64_t num_models, double reduce, dou
   for (int64_t i = 0; i < o; ++i) s[i * o + i] = -std::numeric_limits<T>::infinity();
   std::vector<int64_t> origin(o);
   for (int64_t u = 0; u < o; ++u) origin[u] = u / om;
-  ZipEngine<T> zip(s, o, alpha, std::move(origin), std::vector<int64_t>(o, 0), budget.data(), nullptr);
+  ZipEngine<T> zip(s, o, alpha, decay, num_models, std::move(origin), std::vector<int64_t>(o, 0), budget.data(),
+                   nullptr);
   for (int64_t remaining = o; remaining > k_target; --remaining) {
     if (!zip.step()) fail_stuck("zip_match", zip.merges(), o, k_target);
   }
@@ -286,7 +327,7 @@ double zip_match(const T* sim, int64_t o, int64_t num_models, double reduce, dou
 
 template <typename T>
 double group_zip_match(const T* sim, int64_t o, int64_t num_models, int64_t groups, double reduce, double alpha,
-                       double beta, int64_t* labels, int64_t* num_outputs) {
+                       double beta, Decay decay, int64_t* labels, int64_t* num_outputs) {
   const int64_t om = o / num_models, og = om / groups, ng = num_models * groups;
   const int64_t remainder = target_width(og * num_models, reduce);  // survivors per head-set
   const int64_t k_target = groups * remainder;
@@ -331,7 +372,7 @@ double group_zip_match(const T* sim, int64_t o, int64_t num_models, int64_t grou
         sub[p * n + q] = banned ? neg_inf : sim[units[p] * o + units[q]];
       }
     }
-    ZipEngine<T> zip(sub.data(), n, alpha, origin, group, budget.data(), head_budget.data());
+    ZipEngine<T> zip(sub.data(), n, alpha, decay, num_models, origin, group, budget.data(), head_budget.data());
     for (int64_t step = 0; step < n - remainder; ++step) {
       if (!zip.step()) fail_stuck("group_zip_match", merges + zip.merges(), o, k_target);
     }
@@ -379,12 +420,14 @@ SimilarityCheck check_similarity(const T* s, int64_t o) {
 
 template SimilarityCheck check_similarity<float>(const float*, int64_t);
 template SimilarityCheck check_similarity<double>(const double*, int64_t);
-template double zip_match<float>(const float*, int64_t, int64_t, double, double, double, int64_t*, int64_t*);
-template double zip_match<double>(const double*, int64_t, int64_t, double, double, double, int64_t*, int64_t*);
-template double group_zip_match<float>(const float*, int64_t, int64_t, int64_t, double, double, double, int64_t*,
-                                       int64_t*);
-template double group_zip_match<double>(const double*, int64_t, int64_t, int64_t, double, double, double, int64_t*,
-                                        int64_t*);
+template double zip_match<float>(const float*, int64_t, int64_t, double, double, double, Decay, int64_t*,
+                                 int64_t*);
+template double zip_match<double>(const double*, int64_t, int64_t, double, double, double, Decay, int64_t*,
+                                  int64_t*);
+template double group_zip_match<float>(const float*, int64_t, int64_t, int64_t, double, double, double, Decay,
+                                       int64_t*, int64_t*);
+template double group_zip_match<double>(const double*, int64_t, int64_t, int64_t, double, double, double, Decay,
+                                        int64_t*, int64_t*);
 
 }  // namespace zip
 }  // namespace mudsc

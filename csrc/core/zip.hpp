@@ -6,7 +6,9 @@
 // Repeatedly the first maximiser (row-major over surviving units, ascending
 // index) is merged: the lower index survives and keeps its model label, its
 // similarities become alpha*min of the two rows (alpha <= 0: it never merges
-// again), a within-model merge spends that model's budget and an exhausted
+// again; under Decay::kSameModel only towards clusters the merge would share a
+// model with, min alone towards the others), a within-model merge spends that
+// model's budget and an exhausted
 // budget forbids all pairs among the model's survivors, until K =
 // floor(O(1-reduce)+1e-4) units remain.
 //
@@ -29,6 +31,14 @@ class ZipError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+/// Which merged similarities decay by alpha.
+///  kEveryMerge: all of them (ZipIt!'s rule).
+///  kSameModel: only those towards a cluster whose union with the merged one
+///    would hold two units of one model. The same as kEveryMerge for two models
+///    (every such union repeats a model); for N >= 3 it lets a cluster of twins
+///    from models A and B take in C's twin at full similarity.
+enum class Decay { kEveryMerge, kSameModel };
 
 /// What check_similarity found in a square matrix.
 struct SimilarityCheck {
@@ -58,14 +68,14 @@ int64_t model_budget(int64_t num_units, int64_t num_models, int64_t width, doubl
 /// through the model budgets, which are shared.
 template <typename T>
 double group_zip_match(const T* sim, int64_t num_units, int64_t num_models, int64_t groups, double reduce,
-                       double alpha, double beta, int64_t* labels, int64_t* num_outputs);
+                       double alpha, double beta, Decay decay, int64_t* labels, int64_t* num_outputs);
 
 /// Runs the zip. Writes labels[O] (output unit of each input unit; outputs are
 /// the survivors in ascending index) and returns the mean of the merged
 /// similarities (0 when nothing merges). *num_outputs receives K.
 template <typename T>
 double zip_match(const T* sim, int64_t num_units, int64_t num_models, double reduce, double alpha, double beta,
-                 int64_t* labels, int64_t* num_outputs);
+                 Decay decay, int64_t* labels, int64_t* num_outputs);
 
 }  // namespace zip
 }  // namespace mudsc

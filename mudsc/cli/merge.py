@@ -80,8 +80,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--plan", default=None,
                    help="also save the MergePlan to this .safetensors file (folder checked like --out's)")
     p.add_argument("--balance", type=float, default=0.5, help="weight of the weight-space term (MuDSC)")
-    p.add_argument("--reduce", type=float, default=0.5, help="zip: fraction of units removed")
+    p.add_argument("--reduce", type=float, default=None,
+                   help="zip: fraction of units removed (default 1 - 1/N: the merged model keeps the architecture)")
     p.add_argument("--alpha", type=float, default=0.5, help="zip: similarity decay of merged units")
+    p.add_argument("--zip-decay", choices=("same-model", "every-merge"), default="same-model",
+                   help="zip: which merged similarities decay by alpha (every-merge: ZipIt!'s rule; the two agree "
+                        "for N = 2)")
     p.add_argument("--beta", type=float, default=1.0, help="zip: within-model merge budget")
     p.add_argument("--max-sweeps", type=int, default=100)
     p.add_argument("--patience", type=int, default=5)
@@ -296,7 +300,8 @@ def _merge_models(args):
             raise CliError(f"--arch {args.arch} rejects --arch-kwargs {kwargs}: {exc}") from exc
         loaded.append(_load_checkpoint(model, path))
     return mudsc.merge(loaded, _loader(args, source), method=args.method, balance=args.balance,
-                       reduce=args.reduce, alpha=args.alpha, beta=args.beta, max_sweeps=args.max_sweeps,
+                       reduce=args.reduce, alpha=args.alpha, beta=args.beta, zip_decay=args.zip_decay,
+                       max_sweeps=args.max_sweeps,
                        patience=args.patience, seed=args.seed, max_batches=args.max_batches, device=device,
                        backend=args.backend, progress=not args.no_progress)
 

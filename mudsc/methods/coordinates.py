@@ -64,27 +64,30 @@ def _restrict_to_pairing(sim: np.ndarray, n: int, g: int, pairing: List[np.ndarr
     return s
 
 
-def _solve_group(group: Group, sim: np.ndarray, n: int, solver: str, reduce, alpha, beta, backend) -> MatchResult:
+def _solve_group(group: Group, sim: np.ndarray, n: int, solver: str, reduce, alpha, beta, backend,
+                 decay: str = "same-model") -> MatchResult:
     """One group's map: LAP alignment or zip, in the group form when it has blocks (heads, GN groups)."""
     if solver == "lap":
         if group.num_blocks > 1:
             return group_permute_match(sim, n, group.num_blocks, backend=backend)
         return permute_match(sim, n, backend=backend)
     if group.num_blocks > 1:
-        return group_zip_match(sim, n, group.num_blocks, reduce, alpha, beta, backend=backend)
-    return zip_match(sim, n, reduce, alpha, beta, backend=backend)
+        return group_zip_match(sim, n, group.num_blocks, reduce, alpha, beta, decay=decay, backend=backend)
+    return zip_match(sim, n, reduce, alpha, beta, decay=decay, backend=backend)
 
 
 def solve_coordinate(groups: List[Group], sims: Dict[str, torch.Tensor], n: int, solver: str, reduce, alpha, beta,
-                      backend: str) -> Dict[str, MatchResult]:
-    """The maps of one coordinate's groups from their similarities (one joint head pairing when tied)."""
+                      backend: str, decay: str = "same-model") -> Dict[str, MatchResult]:
+    """The maps of one coordinate's groups from their similarities (one joint head pairing when tied); ``decay``
+    is the zip's decay rule (:func:`mudsc.zip_match`)."""
     arrays = {g.name: np.ascontiguousarray(sims[g.name].detach().cpu().numpy().astype(np.float32))
               for g in groups}
     if len(groups) > 1:
         g = groups[0].num_blocks
         pairing = _joint_head_pairing([arrays[x.name] for x in groups], n, g, backend)
         arrays = {name: _restrict_to_pairing(a, n, g, pairing) for name, a in arrays.items()}
-    return {grp.name: _solve_group(grp, arrays[grp.name], n, solver, reduce, alpha, beta, backend) for grp in groups}
+    return {grp.name: _solve_group(grp, arrays[grp.name], n, solver, reduce, alpha, beta, backend, decay)
+            for grp in groups}
 
 
 def coordinates(spec: PermSpec) -> List[List[Group]]:

@@ -47,6 +47,21 @@ from .widths import default_reduce
 
 __all__ = ["Descent", "match", "run_matching"]
 
+TIE_TOLERANCE = 1e-5  # correlations this close to a row's maximum count as tied with it
+
+
+def has_tied_maxima(sim: torch.Tensor, tol: float) -> bool:
+    """Whether some row of the symmetric ``sim`` has its maximum off the diagonal at least twice, up to ``tol``
+    (the two largest off-diagonal entries differ by at most ``tol``). Every matching that keeps each unit at
+    its best partner is then one of several of equal value, and the solver's pick among them is arbitrary."""
+    n = sim.shape[0]
+    if n < 3:
+        return False
+    off = sim.float().clone()
+    off.fill_diagonal_(-math.inf)
+    top = torch.topk(off, 2, dim=1).values
+    return bool((top[:, 0] - top[:, 1] <= tol).any())
+
 
 class Descent:
     """One matching of N models' groups by one method (module docstring).
@@ -56,8 +71,9 @@ class Descent:
         balance, reduce, alpha, beta, backend, axis_rule: as in :func:`match`.
         piece_cache: the :class:`mudsc.PieceCache` of the native weight similarity (default: a new one; unused
             when the similarity runs on the reference backend).
-        tie_break: weight of ``S_w`` added to the activation similarity of groups with fewer samples than units
-            (:meth:`similarity`; 0: off).
+        tie_break: weight of ``S_w`` added to the activation similarity of groups whose activations leave the
+            matching open (:meth:`similarity`; 0: off).
+        zip_decay: the zip's decay rule (:func:`mudsc.zip_match`'s ``decay``).
 
     Attributes:
         state: the :class:`MapState` (current maps); values: ``{group: merge value}``; history: per sweep
@@ -66,7 +82,8 @@ class Descent:
 
     def __init__(self, models: Sequence[nn.Module], spec: PermSpec, method: MethodInfo,
                  stats: Optional[ActivationStats], balance: float, reduce: float, alpha: float, beta: float,
-                 backend: str, axis_rule: str, piece_cache: Optional[PieceCache] = None, tie_break: float = 1e-4):
+                 backend: str, axis_rule: str, piece_cache: Optional[PieceCache] = None, tie_break: float = 1e-4,
+                 zip_decay: str = "same-model"):
         self.spec = spec
         self.method = method
         self.stats = stats
@@ -74,12 +91,14 @@ class Descent:
         self.balance, self.reduce, self.alpha, self.beta = float(balance), reduce, alpha, beta
         self.backend = backend
         self.tie_break = float(tie_break)
+        self.zip_decay = zip_decay
         self.tensors = [named_tensors(m) for m in models]
         self.state = MapState(spec, self.n, axis_rule)
         self.coords = coordinates(spec)
         self.values: Dict[str, float] = {}
         self.history: List[dict] = []
         self.timing = {"similarity": 0.0, "solve": 0.0}
+        self._ambiguity: Dict[str, bool] = {}
         native = choose("weight_similarity", backend, needs="ops") == "native"
         self.cache = (piece_cache if piece_cache is not None else PieceCache()) if native else None
 
@@ -91,27 +110,35 @@ class Descent:
         keys = self.state.piece_keys(group, self.tensors)
         return weight_moments(pieces, self.cache, group.name, keys).correlation(1e-7, dtype=torch.float32).cpu()
 
+    def _ambiguous(self, name: str, act: torch.Tensor) -> bool:
+        """Whether the activation similarity of group ``name`` leaves its matching open: the group has fewer
+        samples than units, or some unit's best match is tied (:func:`has_tied_maxima`). Decided once per group
+        (the activation term does not change during the descent)."""
+        if name not in self._ambiguity:
+            self._ambiguity[name] = self.stats.underdetermined(name) or has_tied_maxima(act, TIE_TOLERANCE)
+        return self._ambiguity[name]
+
     def similarity(self, group: Group, mix: Optional[float]) -> torch.Tensor:
         """mix None: activation only; else ``mix·S_w + (1−mix)·S_act`` (S_w alone without activations).
 
         ``S_act`` is the activation correlation where it determines the matching: the rows and columns of units
         of (near) zero variance on the merge data (they correlate 0 with everything, their twins included) are
-        their weight similarity, and a group with fewer samples than units (sparse activations correlate exactly 1
-        with each other there) gets ``tie_break·S_w`` added, so exact ties go to the most similar weights."""
+        their weight similarity, and a group whose activations leave the matching open (fewer samples than units, or
+        a unit whose best match is tied: units active on the same few samples correlate exactly 1 with each
+        other, their twins included) gets ``tie_break·S_w`` added, so ties go to the most similar weights."""
         t0 = time.perf_counter()
         act = self.stats.correlation(group.name) if self.method.activations else None
         if act is not None and mix is not None and mix == 0.0:
             mix = None
         dead = self.stats.degenerate_units(group.name) if act is not None else None
         patch = dead is not None and dead.numel() > 0
-        ties = act is not None and self.tie_break > 0 and self.stats.underdetermined(group.name)
-        sw = self.weight_part(group) if act is None or mix is not None or patch or ties else None
+        sw = self.weight_part(group) if act is None or mix is not None or patch else None
         if patch:
             act = act.clone()
             act[dead, :] = sw[dead, :]
             act[:, dead] = sw[:, dead]
-        if ties:
-            act = act + self.tie_break * sw
+        if act is not None and self.tie_break > 0 and self._ambiguous(group.name, act):
+            act = act + self.tie_break * (sw if sw is not None else self.weight_part(group))
         s = sw if act is None else (act if mix is None else mix * sw + (1.0 - mix) * act)
         self.timing["similarity"] += time.perf_counter() - t0
         return s
@@ -121,7 +148,7 @@ class Descent:
         sims = {g.name: self.similarity(g, mix) for g in coord}
         t0 = time.perf_counter()
         results = solve_coordinate(coord, sims, self.n, self.method.solver, self.reduce, self.alpha, self.beta,
-                                   self.backend)
+                                   self.backend, self.zip_decay)
         self.timing["solve"] += time.perf_counter() - t0
         for name, r in results.items():
             self.state.maps[name] = r
@@ -216,6 +243,7 @@ def match(
     axis_rule: str = "merge",
     piece_cache: Optional[PieceCache] = None,
     tie_break: float = 1e-4,
+    zip_decay: str = "same-model",
 ) -> MergePlan:
     """Per-group unit maps of N models by ``method`` (see :mod:`mudsc.methods`): a :class:`mudsc.MergePlan`.
 
@@ -229,6 +257,9 @@ def match(
         reduce, alpha, beta: zip parameters (:func:`mudsc.zip_match`): fraction of units removed (default
             ``1 - 1/N``: the merged width equals one model's), similarity decay of merged units, within-model
             budget.
+        zip_decay: which merged similarities the zip decays by ``alpha`` (:func:`mudsc.zip_match`'s ``decay``):
+            ``"same-model"`` (default; exact self-merges for every N) or ``"every-merge"`` (ZipIt!'s rule; the
+            same for N = 2).
         max_sweeps, patience, seed: coordinate descent limits and the seed of its group order.
         backend: of every solver and similarity call.
         progress: a tqdm bar over the sweeps.
@@ -236,9 +267,10 @@ def match(
             (:mod:`mudsc.methods.weights`).
         piece_cache: the :class:`mudsc.PieceCache` of the native weight similarity (default: a new one per call;
             ``PieceCache(reuse=False)`` recomputes every piece).
-        tie_break: in a group with fewer samples than units, ``tie_break·S_w`` is added to the activation
-            similarity, so that exact ties (sparse units correlate exactly 1 there) go to the most similar
-            weights; 0 turns it off. Units constant on the merge data always take their weight similarity.
+        tie_break: in a group whose activations leave the matching open (fewer samples than units, or a tied
+            best match: sparse units correlate exactly 1 with each other), ``tie_break·S_w`` is added to the
+            activation similarity, so that ties go to the most similar weights; 0 turns it off. Units
+            constant on the merge data always take their weight similarity.
 
     The plan's ``info`` holds ``history`` (per sweep: value, best value, improved), ``sweeps``,
     ``fallback_groups``, ``weight_pieces`` and ``timing`` (``similarity`` and ``solve`` seconds).
@@ -246,7 +278,7 @@ def match(
     info_m = check_method(method)
     models = check_models(models)
     reduce = default_reduce(len(models)) if reduce is None else reduce
-    check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule)
+    check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay)
     check_finite_weights(models)
     if not isinstance(spec, PermSpec):
         raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
@@ -254,13 +286,13 @@ def match(
     if not isinstance(tie_break, numbers.Real) or not 0.0 <= float(tie_break) <= 1e-2:
         raise ValueError(f"tie_break must be a number in [0, 0.01] (a tie-breaker, not a weight), got {tie_break!r}")
     return run_matching(models, spec, info_m, stats, balance, reduce, alpha, beta, max_sweeps, patience, seed,
-                        backend, progress, axis_rule, piece_cache, tie_break)
+                        backend, progress, axis_rule, piece_cache, tie_break, zip_decay)
 
 
 def run_matching(models: List[nn.Module], spec: PermSpec, info_m: MethodInfo, stats: Optional[ActivationStats],
                  balance: float, reduce: float, alpha: float, beta: float, max_sweeps: int, patience: int, seed: int,
                  backend: str, progress: bool, axis_rule: str, piece_cache: Optional[PieceCache] = None,
-                 tie_break: float = 1e-4) -> MergePlan:
+                 tie_break: float = 1e-4, zip_decay: str = "same-model") -> MergePlan:
     """:func:`match` on arguments already checked (by :func:`match`, or by :func:`mudsc.merge`, which checks the
     models and their weights once before the statistics pass); only the spec's members are checked here."""
     tensors = named_tensors(models[0])
@@ -270,12 +302,13 @@ def run_matching(models: List[nn.Module], spec: PermSpec, info_m: MethodInfo, st
                 raise ValueError(f"group {g.name!r} names {mem.name!r}, which is not a parameter or buffer of the "
                                  "models")
     descent = Descent(models, spec, info_m, stats, balance, reduce, alpha, beta, backend, axis_rule, piece_cache,
-                      tie_break)
+                      tie_break, zip_decay)
     fallback = [g.name for g in spec.groups if stats.correlation(g.name) is None] if info_m.activations else []
     descent.initial_maps()
     if info_m.descent:
         descent.run(max_sweeps, patience, seed, progress)
     hyper = {"balance": float(balance), "reduce": float(reduce), "alpha": float(alpha), "beta": float(beta),
+             "zip_decay": zip_decay,
              "max_sweeps": int(max_sweeps), "patience": int(patience), "seed": int(seed), "axis_rule": axis_rule,
              "backend": backend}
     return MergePlan(spec=spec, maps=descent.maps(), num_models=len(models), method=info_m.name,

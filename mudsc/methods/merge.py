@@ -61,6 +61,7 @@ def merge(
     progress: bool = True,
     axis_rule: str = "merge",
     reset_bn_stats: bool = True,
+    zip_decay: str = "same-model",
 ) -> MergeResult:
     """Merge N models of one architecture into one, without training.
 
@@ -77,7 +78,7 @@ def merge(
             :func:`mudsc.check_spec`, and pass it here. ``method="avg"`` needs none: without ``spec`` it traces
             nothing and averages every tensor (identity maps; the plan's spec and the report's groups are empty).
         example_inputs: inputs for tracing (default: the loader's first batch; unused by ``"avg"``).
-        balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule: see :func:`match` (``reduce``
+        balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay: see :func:`match` (``reduce``
             defaults to ``1 - 1/N``, which keeps the input widths; one that changes them is accepted only when the
             model runs with the new widths, checked before the statistics pass: :mod:`mudsc.methods.widths`).
         max_batches: batches of the statistics pass and of the BatchNorm reset (None: all).
@@ -95,7 +96,7 @@ def merge(
     info_m = check_method(method)
     models = check_models(models)
     reduce = default_reduce(len(models)) if reduce is None else reduce
-    check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule)
+    check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay)
     check_max_batches(max_batches)
     device = check_device(device)
     check_finite_weights(models)
@@ -119,7 +120,7 @@ def merge(
         timing.update(stats.timing)
     # the models, weights and hyperparameters were checked above, before the statistics pass
     plan = run_matching(models, spec, info_m, stats, balance, reduce, alpha, beta, max_sweeps, patience, seed,
-                        backend, progress, axis_rule)
+                        backend, progress, axis_rule, zip_decay=zip_decay)
     timing.update(plan.info["timing"])
     t0 = time.perf_counter()
     model = plan.apply(models, check=False)

@@ -46,11 +46,12 @@ def check_method(method: str) -> MethodInfo:
     return METHODS[method]
 
 
-def check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule) -> None:
+def check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule,
+                          zip_decay: str = "same-model") -> None:
     """ValueError naming the first argument out of its range."""
     if not isinstance(balance, numbers.Real) or not 0.0 <= float(balance) <= 1.0:
         raise ValueError(f"balance (the weight of the weight-space term) must be in [0, 1], got {balance!r}")
-    check_zip_parameters(reduce, alpha, beta)
+    check_zip_parameters(reduce, alpha, beta, zip_decay)
     for name, value, low in (("max_sweeps", max_sweeps, 1), ("patience", patience, 1), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -9,7 +9,10 @@ Deviations from the original code, each deliberate:
 - ``zip_match``: when every remaining pair is forbidden (``-inf``) before the target width is reached, the original
   takes index 0 and corrupts its state; here it raises ``ValueError``. With ``alpha <= 0`` the original's ban
   branch slices the compacted matrix by model offsets (wrong after the first deletion, unused in the paper); here
-  ``alpha <= 0`` means a merged unit never merges again (its row and column become ``-inf``).
+  ``alpha <= 0`` means a decayed pair never merges (its entry becomes ``-inf``).
+- ``zip_match`` / ``group_zip_match`` with ``decay="same-model"`` (the default): the decay applies only towards
+  clusters whose union with the merged one holds two units of one model. For N = 2 this is every merge, as in
+  the original; for N >= 3 it keeps the N twins of a unit together. ``decay="every-merge"`` is the original.
 - ``group_permute_match``: the block score ``G[j, k]`` is the mean of the matched values accumulated in float64
   and rounded to float32 (the original takes a float32 numpy mean); scipy solves the LAPs, as in the original.
 - No merge happens (``num_outputs == O``): ``merge_value`` is 0.0 (the original's mean of nothing is NaN).
@@ -18,6 +21,7 @@ Deviations from the original code, each deliberate:
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import scipy.optimize
@@ -54,19 +58,37 @@ def _first_maximum(s: torch.Tensor, merges: int, what: str, units: int, target: 
     return min(x, y), max(x, y), value
 
 
-def _merge_pair(s: torch.Tensor, lo: int, hi: int, alpha: float) -> torch.Tensor:
+def _merge_pair(s: torch.Tensor, lo: int, hi: int, alpha: float, counts: Optional[torch.Tensor] = None):
     """Unit ``lo`` absorbs ``hi``: its row and column become ``alpha·min`` of both (``-inf`` when alpha <= 0),
-    then row and column ``hi`` are cut out (a compacting copy, as the original does)."""
-    if alpha > 0:
-        merged = alpha * torch.minimum(s[:, lo], s[:, hi])  # stays in s.dtype
-        s[:, lo] = merged
-        s[lo, :] = merged
+    then row and column ``hi`` are cut out (a compacting copy, as the original does).
+
+    ``counts`` (decay ``"same-model"``): ``[units, N]`` members per model of each surviving cluster, compacted
+    alongside ``s`` (the new counts are returned). The decay then applies only towards the clusters whose union
+    with the merged one holds two units of one model; towards the others the entry is the plain ``min``.
+    Returns ``(s, counts)``."""
+    merged = torch.minimum(s[:, lo], s[:, hi])  # stays in s.dtype
+    if counts is None:
+        decays = torch.ones_like(merged, dtype=torch.bool)
     else:
-        s[:, lo] = NEG_INF
-        s[lo, :] = NEG_INF
+        counts[lo] += counts[hi]
+        decays = ((counts + counts[lo]) > 1).any(dim=1)
+    decayed = alpha * merged if alpha > 0 else torch.full_like(merged, NEG_INF)
+    merged = torch.where(decays, decayed, merged)
+    s[:, lo] = merged
+    s[lo, :] = merged
     s[lo, lo] = NEG_INF
     keep = torch.cat([torch.arange(hi), torch.arange(hi + 1, s.shape[0])])
-    return s[keep][:, keep]
+    return s[keep][:, keep], (None if counts is None else counts[keep])
+
+
+def _model_counts(origin: list, num_models: int, decay: str) -> Optional[torch.Tensor]:
+    """The per-model member counts of singleton clusters for decay ``"same-model"`` (None: every merge
+    decays)."""
+    if decay == "every-merge":
+        return None
+    counts = torch.zeros(len(origin), num_models, dtype=torch.long)
+    counts[torch.arange(len(origin)), torch.tensor(origin, dtype=torch.long)] = 1
+    return counts
 
 
 def _spend(budget: list, labels: list, label: int, s: torch.Tensor) -> None:
@@ -77,11 +99,14 @@ def _spend(budget: list, labels: list, label: int, s: torch.Tensor) -> None:
         s[idx.unsqueeze(1), idx] = NEG_INF
 
 
-def zip_match(sim: np.ndarray, num_models: int, reduce: float = 0.5, alpha: float = 0.5, beta: float = 1.0):
+def zip_match(sim: np.ndarray, num_models: int, reduce: float = 0.5, alpha: float = 0.5, beta: float = 1.0,
+              decay: str = "same-model"):
     """ZipIt!'s greedy zip (ALGORITHM.md §4.c): repeatedly merge the most similar pair of surviving units.
 
     The first maximiser in row-major order over the surviving units (ascending original index) is merged; the
-    lower index survives and keeps its model label; its similarities become ``alpha·min`` of the two merged rows;
+    lower index survives and keeps its model label; its similarities become ``alpha·min`` of the two merged rows
+    (decay ``"every-merge"``, ZipIt!'s rule) or, with ``"same-model"``, ``alpha·min`` towards the clusters whose
+    union with it holds two units of one model and ``min`` towards the others;
     merging two units of one model spends that model's budget, and an exhausted budget forbids all pairs among
     the model's surviving units. Output units are the survivors in ascending original index.
 
@@ -96,13 +121,14 @@ def zip_match(sim: np.ndarray, num_models: int, reduce: float = 0.5, alpha: floa
     alive = list(range(o))  # original index of each row/column of the compacted matrix
     origin = [u // om for u in alive]  # model label of each surviving unit
     members = {u: [u] for u in alive}
+    counts = _model_counts(origin, num_models, decay)
     budget = [zip_model_budget(o, num_models, k_target, beta)] * num_models
     values = []
     while len(alive) > k_target:
         lo, hi, value = _first_maximum(s, len(values), "zip_match", o, k_target)
         values.append(value)
         members[alive[lo]].extend(members.pop(alive[hi]))
-        s = _merge_pair(s, lo, hi, alpha)
+        s, counts = _merge_pair(s, lo, hi, alpha, counts)
         same_model = origin[lo] == origin[hi]
         del alive[hi]
         del origin[hi]
@@ -115,7 +141,8 @@ def zip_match(sim: np.ndarray, num_models: int, reduce: float = 0.5, alpha: floa
 
 
 def group_zip_match(
-    sim: np.ndarray, num_models: int, groups: int, reduce: float = 0.5, alpha: float = 0.5, beta: float = 1.0
+    sim: np.ndarray, num_models: int, groups: int, reduce: float = 0.5, alpha: float = 0.5, beta: float = 1.0,
+    decay: str = "same-model",
 ):
     """Group zip (ALGORITHM.md §4.d) for heads / GroupNorm groups, the original's way (torch, full matrix).
 
@@ -148,6 +175,7 @@ def group_zip_match(
     origin = [u // om for u in alive]
     group_id = [u // og for u in alive]
     members = {u: [u] for u in alive}
+    counts = _model_counts(origin, num_models, decay)
     values = []
     for j in range(groups):
         for _ in range(og * num_models - remainder):
@@ -156,7 +184,7 @@ def group_zip_match(
             lo, hi, value = _first_maximum(masked, len(values), "group_zip_match", o, k_target)
             values.append(value)
             members[alive[lo]].extend(members.pop(alive[hi]))
-            s = _merge_pair(s, lo, hi, alpha)
+            s, counts = _merge_pair(s, lo, hi, alpha, counts)
             same_model = origin[lo] == origin[hi]
             same_group = group_id[lo] == group_id[hi]
             del alive[hi], origin[hi], group_id[hi]

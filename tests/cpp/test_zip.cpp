@@ -19,9 +19,19 @@ namespace {
 
 const float kNegInf = -std::numeric_limits<float>::infinity();
 
-/// The spec, literally: compacted matrix, first maximum in row-major order.
+/// Whether the units in a and b together hold two of one model (om units per model).
+bool repeats_a_model(const std::vector<int>& a, const std::vector<int>& b, int om) {
+  std::vector<int> models;
+  for (int v : a) models.push_back(v / om);
+  for (int v : b) models.push_back(v / om);
+  std::sort(models.begin(), models.end());
+  return std::adjacent_find(models.begin(), models.end()) != models.end();
+}
+
+/// The spec, literally: compacted matrix, first maximum in row-major order. same_model: the decay applies
+/// only towards clusters whose union with the merged one repeats a model (Decay::kSameModel).
 bool slow_zip(std::vector<float> s, int o, int n_models, double reduce, double alpha, double beta,
-              std::vector<long>& labels) {
+              std::vector<long>& labels, bool same_model = false) {
   const int om = o / n_models;
   const int k_target = static_cast<int>(std::floor(o * (1.0 - reduce) + 1e-4));
   const long budget0 = static_cast<long>(std::floor(std::floor(double(o - k_target) / n_models) * beta + 1e-4));
@@ -50,7 +60,9 @@ bool slow_zip(std::vector<float> s, int o, int n_models, double reduce, double a
     const int lo = std::min(bx, by), hi = std::max(bx, by);
     for (int v : members[alive[hi]]) members[alive[lo]].push_back(v);
     for (int j = 0; j < w; ++j) {
-      const float v = alpha > 0 ? a * std::min(s[j * w + lo], s[j * w + hi]) : kNegInf;
+      const bool decays = !same_model || repeats_a_model(members[alive[lo]], members[alive[j]], om);
+      const float m = std::min(s[j * w + lo], s[j * w + hi]);
+      const float v = !decays ? m : (alpha > 0 ? a * m : kNegInf);
       s[j * w + lo] = v;
       s[lo * w + j] = v;
     }
@@ -80,7 +92,9 @@ bool slow_zip(std::vector<float> s, int o, int n_models, double reduce, double a
 
 void test_zip_against_spec() {
   std::mt19937 rng(5);
-  for (int trial = 0; trial < 600; ++trial) {
+  for (int trial = 0; trial < 1200; ++trial) {
+    const bool same_model = trial % 2 == 1;
+    const auto rule = same_model ? mudsc::zip::Decay::kSameModel : mudsc::zip::Decay::kEveryMerge;
     const int n_models = 2 + trial % 3, om = 1 + rng() % 12, o = n_models * om;
     const double reduce = std::vector<double>{0.5, 0.25, 0.75}[rng() % 3];
     const double alpha = std::vector<double>{0.5, 1.0, 0.0}[rng() % 3];
@@ -94,12 +108,12 @@ void test_zip_against_spec() {
         s[i * o + j] = s[j * o + i] = v;
       }
     std::vector<long> want;
-    const bool ok = slow_zip(s, o, n_models, reduce, alpha, beta, want);
+    const bool ok = slow_zip(s, o, n_models, reduce, alpha, beta, want, same_model);
     std::vector<int64_t> got(o, -7);
     int64_t k = 0;
     bool threw = false;
     try {
-      mudsc::zip::zip_match<float>(s.data(), o, n_models, reduce, alpha, beta, got.data(), &k);
+      mudsc::zip::zip_match<float>(s.data(), o, n_models, reduce, alpha, beta, rule, got.data(), &k);
     } catch (const mudsc::zip::ZipError&) {
       threw = true;
     }
@@ -107,7 +121,8 @@ void test_zip_against_spec() {
     if (!ok || threw) continue;
     bool same = true;
     for (int u = 0; u < o; ++u) same &= got[u] == want[u];
-    CHECK(same, "trial %d (N=%d Om=%d r=%g a=%g b=%g): labels differ", trial, n_models, om, reduce, alpha, beta);
+    CHECK(same, "trial %d (N=%d Om=%d r=%g a=%g b=%g %s): labels differ", trial, n_models, om, reduce, alpha, beta,
+          same_model ? "same-model" : "every-merge");
   }
 }
 
