@@ -8,8 +8,7 @@ Per cell two tests:
 - ``test_merge_runs_and_loads``: N *different* random models merge; the merged model gives finite logits of the
   right shape, its ``state_dict()`` loads strictly into a fresh instance of the architecture, and that instance
   computes the same function (a width or attribute that lives outside the state dict would show up here).
-- ``test_self_merge_reproduces_the_model`` (marker ``matrix``, not in the default run while cells still fail):
-  ``merge([a] * N)`` must give ``a`` back (relative output distance
+- ``test_self_merge_reproduces_the_model``: ``merge([a] * N)`` must give ``a`` back (relative output distance
   below 1e-4 on held-out inputs); see that test's docstring for BatchNorm.
 
 Everything is tiny (32x32 inputs, 2 batches of 8, small widths, 2 descent sweeps) so that the file runs in the
@@ -172,10 +171,6 @@ def test_merge_runs_and_loads(zoo, arch, method, n):
                                msg=lambda m: f"a fresh {arch} loaded with the merged state dict differs: {m}")
 
 
-# Open (issue 14, item 2): 28 of the 112 cells do not reproduce the model yet, mostly zip at N = 3 (a unit merged
-# with its twin decays by alpha before the third copy joins) and a few N = 2 cells (timm resnet, tv vgg11_bn
-# act-align). Kept out of the default run until they pass; `pytest -m matrix tests/test_matrix.py` runs them.
-@pytest.mark.matrix
 @pytest.mark.parametrize("arch, method, n", _cells())
 def test_self_merge_reproduces_the_model(zoo, arch, method, n):
     """``merge([a] * N, loader, method)`` must compute ``a``: ‖merged(x) − a(x)‖ / ‖a(x)‖ < 1e-4 on held-out x.
