@@ -198,3 +198,14 @@ def test_an_existing_out_is_kept_on_failure_and_replaced_on_success(tmp_path, ch
     assert "layers.0.weight" in torch.load(out, weights_only=True)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
     assert sorted(os.listdir(tmp_path)) == ["m0.pt", "m1.pt", "merged.pt"]
+
+
+def test_three_checkpoints_keep_the_architecture_by_default(tmp_path, checkpoints, capsys):
+    """--reduce defaults to 1 - 1/N (it was 0.5 for every N: three checkpoints gave a 1.5x wider model)."""
+    torch.manual_seed(2)
+    third = str(tmp_path / "m2.pt")
+    torch.save(models.mlp(in_features=12, hidden=(4,)).state_dict(), third)
+    out = tmp_path / "merged.pt"
+    assert main(_argv([*checkpoints, third], "--method", "zipit", "--out", str(out))) == 0
+    fresh = models.mlp(in_features=12, hidden=(4,))
+    fresh.load_state_dict(torch.load(out, weights_only=True), strict=True)
