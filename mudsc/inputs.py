@@ -65,15 +65,35 @@ def _check_dtypes_and_devices(models: List[nn.Module]) -> None:
                                  "model 0; convert the models to one dtype first (e.g. model.float())")
 
 
+def _sum_for_scan(t: torch.Tensor) -> torch.Tensor:
+    """``|Σ t|`` as a float64 scalar on t's device, summed in t's own dtype (one memory-bound read; float16 and
+    bfloat16 in float32, whose range their sums need)."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.sum(dtype=torch.float32).abs().double()
+    return t.sum().abs().double()
+
+
 def check_finite_weights(models: Sequence[nn.Module]) -> None:
-    """ValueError naming the model and the tensor when a floating-point parameter or buffer holds NaN or ±Inf."""
+    """ValueError naming the model and the tensor when a floating-point parameter or buffer holds NaN or ±Inf.
+
+    One read per tensor: its sum is finite only when no entry is NaN or ±Inf (a sum that overflows is cleared by
+    the exact per-entry check below), and the sums of a model are read back at once (one
+    device synchronisation per model, not one per tensor). Only a tensor whose sum is not finite is scanned entry
+    by entry, to count its bad values."""
     for i, m in enumerate(models):
-        for name, t in named_tensors(m).items():
-            if t.is_floating_point() or t.is_complex():
-                bad = int(torch.count_nonzero(~torch.isfinite(t.detach())))
-                if bad:
-                    raise ValueError(f"model {i}: parameter/buffer {name!r} of shape {tuple(t.shape)} has {bad} "
-                                     "non-finite values (NaN or Inf); merging would spread them into the result")
+        tensors = [(name, t.detach()) for name, t in named_tensors(m).items()
+                   if (t.is_floating_point() or t.is_complex()) and t.numel() > 0]
+        if not tensors:
+            continue
+        sums = [_sum_for_scan(t) for _, t in tensors]
+        devices = {x.device for x in sums}
+        sums = torch.stack(sums).cpu() if len(devices) == 1 else torch.stack([x.cpu() for x in sums])
+        for k in torch.nonzero(~torch.isfinite(sums)).flatten().tolist():
+            name, t = tensors[k]
+            bad = int(torch.count_nonzero(~torch.isfinite(t)))
+            if bad:
+                raise ValueError(f"model {i}: parameter/buffer {name!r} of shape {tuple(t.shape)} has {bad} "
+                                 "non-finite values (NaN or Inf); merging would spread them into the result")
 
 
 def check_device(device) -> Optional[torch.device]:

@@ -76,6 +76,20 @@ def test_merge_report_and_three_models():
     assert all(g["num_outputs"] == g["size"] for g in r3.report["groups"].values())
 
 
+@pytest.mark.parametrize("method", ["mudsc-zip", "avg"])
+def test_report_stages_add_up_to_the_total(method):
+    """Every second of merge is in one named stage (the BN reset included): their sum is the total."""
+    torch.manual_seed(6)
+    ms = [models.resnet20(width=1) for _ in range(2)]
+    r = merge(ms, _loader(), method=method, **FAST)
+    timing = dict(r.report["timing"])
+    total = timing.pop("total")
+    assert {"checks", "trace", "width_probe", "forward", "stats", "similarity", "solve", "matching_other", "apply",
+            "final_check", "reset_bn"} == set(timing)
+    assert all(v >= 0 for v in timing.values()), timing
+    assert abs(sum(timing.values()) - total) <= 0.02 * total + 1e-3, (sum(timing.values()), total)
+
+
 def test_vit_three_models_group_zip():
     torch.manual_seed(4)
     ms = [ARCHS["vit"]() for _ in range(3)]

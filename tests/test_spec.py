@@ -508,3 +508,39 @@ def test_torchvision_vit_b_16():
 def test_timm_vit_small_patch16_224():
     spec = trace(_timm("vit_small_patch16_224"), torch.randn(1, 3, 224, 224))
     _check_vit(spec, 12, 384, 6)
+
+
+class _KeepsAReference(nn.Module):
+    """Holds its first layer's weight also in a plain attribute (outside ``_parameters``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 2)
+        self.alias = self.fc1.weight  # an nn.Parameter assigned again: registered, so pop it to keep it plain
+        del self._parameters["alias"]
+        object.__setattr__(self, "alias", self.fc1.weight)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(x @ self.alias.t() + self.fc1.bias))
+
+
+def test_apply_maps_copies_fully_when_a_tensor_lives_in_a_plain_attribute():
+    """apply_maps builds the result on a copy without the old values; a model that keeps a tensor in a plain
+    attribute gets a full copy instead, so that attribute still holds a tensor of the right shape."""
+    torch.manual_seed(0)
+    ms = [_KeepsAReference() for _ in range(2)]
+    merged = mudsc.apply_maps(ms, PermSpec([]), {})
+    assert merged.alias.shape == (5, 6)
+    x = torch.randn(3, 6)
+    assert merged(x).shape == (3, 2)
+
+
+def test_apply_maps_averages_in_float64_once():
+    """Tensors in no group are the float64 mean rounded once, whatever N and dtype."""
+    torch.manual_seed(1)
+    for n in (2, 3):
+        ms = [nn.Linear(7, 3).double() if n == 3 else nn.Linear(7, 3) for _ in range(n)]
+        merged = mudsc.apply_maps(ms, mudsc.PermSpec([]), {})
+        want = torch.stack([m.weight.detach().double() for m in ms]).mean(0).to(ms[0].weight.dtype)
+        assert torch.equal(merged.weight.detach(), want)
+        assert all(not torch.equal(m.weight, merged.weight) for m in ms)  # the inputs are untouched copies

@@ -33,8 +33,12 @@ class MergeResult:
         model: the merged ``nn.Module`` (BatchNorm statistics recomputed when a loader was given).
         plan: the :class:`mudsc.MergePlan` (``plan.apply(models)`` rebuilds ``model`` before the BN reset).
         report: ``{"method", "num_models", "groups": {name: {"size", "num_outputs", "merge_value"}},
-            "merge_value", "history", "sweeps", "fallback_groups", "num_batches", "timing": {"trace", "forward",
-            "stats", "similarity", "solve", "apply", "reset_bn", "total"}}`` (seconds).
+            "merge_value", "history", "sweeps", "fallback_groups", "num_batches", "timing"}``. ``timing`` (seconds)
+            has one entry per stage, which add up to ``total``: ``checks`` (arguments, weight scan, loader peek),
+            ``trace``, ``width_probe``, ``forward`` (the models' forward passes of the statistics pass),
+            ``stats`` (the rest of that pass), ``similarity`` and ``solve`` (of the matching), ``matching_other``
+            (the rest of it: correlations, bookkeeping, fingerprints), ``apply``, ``final_check`` (the merged
+            model's forward pass) and ``reset_bn``.
     """
 
     model: nn.Module
@@ -77,7 +81,7 @@ def merge(
             ``Group``, ``Member``, ``Tap`` from ``mudsc.spec``, or :meth:`mudsc.PermSpec.from_dict`), check it with
             :func:`mudsc.check_spec`, and pass it here. ``method="avg"`` needs none: without ``spec`` it traces
             nothing and averages every tensor (identity maps; the plan's spec and the report's groups are empty).
-        example_inputs: inputs for tracing (default: the loader's first batch; unused by ``"avg"``).
+        example_inputs: inputs for tracing (default: two samples of the loader's first batch; unused by ``"avg"``).
         balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay: see :func:`match` (``reduce``
             defaults to ``1 - 1/N``, which keeps the input widths; one that changes them is accepted only when the
             model runs with the new widths, checked before the statistics pass: :mod:`mudsc.methods.widths`).
@@ -103,7 +107,8 @@ def merge(
     if spec is not None and not isinstance(spec, PermSpec):
         raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
     first, loader, one_shot = _peek_loader(loader, info_m.activations, method)
-    timing = {"trace": 0.0, "forward": 0.0, "stats": 0.0, "similarity": 0.0, "solve": 0.0, "apply": 0.0,
+    timing = {"checks": time.perf_counter() - t_start, "trace": 0.0, "width_probe": 0.0, "forward": 0.0,
+              "stats": 0.0, "similarity": 0.0, "solve": 0.0, "matching_other": 0.0, "apply": 0.0, "final_check": 0.0,
               "reset_bn": 0.0}
     if spec is None:
         t0 = time.perf_counter()
@@ -112,21 +117,30 @@ def merge(
     probe_inputs = _on_device_of(models[0], example_inputs if example_inputs is not None else
                                  (first[:2] if first is not None else None))
     if probe_inputs is not None:
+        t0 = time.perf_counter()
         check_widths(models, spec, info_m, reduce, probe_inputs)
+        timing["width_probe"] = time.perf_counter() - t0
     stats = None
     if info_m.activations:
+        t0 = time.perf_counter()
         stats = collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
                               progress=progress)
-        timing.update(stats.timing)
+        timing["forward"] = stats.timing["forward"]
+        timing["stats"] = time.perf_counter() - t0 - timing["forward"]  # hooks, accumulation, allocation
     # the models, weights and hyperparameters were checked above, before the statistics pass
+    t0 = time.perf_counter()
     plan = run_matching(models, spec, info_m, stats, balance, reduce, alpha, beta, max_sweeps, patience, seed,
                         backend, progress, axis_rule, zip_decay=zip_decay)
     timing.update(plan.info["timing"])
+    # the correlations (finalised on first use inside the matching), maps and the plan's fingerprints
+    timing["matching_other"] = time.perf_counter() - t0 - timing["similarity"] - timing["solve"]
     t0 = time.perf_counter()
     model = plan.apply(models, check=False)
     timing["apply"] = time.perf_counter() - t0
     if probe_inputs is not None:
+        t0 = time.perf_counter()
         run_named(model, probe_inputs, "the merged model")
+        timing["final_check"] = time.perf_counter() - t0
     if reset_bn_stats and loader is not None:
         timing["reset_bn"] = _reset_bn(model, loader, one_shot and info_m.activations, max_batches, device)
     timing["total"] = time.perf_counter() - t_start
@@ -135,11 +149,12 @@ def merge(
 
 def _trace(model: nn.Module, example_inputs: Any, first: Optional[torch.Tensor], needs_groups: bool = True
            ) -> PermSpec:
-    """The spec of ``model``, traced on ``example_inputs`` (default: the loader's first batch ``first``), after
-    checking that the model runs on one sample of ``first`` (an error then names the batch, not the tracer).
+    """The spec of ``model``, traced on ``example_inputs`` (default: two samples of the loader's first batch
+    ``first``; the trace and its float64 check cost forward passes on whatever they get), after checking that
+    the model runs on one sample of ``first`` (an error then names the batch, not the tracer).
     Without ``needs_groups`` (identity maps: ``avg``) nothing is traced: a spec without groups averages every
     tensor. A failed trace raises :class:`mudsc.SpecTraceError` saying how to pass a spec instead."""
-    inputs = example_inputs if example_inputs is not None else first
+    inputs = example_inputs if example_inputs is not None else (first[:2] if first is not None else None)
     if inputs is None and needs_groups:
         raise ValueError("pass spec=..., example_inputs=... or a loader: tracing needs example inputs")
     if first is not None:

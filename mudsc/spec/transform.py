@@ -215,26 +215,75 @@ def apply_maps(models: Sequence[nn.Module], spec: PermSpec, maps: Mapping[str, o
     _check_members(spec, named[0], type(models[0]).__name__)
     labels = _labels_of(spec, maps, num_models)
     counts = {g: torch.bincount(lab, minlength=k).double() for g, (lab, k) in labels.items()}
-    merged = copy.deepcopy(models[0])  # a deep copy keeps ties; _set_tensor replaces a tensor at all its places
+    merged = _skeleton_copy(models[0], named[0])  # keeps ties; _set_tensor replaces a tensor at all its places
     slots = _tensor_slots(merged)
     with torch.no_grad():
         for name, ref in named[0].items():
             if not torch.is_floating_point(ref):
                 continue  # integer buffers (num_batches_tracked) keep model 0's value
-            members = spec.members_of(name)
-            results = []
+            by_axis: Dict[int, list] = {}
+            for member, group in spec.members_of(name):
+                by_axis.setdefault(member.axis, []).append((member, group))
+            if not by_axis:  # in no group: a plain average
+                _set_tensor(merged, name, _average([named[i][name] for i in range(num_models)]), slots)
+                continue
+            total = None
             for i in range(num_models):
-                t = named[i][name].double()
-                by_axis: Dict[int, list] = {}
-                for member, group in members:
-                    by_axis.setdefault(member.axis, []).append((member, group))
+                source = named[i][name]
+                t = source.double()
                 for axis, ms in sorted(by_axis.items()):
                     t = _transform_axis(t, axis, ms, i, labels, counts, num_models, merge_eps)
-                results.append(t)
-            _set_tensor(merged, name, torch.stack(results).mean(0).to(ref.dtype), slots)
+                if total is None:  # the running sum must not be a float64 model's own storage
+                    shared = t.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
+                    total = t.clone() if shared else t
+                else:
+                    total.add_(t)
+            _set_tensor(merged, name, total.div_(num_models).to(ref.dtype), slots)
     _check_fused_widths(spec, merged)
     update_module_attributes(merged)
     return merged
+
+
+_AVERAGE_CHUNK = 1 << 18  # elements per float64 chunk of _average (2 MiB: stays in cache)
+
+
+def _average(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """The mean of equally shaped tensors, accumulated in float64 and rounded to their dtype once (the same
+    values as ``torch.stack(ts).double().mean(0).to(dtype)``), chunk by chunk so that no float64 copy of a
+    whole tensor is ever made: a state-dict average's memory traffic."""
+    ref = tensors[0]
+    out = torch.empty_like(ref, memory_format=torch.contiguous_format)
+    flat_out = out.view(-1)
+    flats = [t.reshape(-1) for t in tensors]
+    for start in range(0, flat_out.numel(), _AVERAGE_CHUNK):
+        stop = min(start + _AVERAGE_CHUNK, flat_out.numel())
+        acc = flats[0][start:stop].double()
+        if acc.untyped_storage().data_ptr() == flats[0].untyped_storage().data_ptr():
+            acc = acc.clone()  # a float64 tensor's own storage
+        for f in flats[1:]:
+            acc.add_(f[start:stop])
+        flat_out[start:stop] = acc.div_(len(tensors))
+    return out
+
+
+def _skeleton_copy(model: nn.Module, tensors: Dict[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of ``model`` whose floating parameters and buffers are empty placeholders (same dtype,
+    device, kind and ``requires_grad``; one per tensor, so ties stay ties): :func:`apply_maps` replaces every one
+    of them, and copying the old values first would double the model's memory and time for nothing. A model
+    that also keeps one of those tensors in a plain attribute (outside ``_parameters`` / ``_buffers``, where the
+    placeholder would not be replaced) gets a full deep copy instead."""
+    memo: Dict[int, torch.Tensor] = {}
+    for t in tensors.values():
+        if torch.is_floating_point(t) and id(t) not in memo:
+            empty = torch.empty(0, dtype=t.dtype, device=t.device)
+            memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    placeholders = {id(t) for t in memo.values()}
+    copied = copy.deepcopy(model, memo)
+    for module in copied.modules():
+        for key, value in vars(module).items():
+            if key not in ("_parameters", "_buffers") and isinstance(value, torch.Tensor) and id(value) in placeholders:
+                return copy.deepcopy(model)
+    return copied
 
 
 def _check_fused_widths(spec: PermSpec, model: nn.Module) -> None:
