@@ -37,53 +37,79 @@ __all__ = ["ActivationStats", "StatsCollector", "TapError", "collect_stats"]
 
 class ActivationStats:
     """Per-group activation statistics of N models: one :class:`CorrelationAccumulator` per group over the
-    ``N·size`` units (model-major). ``correlation(group)`` is computed once and cached, so methods and balance
-    sweeps reuse it.
+    ``N·size`` units (model-major). ``correlation(group)`` is computed once and cached as float32, so methods and
+    balance sweeps reuse it; the accumulator's float64 matrices made on the way are freed.
+
+    ``transient=True`` (what :func:`mudsc.merge` asks for: its statistics serve one matching) trades reuse for
+    memory: a group's accumulator (its float64 ``F × F`` moment) is dropped as soon as its float32 correlation
+    is made, and :meth:`release` drops that correlation once the matching is done with the group.
 
     Attributes:
         spec, num_models, accumulators (``{group name: CorrelationAccumulator}``; groups without taps are
-        absent), num_batches, timing (``{"forward": s, "stats": s}``).
+        absent, and so are the groups a transient object has finalised), num_batches, timing
+        (``{"forward": s, "stats": s}``), transient.
     """
 
     def __init__(self, spec: PermSpec, num_models: int, accumulators: Dict[str, CorrelationAccumulator],
-                 num_batches: int, timing: Dict[str, float], backend: str):
+                 num_batches: int, timing: Dict[str, float], backend: str, transient: bool = False):
         self.spec = spec
         self.num_models = num_models
         self.accumulators = accumulators
         self.num_batches = num_batches
         self.timing = dict(timing)
         self.backend = backend
+        self.transient = bool(transient)
+        self._sizes = {g: (acc.num_samples, acc.num_features) for g, acc in accumulators.items()}
         self._cache: Dict[str, torch.Tensor] = {}
         self._dead: Dict[str, torch.Tensor] = {}
+        self._released: set = set()
+
+    def has_taps(self, group: str) -> bool:
+        """Whether ``group`` has activation statistics (False: its matching falls back to weights)."""
+        return group in self._sizes
 
     def degenerate_units(self, group: str, eps: float = 1e-7) -> torch.Tensor:
         """``LongTensor[k]``: units of ``group`` (model-major) whose variance over the samples seen is below ``eps``
         (the clamp of :meth:`correlation`; constant units included; empty without taps). Their correlations are
         0 or shrunk towards it, with their twins too, so matching must not rely on them."""
         if group not in self._dead:
-            acc = self.accumulators.get(group)
+            acc = self._accumulator(group)
             if acc is None:
                 self._dead[group] = torch.zeros(0, dtype=torch.long)
             else:
-                var = acc.covariance(dtype=torch.float64).diagonal().cpu()
-                low = torch.zeros(var.numel(), dtype=torch.bool)
-                low[acc.zero_variance_units.cpu().long()] = True
-                self._dead[group] = torch.nonzero(low | (var < eps)).flatten()
+                self._dead[group] = torch.nonzero(acc.variances().cpu() < eps).flatten()  # zero variance: 0
         return self._dead[group]
 
     def underdetermined(self, group: str) -> bool:
         """``group`` has fewer samples than units (its correlation is rank-deficient)."""
-        acc = self.accumulators.get(group)
-        return acc is not None and acc.num_samples < acc.num_features
+        samples, units = self._sizes.get(group, (1, 0))
+        return samples < units
 
     def correlation(self, group: str) -> Optional[torch.Tensor]:
         """``Tensor[N·size, N·size]`` float32 activation correlation of ``group`` (None without taps)."""
         if group not in self._cache:
-            acc = self.accumulators.get(group)
+            acc = self._accumulator(group)
             if acc is None:
                 return None
             self._cache[group] = acc.correlation(dtype=torch.float32).cpu()
+            acc.clear_cache()
+            if self.transient:
+                self.degenerate_units(group)  # needs the moments, which go now
+                del self.accumulators[group]
         return self._cache[group]
+
+    def release(self, group: str) -> None:
+        """Free everything kept for ``group`` (accumulator and correlation); asking for it again is an error."""
+        self.accumulators.pop(group, None)
+        self._cache.pop(group, None)
+        if group in self._sizes:
+            self._released.add(group)
+
+    def _accumulator(self, group: str) -> Optional[CorrelationAccumulator]:
+        """The group's accumulator (None without taps); ValueError once released."""
+        if group in self._released:
+            raise ValueError(f"the statistics of group {group!r} were released (ActivationStats.release)")
+        return self.accumulators.get(group)
 
     def __repr__(self) -> str:
         return (f"ActivationStats({self.num_models} models, {len(self.accumulators)} groups, "
@@ -329,6 +355,7 @@ def collect_stats(
     device: Optional[Union[str, torch.device]] = None,
     backend: str = "auto",
     progress: bool = True,
+    transient: bool = False,
 ) -> ActivationStats:
     """One pass over ``loader``: the activation correlation of every group's units across the N models.
 
@@ -343,6 +370,8 @@ def collect_stats(
         device: run the models there (copies are made when they live elsewhere; default: model 0's device).
         backend: of the accumulators (``"reference"``: the original's per-batch float32 moments).
         progress: a tqdm bar over the batches.
+        transient: the statistics serve one matching, which may free them group by group (:class:`ActivationStats`:
+            at most one float64 moment matrix besides the float32 correlations once the matching starts).
 
     Returns:
         :class:`ActivationStats`; ``timing["forward"]`` is the models' own forward time, ``timing["stats"]``
@@ -374,4 +403,4 @@ def collect_stats(
     collector.check_fired()
     _warn_underdetermined(collector.accumulators)
     return ActivationStats(spec, len(models), collector.accumulators, num_batches,
-                           {"forward": forward, "stats": collector.hook_time}, backend)
+                           {"forward": forward, "stats": collector.hook_time}, backend, transient=transient)

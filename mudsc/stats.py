@@ -439,6 +439,27 @@ class CorrelationAccumulator:
         norm = raw.diagonal().clamp_min(0).sqrt().clamp_min(eps)
         return (raw / torch.outer(norm, norm)).to(dtype or self.dtype)
 
+    def variances(self) -> torch.Tensor:
+        """``Tensor[F]`` float64: the population variance of every feature, the diagonal of :meth:`covariance`
+        (zero-variance units exactly 0) without forming the ``F × F`` matrices: O(F)."""
+        if self._reference is not None:
+            return self._reference.covariance().diagonal().to(torch.float64)
+        if self._count == 0:
+            raise ValueError("no samples have been accumulated: call update() with a non-empty batch first")
+        if self._final is not None:
+            return self._final[2].diagonal().to(torch.float64)
+        n = float(self._count)
+        second = self._moment.diagonal().to(torch.float64) / n
+        d = self._sums.to(torch.float64) / n
+        raw = second - d * d
+        return raw.clamp_min(0).masked_fill(raw <= second * 1e-13, 0)
+
+    def clear_cache(self) -> "CorrelationAccumulator":
+        """Free the finalised matrices (mean, float64 covariance and correlation: ``2·8·F²`` bytes) that the
+        result methods keep for repeated calls; the accumulated state stays, so they can be recomputed."""
+        self._final = None
+        return self
+
     @property
     def zero_variance_units(self) -> torch.Tensor:
         """``LongTensor[k]``: features with zero variance (constant over every sample seen)."""

@@ -283,12 +283,14 @@ def test_tied_sparse_units_are_matched_by_their_weights_with_plenty_of_samples(m
 def test_has_tied_maxima():
     from mudsc.methods.descent import has_tied_maxima
 
-    s = torch.tensor([[1.0, 0.9, 0.2], [0.9, 1.0, 0.3], [0.2, 0.3, 1.0]])
-    assert not has_tied_maxima(s, 1e-5)  # the diagonal does not count
-    s[0, 2] = s[2, 0] = 0.9  # row 0: 0.9 twice
-    assert has_tied_maxima(s, 1e-5)
-    s[0, 2] = s[2, 0] = 0.9 - 1e-3
-    assert not has_tied_maxima(s, 1e-5) and has_tied_maxima(s, 1e-2)
+    s = torch.tensor([[1.0, 1.0, 0.2], [1.0, 1.0, 0.3], [0.2, 0.3, 1.0]])
+    assert not has_tied_maxima(s, 1e-6)  # the diagonal does not count
+    s[0, 2] = s[2, 0] = 1.0  # row 0: 1 twice
+    assert has_tied_maxima(s, 1e-6)
+    s[0, 2] = s[2, 0] = 1.0 - 1e-4
+    assert not has_tied_maxima(s, 1e-6) and has_tied_maxima(s, 1e-3)
+    s[0, 1] = s[1, 0] = s[0, 2] = s[2, 0] = 0.9  # tied, but far from a correlation of 1
+    assert not has_tied_maxima(s, 1e-6) and has_tied_maxima(s, 1e-6, floor=0.5)
 
 
 def test_tie_break_is_checked():

@@ -47,20 +47,25 @@ from .widths import default_reduce
 
 __all__ = ["Descent", "match", "run_matching"]
 
-TIE_TOLERANCE = 1e-5  # correlations this close to a row's maximum count as tied with it
+TIE_TOLERANCE = 1e-6  # correlations this close to a row's maximum count as tied with it (float32 rounding: 1e-7)
+TIE_FLOOR = 0.999  # ... when that maximum is a correlation of (almost) 1
 
 
-def has_tied_maxima(sim: torch.Tensor, tol: float) -> bool:
+def has_tied_maxima(sim: torch.Tensor, tol: float, floor: float = TIE_FLOOR) -> bool:
     """Whether some row of the symmetric ``sim`` has its maximum off the diagonal at least twice, up to ``tol``
-    (the two largest off-diagonal entries differ by at most ``tol``). Every matching that keeps each unit at
-    its best partner is then one of several of equal value, and the solver's pick among them is arbitrary."""
+    (the two largest off-diagonal entries differ by at most ``tol``), at a value of at least ``floor``.
+
+    Exact ties come from proportional activations (units firing on the same few samples): such units
+    correlate 1 with each other and with their twins, and every matching that keeps each unit at one of its
+    best partners is then one of several of equal value, the solver's pick among them arbitrary. Near-equal
+    correlations below ``floor`` are how similarities of a large group are distributed and are left alone."""
     n = sim.shape[0]
     if n < 3:
         return False
     off = sim.float().clone()
     off.fill_diagonal_(-math.inf)
     top = torch.topk(off, 2, dim=1).values
-    return bool((top[:, 0] - top[:, 1] <= tol).any())
+    return bool(((top[:, 0] - top[:, 1] <= tol) & (top[:, 1] >= floor)).any())
 
 
 class Descent:
@@ -155,7 +160,8 @@ class Descent:
             self.values[name] = float(r.merge_value)
 
     def initial_maps(self) -> None:
-        """Identity maps for ``avg``; the activation-only matching for the activation methods."""
+        """Identity maps for ``avg``; the activation-only matching for the activation methods (whose statistics
+        are released coordinate by coordinate when they are transient and no descent follows)."""
         if self.method.solver is None:
             for g in self.spec.groups:
                 lab = np.tile(np.arange(g.size, dtype=np.int64), self.n)
@@ -164,6 +170,9 @@ class Descent:
         elif self.method.activations:
             for coord in self.coords:
                 self.solve(coord, None)
+                if self.stats.transient and not self.method.descent:  # nothing reads these statistics again
+                    for g in coord:
+                        self.stats.release(g.name)
 
     def sweep(self, order: Sequence[int], mix: Optional[float]) -> float:
         """Visit the coordinates in ``order``; the mean merge value over groups afterwards."""
@@ -303,7 +312,7 @@ def run_matching(models: List[nn.Module], spec: PermSpec, info_m: MethodInfo, st
                                  "models")
     descent = Descent(models, spec, info_m, stats, balance, reduce, alpha, beta, backend, axis_rule, piece_cache,
                       tie_break, zip_decay)
-    fallback = [g.name for g in spec.groups if stats.correlation(g.name) is None] if info_m.activations else []
+    fallback = [g.name for g in spec.groups if not stats.has_taps(g.name)] if info_m.activations else []
     descent.initial_maps()
     if info_m.descent:
         descent.run(max_sweeps, patience, seed, progress)

@@ -124,7 +124,7 @@ def merge(
     if info_m.activations:
         t0 = time.perf_counter()
         stats = collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
-                              progress=progress)
+                              progress=progress, transient=True)
         timing["forward"] = stats.timing["forward"]
         timing["stats"] = time.perf_counter() - t0 - timing["forward"]  # hooks, accumulation, allocation
     # the models, weights and hyperparameters were checked above, before the statistics pass
