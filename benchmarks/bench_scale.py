@@ -132,6 +132,7 @@ def worker(args) -> dict:
         "merge_total_s": total_s, "merge_over_forward": total_s / forward_s,
         "stages": stages, "stages_sum_s": sum(stages.values()), "unaccounted_s": total_s - sum(stages.values()),
         "peak_rss_gib": rss_gib(), "rss_after_models_gib": rss_models,
+        "memory_plan": result.report.get("memory"),
         "merged_runs": bool(torch.isfinite(out).all()), "loads_into_fresh_instance": True,
         "mudsc_version": mudsc.__version__,
     }

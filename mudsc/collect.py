@@ -63,10 +63,35 @@ class ActivationStats:
         self._cache: Dict[str, torch.Tensor] = {}
         self._dead: Dict[str, torch.Tensor] = {}
         self._released: set = set()
+        self._deferred: Dict[str, List[str]] = {}  # group -> the chunk of groups its pass collects
+        self._collect = None
+
+    def defer(self, chunks: Sequence[Sequence[str]], collect) -> None:
+        """Groups collected later, one more pass over the data per chunk: ``collect(names)`` returns an
+        :class:`ActivationStats` of those groups, and runs the first time one of them is asked for (the memory
+        plan of :func:`mudsc.merge`: each pass holds only its chunk's float64 moments). Its forward and hook
+        seconds add to ``timing``, and its wall seconds to ``timing["deferred_wall"]``."""
+        for chunk in chunks:
+            for name in chunk:
+                self._deferred[name] = list(chunk)
+        self._collect = collect
+
+    def _run_deferred(self, group: str) -> None:
+        chunk = self._deferred[group]
+        t0 = time.perf_counter()
+        more = self._collect(chunk)
+        for name in chunk:
+            self._deferred.pop(name, None)
+        self.accumulators.update(more.accumulators)
+        self._sizes.update(more._sizes)
+        for key in ("forward", "stats"):
+            self.timing[key] = self.timing.get(key, 0.0) + more.timing.get(key, 0.0)
+        self.timing["deferred_wall"] = self.timing.get("deferred_wall", 0.0) + time.perf_counter() - t0
+        self.timing["passes"] = self.timing.get("passes", 1) + 1
 
     def has_taps(self, group: str) -> bool:
         """Whether ``group`` has activation statistics (False: its matching falls back to weights)."""
-        return group in self._sizes
+        return group in self._sizes or group in self._deferred
 
     def degenerate_units(self, group: str, eps: float = 1e-7) -> torch.Tensor:
         """``LongTensor[k]``: units of ``group`` (model-major) whose variance over the samples seen is below ``eps``
@@ -82,6 +107,8 @@ class ActivationStats:
 
     def underdetermined(self, group: str) -> bool:
         """``group`` has fewer samples than units (its correlation is rank-deficient)."""
+        if group in self._deferred:
+            self._run_deferred(group)
         samples, units = self._sizes.get(group, (1, 0))
         return samples < units
 
@@ -109,6 +136,8 @@ class ActivationStats:
         """The group's accumulator (None without taps); ValueError once released."""
         if group in self._released:
             raise ValueError(f"the statistics of group {group!r} were released (ActivationStats.release)")
+        if group in self._deferred:
+            self._run_deferred(group)
         return self.accumulators.get(group)
 
     def __repr__(self) -> str:
@@ -179,18 +208,23 @@ class StatsCollector:
     Use as a context manager around the batches (models in eval mode inside, hooks removed and train/eval flags
     restored on exit), calling :meth:`run_batch` per batch.
 
+    ``groups``: collect only these groups (names; default: every group with taps).
+
     Attributes:
-        accumulators: ``{group name: CorrelationAccumulator}`` of the groups with taps.
+        accumulators: ``{group name: CorrelationAccumulator}`` of the collected groups.
         hook_time: seconds spent in the hooks (tap slicing, copies, accumulation).
     """
 
-    def __init__(self, models: Sequence[nn.Module], spec: PermSpec, device: torch.device, backend: str = "auto"):
+    def __init__(self, models: Sequence[nn.Module], spec: PermSpec, device: torch.device, backend: str = "auto",
+                 groups: Optional[Sequence[str]] = None):
         self.models = list(models)
         self.spec = spec
         self.n = len(self.models)
+        wanted = None if groups is None else set(groups)
+        self.groups = [g for g in spec.groups if g.taps and (wanted is None or g.name in wanted)]
         try:
             self.accumulators = {g.name: CorrelationAccumulator(self.n * g.size, device=device, backend=backend)
-                                 for g in spec.groups if g.taps}
+                                 for g in self.groups}
         except RuntimeError as exc:
             if is_out_of_memory(exc):
                 raise MemoryError(f"out of memory allocating the statistics on {device}: "
@@ -224,8 +258,8 @@ class StatsCollector:
                 m.training = training
 
     def _attach(self, i: int, model: nn.Module) -> None:
-        """Register model ``i``'s hooks on every tap of every group."""
-        for g in self.spec.groups:
+        """Register model ``i``'s hooks on every tap of every collected group."""
+        for g in self.groups:
             for t_index, tap in enumerate(g.taps):
                 try:
                     module = model.get_submodule(tap.module)
@@ -356,6 +390,7 @@ def collect_stats(
     backend: str = "auto",
     progress: bool = True,
     transient: bool = False,
+    groups: Optional[Sequence[str]] = None,
 ) -> ActivationStats:
     """One pass over ``loader``: the activation correlation of every group's units across the N models.
 
@@ -372,6 +407,8 @@ def collect_stats(
         progress: a tqdm bar over the batches.
         transient: the statistics serve one matching, which may free them group by group (:class:`ActivationStats`:
             at most one float64 moment matrix besides the float32 correlations once the matching starts).
+        groups: collect only these groups (names; default: every group with taps). The others are absent, as
+            groups without taps are, unless :meth:`ActivationStats.defer` names a pass that collects them.
 
     Returns:
         :class:`ActivationStats`; ``timing["forward"]`` is the models' own forward time, ``timing["stats"]``
@@ -389,7 +426,10 @@ def collect_stats(
     for m in models:
         p = next(iter(m.parameters()), None)
         run_models.append(m if p is None or p.device == dev else copy.deepcopy(m).to(dev))
-    collector = StatsCollector(run_models, spec, dev, backend)
+    unknown = sorted(set(groups or ()) - {g.name for g in spec.groups})
+    if unknown:
+        raise ValueError(f"groups {unknown} are not in the spec")
+    collector = StatsCollector(run_models, spec, dev, backend, groups=groups)
     num_batches, forward = 0, 0.0
     with collector:
         total = _loader_length(loader, max_batches)

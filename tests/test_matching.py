@@ -388,14 +388,13 @@ def test_zip_alpha_zero_within_forbidden_is_greedy_matching(backend, om, seed, k
     assert_value_close(res.merge_value, float(np.mean(picked)), sim)
 
 
+# the random cases of the alpha = 0 properties (both decay rules)
+ALPHA_ZERO_CASES = dict(n=st.sampled_from([2, 3, 4]), om=st.integers(1, 12), seed=st.integers(0, 2**32 - 1),
+                        kind=st.sampled_from(VALUE_KINDS), reduce=st.sampled_from(REDUCES))
+
+
 @examples(40)
-@given(
-    n=st.sampled_from([2, 3, 4]),
-    om=st.integers(1, 12),
-    seed=st.integers(0, 2**32 - 1),
-    kind=st.sampled_from(VALUE_KINDS),
-    reduce=st.sampled_from(REDUCES),
-)
+@given(**ALPHA_ZERO_CASES)
 def test_zip_alpha_zero_clusters_have_at_most_two_units(backend, n, om, seed, kind, reduce):
     """ZipIt!'s rule with alpha = 0: a merged unit never merges again."""
     sim = make_sim(seed, n * om, n, kind, "none", np.float64)
@@ -407,13 +406,7 @@ def test_zip_alpha_zero_clusters_have_at_most_two_units(backend, n, om, seed, ki
 
 
 @examples(40)
-@given(
-    n=st.sampled_from([2, 3, 4]),
-    om=st.integers(1, 12),
-    seed=st.integers(0, 2**32 - 1),
-    kind=st.sampled_from(VALUE_KINDS),
-    reduce=st.sampled_from(REDUCES),
-)
+@given(**ALPHA_ZERO_CASES)
 def test_zip_same_model_alpha_zero_clusters_hold_one_unit_per_model(backend, n, om, seed, kind, reduce):
     """decay="same-model" with alpha = 0: a merge that would put two units of one model together is forbidden
     once a cluster is involved, so a cluster is either units of distinct models or one within-model pair."""

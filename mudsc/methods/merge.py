@@ -4,6 +4,7 @@ the trace (identity maps need no groups), so it merges models torch.fx cannot tr
 
 from __future__ import annotations
 
+import resource
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -14,10 +15,12 @@ import torch.nn as nn
 
 from ..collect import collect_stats
 from ..inputs import check_device, check_finite_weights, check_max_batches, check_models, peek
+from ..memory import SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, parse_bytes, plan_passes
 from ..norm import reset_bn
 from ..plan import MergePlan
 from ..probe import run_named
 from ..spec import PermSpec, SpecTraceError, trace
+from .coordinates import coordinates
 from .descent import run_matching
 from .registry import check_hyperparameters, check_method
 from .widths import check_widths, default_reduce
@@ -66,6 +69,7 @@ def merge(
     axis_rule: str = "merge",
     reset_bn_stats: bool = True,
     zip_decay: str = "same-model",
+    max_memory: Optional[Union[int, str]] = None,
 ) -> MergeResult:
     """Merge N models of one architecture into one, without training.
 
@@ -90,6 +94,8 @@ def merge(
         backend: ``"auto"`` | ``"native"`` | ``"reference"`` for every solver, statistic and similarity.
         progress: tqdm bars on the data pass and the sweeps.
         reset_bn_stats: recompute BatchNorm running statistics of the merged model (needs a loader).
+        max_memory: bytes (or ``"16GB"``) the statistics may take (default: a safe fraction of what the device has
+            free); more groups than fit are split over several passes, same plan (:mod:`mudsc.memory`).
 
     Every argument is checked (methods, N, shapes, dtypes and devices of the models, NaN/Inf in their weights,
     hyperparameters, the device, an empty loader, a first batch the models cannot run, merged widths the model
@@ -102,6 +108,8 @@ def merge(
     reduce = default_reduce(len(models)) if reduce is None else reduce
     check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay)
     check_max_batches(max_batches)
+    if max_memory is not None:
+        parse_bytes(max_memory)
     device = check_device(device)
     check_finite_weights(models)
     if spec is not None and not isinstance(spec, PermSpec):
@@ -120,20 +128,13 @@ def merge(
         t0 = time.perf_counter()
         check_widths(models, spec, info_m, reduce, probe_inputs)
         timing["width_probe"] = time.perf_counter() - t0
-    stats = None
-    if info_m.activations:
-        t0 = time.perf_counter()
-        stats = collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
-                              progress=progress, transient=True)
-        timing["forward"] = stats.timing["forward"]
-        timing["stats"] = time.perf_counter() - t0 - timing["forward"]  # hooks, accumulation, allocation
+    stats, memory, stats_wall = (_statistics(models, spec, info_m, loader, one_shot, max_memory, max_batches, device,
+                                             backend, progress) if info_m.activations else (None, None, 0.0))
     # the models, weights and hyperparameters were checked above, before the statistics pass
     t0 = time.perf_counter()
     plan = run_matching(models, spec, info_m, stats, balance, reduce, alpha, beta, max_sweeps, patience, seed,
                         backend, progress, axis_rule, zip_decay=zip_decay)
-    timing.update(plan.info["timing"])
-    # the correlations (finalised on first use inside the matching), maps and the plan's fingerprints
-    timing["matching_other"] = time.perf_counter() - t0 - timing["similarity"] - timing["solve"]
+    _matching_timing(timing, plan, stats, stats_wall, time.perf_counter() - t0)
     t0 = time.perf_counter()
     model = plan.apply(models, check=False)
     timing["apply"] = time.perf_counter() - t0
@@ -144,7 +145,70 @@ def merge(
     if reset_bn_stats and loader is not None:
         timing["reset_bn"] = _reset_bn(model, loader, one_shot and info_m.activations, max_batches, device)
     timing["total"] = time.perf_counter() - t_start
-    return MergeResult(model=model, plan=plan, report=_report(method, len(models), spec, plan, stats, timing))
+    report = _report(method, len(models), spec, plan, stats, timing)
+    report["memory"] = _memory_report(memory, device if device is not None else _device_of(models[0]))
+    return MergeResult(model=model, plan=plan, report=report)
+
+
+def _matching_timing(timing: Dict[str, float], plan: MergePlan, stats, stats_wall: float, wall: float) -> None:
+    """Fill the statistics and matching stages of ``timing``: passes deferred by the memory plan ran inside the
+    matching's similarity stage and count as forward / stats; ``matching_other`` is the rest of the matching
+    (correlations finalised on first use, maps, the plan's fingerprints)."""
+    timing.update(plan.info["timing"])
+    deferred = 0.0
+    if stats is not None:
+        deferred = stats.timing.get("deferred_wall", 0.0)
+        timing["similarity"] -= deferred
+        timing["forward"] = stats.timing["forward"]
+        timing["stats"] = stats_wall + deferred - timing["forward"]  # hooks, accumulation, allocation, planning
+    timing["matching_other"] = wall - timing["similarity"] - timing["solve"] - deferred
+
+
+def _memory_plan(models, spec: PermSpec, info_m, device, max_memory, one_shot: bool) -> MemoryPlan:
+    """The passes of the statistics (:mod:`mudsc.memory`) for ``max_memory`` bytes (None: a safe fraction of
+    what the pass's device has free); ValueError when several passes are needed but the loader is one-shot."""
+    dev = device if device is not None else _device_of(models[0])
+    budget = parse_bytes(max_memory) if max_memory is not None else int(SAFE_FRACTION * available_bytes(dev))
+    n = len(models)
+    coords = [[(g.name, n * g.size) for g in coord if g.taps] for coord in coordinates(spec)]
+    memory = plan_passes(coords, keep_correlations=info_m.descent, budget=budget, explicit=max_memory is not None)
+    if memory.passes > 1 and one_shot:
+        raise ValueError(f"the statistics need {memory.passes} passes over the loader to fit "
+                         f"{format_bytes(budget)} (float64 moments of {format_bytes(sum(memory.group_bytes.values()))}"
+                         "), but the loader is a one-shot iterator: pass a re-iterable loader (a list, a "
+                         "DataLoader) or a larger max_memory")
+    return memory
+
+
+def _statistics(models, spec: PermSpec, info_m, loader, one_shot, max_memory, max_batches, device, backend, progress):
+    """``(stats, memory plan, seconds)``: the transient statistics of the first chunk of the memory plan, the
+    other chunks deferred to the matching (one more pass each, run when it first asks for one of their groups)."""
+    t0 = time.perf_counter()
+    memory = _memory_plan(models, spec, info_m, device, max_memory, one_shot)
+
+    def collect(names):
+        return collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
+                             progress=progress, transient=True, groups=names)
+
+    stats = collect(memory.chunks[0] if memory.passes > 1 else None)
+    if memory.passes > 1:
+        stats.defer(memory.chunks[1:], collect)
+    return stats, memory, time.perf_counter() - t0
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _memory_report(memory: Optional[MemoryPlan], dev: torch.device) -> dict:
+    """The memory plan (None without statistics) and the peaks measured so far in this process (RSS: the
+    process's peak since it started, ``ru_maxrss``; on CUDA ``torch.cuda.max_memory_allocated``)."""
+    out = memory.as_dict() if memory is not None else {"passes": 0}
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if dev.type == "cuda":
+        out["cuda_peak_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+    return out
 
 
 def _trace(model: nn.Module, example_inputs: Any, first: Optional[torch.Tensor], needs_groups: bool = True
