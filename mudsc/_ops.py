@@ -113,8 +113,9 @@ def _stats_update_fake(
     torch._check(0 <= precision <= 2, lambda: f"stats_update_: precision must be 0, 1 or 2, got {precision}")
     f = shift.shape[0]
     torch._check(
-        moment.dtype == torch.float64 and moment.dim() == 2 and moment.shape[0] == f and moment.shape[1] == f,
-        lambda: f"stats_update_: moment must be float64 [{f}, {f}], got {moment.dtype} {tuple(moment.shape)}",
+        moment.dtype == torch.float64 and (_is_packed(moment, f) or _is_square(moment, f)),
+        lambda: f"stats_update_: moment must be float64 [{f}, {f}] or packed [{f * (f + 1) // 2}], "
+        f"got {moment.dtype} {tuple(moment.shape)}",
     )
     torch._check(
         sums.dtype == torch.float64 and sums.dim() == 1 and sums.shape[0] == f,
@@ -128,18 +129,44 @@ def _stats_update_fake(
     return shift.new_empty((), dtype=torch.int64)
 
 
+def _is_packed(moment: torch.Tensor, f: int) -> bool:
+    """A packed upper triangle of an [f, f] moment (stats.cpp)."""
+    return moment.dim() == 1 and moment.shape[0] == f * (f + 1) // 2
+
+
+def _is_square(moment: torch.Tensor, f: int) -> bool:
+    return moment.dim() == 2 and moment.shape[0] == f and moment.shape[1] == f
+
+
+def _check_finalize(op: str, moment: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor, count: int) -> int:
+    torch._check(count > 0, lambda: f"{op}: no samples were accumulated")
+    f = shift.shape[0]
+    torch._check(
+        (_is_packed(moment, f) or _is_square(moment, f)) and sums.numel() == f,
+        lambda: f"{op}: moment [{f}, {f}] or packed [{f * (f + 1) // 2}] and sums [{f}] expected, "
+        f"got {tuple(moment.shape)} and {tuple(sums.shape)}",
+    )
+    return f
+
+
+@register_fake("mudsc::stats_correlation")
+def _stats_correlation_fake(
+    moment: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor, count: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(corr: float32 [F, F], variance: float64 [F], zero_variance: bool [F]), contiguous."""
+    f = _check_finalize("stats_correlation", moment, sums, shift, count)
+    corr = moment.new_empty((f, f), dtype=torch.float32)
+    variance = moment.new_empty((f,), dtype=torch.float64)
+    zero_variance = moment.new_empty((f,), dtype=torch.bool)
+    return corr, variance, zero_variance
+
+
 @register_fake("mudsc::stats_finalize")
 def _stats_finalize_fake(
     moment: torch.Tensor, sums: torch.Tensor, shift: torch.Tensor, count: int, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean: float64 [F], cov: float64 [F, F], corr: float64 [F, F], zero_variance: bool [F]), contiguous."""
-    torch._check(count > 0, lambda: "stats_finalize: no samples were accumulated")
-    f = shift.shape[0]
-    torch._check(
-        moment.dim() == 2 and moment.shape[0] == f and moment.shape[1] == f and sums.numel() == f,
-        lambda: f"stats_finalize: moment [{f}, {f}] and sums [{f}] expected, "
-        f"got {tuple(moment.shape)} and {tuple(sums.shape)}",
-    )
+    f = _check_finalize("stats_finalize", moment, sums, shift, count)
     mean = moment.new_empty((f,), dtype=torch.float64)
     cov = moment.new_empty((f, f), dtype=torch.float64)
     corr = moment.new_empty((f, f), dtype=torch.float64)

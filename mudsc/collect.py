@@ -27,7 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._progress import progress_bar
+from .backends import choose
 from .inputs import check_max_batches, check_models, peek
+from .memory import moment_bytes
 from .norm import first_input
 from .spec import Group, PermSpec
 from .stats import CorrelationAccumulator
@@ -184,9 +186,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def accumulator_note(spec: PermSpec, num_models: int) -> str:
-    """The float64 moments of every tapped group (``8·(N·size)²`` bytes each), totalled, with the largest."""
-    sizes = {g.name: 8 * (num_models * g.size) ** 2 for g in spec.groups if g.taps}
+def packed_moments(device: Union[str, torch.device], backend: str = "auto") -> bool:
+    """Whether the statistics on ``device`` keep packed float64 moments (the CPU with the native ops: half the
+    bytes of ``[F, F]``, the same sums; :class:`mudsc.CorrelationAccumulator`)."""
+    return torch.device(device).type == "cpu" and choose("statistics", backend, needs="ops") == "native"
+
+
+def accumulator_note(spec: PermSpec, num_models: int, packed: bool = False) -> str:
+    """The float64 moments of every tapped group (:func:`mudsc.memory.moment_bytes`), totalled, with the
+    largest."""
+    sizes = {g.name: moment_bytes(num_models * g.size, packed) for g in spec.groups if g.taps}
     if not sizes:
         return "no group is tapped"
     largest = max(sizes, key=sizes.get)
@@ -222,13 +231,16 @@ class StatsCollector:
         self.n = len(self.models)
         wanted = None if groups is None else set(groups)
         self.groups = [g for g in spec.groups if g.taps and (wanted is None or g.name in wanted)]
+        self.packed = packed_moments(device, backend)
+        packed = self.packed
         try:
-            self.accumulators = {g.name: CorrelationAccumulator(self.n * g.size, device=device, backend=backend)
+            self.accumulators = {g.name: CorrelationAccumulator(self.n * g.size, device=device, backend=backend,
+                                                                packed=packed)
                                  for g in self.groups}
         except RuntimeError as exc:
             if is_out_of_memory(exc):
                 raise MemoryError(f"out of memory allocating the statistics on {device}: "
-                                  f"{accumulator_note(spec, self.n)}") from exc
+                                  f"{accumulator_note(spec, self.n, packed)}") from exc
             raise
         self.hook_time = 0.0
         self._pending: Dict[Tuple[str, int], List] = {}
@@ -349,7 +361,7 @@ class StatsCollector:
 
     def memory_note(self) -> str:
         """How much the accumulators hold, for an out-of-memory message."""
-        return accumulator_note(self.spec, self.n)
+        return accumulator_note(self.spec, self.n, self.packed)
 
     def check_fired(self) -> None:
         """ValueError when a group's taps never fired (the spec does not match the models' forward)."""

@@ -3,9 +3,10 @@ groups are split across passes over the loader so that the merge fits.
 
 Per group of ``F = N·size`` units (model-major) the statistics hold, on the device of the pass:
 
-- the float64 moment ``8·F²`` bytes while the pass runs and until the group is finalised;
-- at finalisation, for one group at a time: the float64 covariance and correlation (``16·F²``) and the float32
-  correlation (``4·F²``);
+- the float64 moment ``8·F²`` bytes (packed, on the CPU: ``4·F(F+1)``) while the pass runs and until the group
+  is finalised;
+- at finalisation, for one group at a time: the float32 correlation (``4·F²``), written straight from a packed
+  moment, or on other devices after the float64 covariance and correlation (``16·F²`` more);
 - afterwards the float32 correlation (``4·F²``) for as long as a matching needs it: the whole matching for a
   method with a coordinate descent (``mudsc-*``), only while the group is solved otherwise (zipit, act-align).
 
@@ -88,14 +89,15 @@ def format_bytes(n: float) -> str:
     return f"{int(n)} bytes"
 
 
-def moment_bytes(features: int) -> int:
-    """The float64 moment of ``features`` units."""
-    return 8 * features * features
+def moment_bytes(features: int, packed: bool = False) -> int:
+    """The float64 moment of ``features`` units (``packed``: its upper triangle only)."""
+    return 4 * features * (features + 1) if packed else 8 * features * features
 
 
-def finalize_bytes(features: int) -> int:
-    """Transient bytes of finalising one group: float64 covariance and correlation, float32 correlation."""
-    return 20 * features * features
+def finalize_bytes(features: int, packed: bool = False) -> int:
+    """Transient bytes of finalising one group: the float32 correlation, and unless the moment is packed (the CPU
+    path, which writes float32 directly) the float64 covariance and correlation before it."""
+    return (4 if packed else 20) * features * features
 
 
 def correlation_bytes(features: int) -> int:
@@ -135,13 +137,13 @@ class MemoryPlan:
 
 
 def plan_passes(coords: Sequence[Sequence[Tuple[str, int]]], keep_correlations: bool, budget: int,
-                explicit: bool = False) -> MemoryPlan:
+                explicit: bool = False, packed: bool = False) -> MemoryPlan:
     """Cut ``coords`` (per coordinate, its tapped groups as ``(name, features)``; in the order the matching
     visits them) into consecutive chunks whose estimated peak fits ``budget`` (module docstring).
 
     ``keep_correlations``: the matching keeps every group's float32 correlation to the end (a coordinate
     descent). A single coordinate that does not fit on its own raises :class:`MemoryError` naming it, the bytes
-    it needs and the budget."""
+    it needs and the budget. ``packed``: the moments are packed upper triangles (the CPU's statistics)."""
     chunks: List[List[str]] = []
     peaks: List[int] = []
     kept = 0  # float32 correlations of earlier chunks
@@ -155,8 +157,8 @@ def plan_passes(coords: Sequence[Sequence[Tuple[str, int]]], keep_correlations: 
     for coord in coords:
         if not coord:
             continue
-        m = sum(moment_bytes(f) for _, f in coord)
-        fin = max(finalize_bytes(f) for _, f in coord)
+        m = sum(moment_bytes(f, packed) for _, f in coord)
+        fin = max(finalize_bytes(f, packed) for _, f in coord)
         c = sum(correlation_bytes(f) for _, f in coord)
         if cur and peak(cur_moments + m, max(cur_final, fin), cur_corr + c) > budget:
             chunks.append(cur)
@@ -183,4 +185,4 @@ def plan_passes(coords: Sequence[Sequence[Tuple[str, int]]], keep_correlations: 
         peaks.append(peak(cur_moments, cur_final, cur_corr))
     names = [[name for coord in chunk for name, _ in coord] for chunk in chunks]
     return MemoryPlan(budget=int(budget), chunks=names or [[]], peaks=peaks or [0],
-                      group_bytes={n: moment_bytes(f) for n, f in sizes.items()}, explicit=explicit)
+                      group_bytes={n: moment_bytes(f, packed) for n, f in sizes.items()}, explicit=explicit)

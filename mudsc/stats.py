@@ -26,7 +26,10 @@ Symmetry is exploited: features are cut into blocks and only blocks on or above 
 (10 of 16 block products for 4 blocks); the finalize step reads the upper triangle.
 
 Memory: ``moment`` is a float64 ``F × F`` matrix (8·F² bytes: 512 MiB for a ViT-L MLP group of two models,
-F = 8192), plus one float32 copy of the batch (``L × F``) while an update runs.
+F = 8192), plus one float32 copy of the batch (``L × F``) while an update runs. With ``packed=True`` it is the
+packed upper triangle instead (``F(F+1)/2`` values, half the bytes, the same sums: the activation statistics of
+:func:`mudsc.collect_stats` on the CPU use it), and ``correlation(dtype=torch.float32)`` writes the float32
+matrix straight from it.
 """
 
 from __future__ import annotations
@@ -155,6 +158,8 @@ class CorrelationAccumulator:
         precision: how float32 products are formed on CUDA: ``"auto"`` (default: ``"tf32x3"`` from F = 4096 on,
             ``"ieee"`` below), ``"ieee"``, ``"tf32"`` or ``"tf32x3"`` (module docstring). The CPU always runs IEEE
             sgemm.
+        packed: keep the moment as its packed upper triangle (half the bytes, identical results; native backend
+            only). Meant for the CPU: elsewhere the fold runs one small add per feature row.
 
     Example::
 
@@ -173,6 +178,7 @@ class CorrelationAccumulator:
         block_size: Optional[int] = None,
         fold_samples: Optional[int] = None,
         precision: str = "auto",
+        packed: bool = False,
     ) -> None:
         if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) or num_features < 1:
             raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
@@ -192,7 +198,12 @@ class CorrelationAccumulator:
             raise ValueError(f"precision must be 'auto', 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
         self.precision = _auto_precision(self.device.type, f) if precision == "auto" else precision
         self._use_op = self.backend == "native" and self.device.type in ("cpu", "cuda")
-        self._moment = torch.zeros(f, f, dtype=torch.float64, device=self.device) if self._reference is None else None
+        if packed and not self._use_op:
+            raise ValueError(f"packed=True needs the native statistics ops on a CPU or CUDA device "
+                             f"(backend {self.backend!r}, device {self.device})")
+        self.packed = bool(packed)
+        shape = (f * (f + 1) // 2,) if self.packed else (f, f)
+        self._moment = torch.zeros(shape, dtype=torch.float64, device=self.device) if self._reference is None else None
         self._sums = torch.zeros(f, dtype=torch.float64, device=self.device) if self._reference is None else None
         self._shift: Optional[torch.Tensor] = None
         self._count = 0
@@ -258,12 +269,39 @@ class CorrelationAccumulator:
         return _prepare_torch(xs, dims, shift)
 
     def _rebased(self, shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(moment, sums) about ``shift`` instead of this accumulator's shift (exact algebra in float64):
+        """(moment [F, F], sums) about ``shift`` instead of this accumulator's shift (exact algebra in float64):
         with δ = s_old − s_new, Σ(x−s_new)(x−s_new)ᵀ = M + Σδᵀ + δΣᵀ + n δδᵀ and Σ(x−s_new) = Σ + n δ."""
         delta = self._shift.to(torch.float64) - shift.to(torch.float64)
         n = float(self._count)
-        moment = self._moment + torch.outer(self._sums, delta) + torch.outer(delta, self._sums + n * delta)
+        moment = self._full() + torch.outer(self._sums, delta) + torch.outer(delta, self._sums + n * delta)
         return moment, self._sums + n * delta
+
+    def _full(self) -> torch.Tensor:
+        """The moment as an ``[F, F]`` matrix whose upper triangle is defined (a new one when packed)."""
+        if not self.packed:
+            return self._moment
+        f = self.num_features
+        full = torch.zeros(f, f, dtype=torch.float64, device=self.device)
+        for i, start in enumerate(_packed_rows(f)):
+            full[i, i:] = self._moment[start : start + f - i]
+        return full
+
+    def _in_layout(self, moment: torch.Tensor) -> torch.Tensor:
+        """An ``[F, F]`` moment (upper triangle read) in this accumulator's layout, on its device."""
+        moment = moment.to(self.device, torch.float64)
+        if not self.packed:
+            return moment
+        f = self.num_features
+        out = torch.empty(f * (f + 1) // 2, dtype=torch.float64, device=self.device)
+        for i, start in enumerate(_packed_rows(f)):
+            out[start : start + f - i] = moment[i, i:]
+        return out
+
+    def _moment_of(self, other: "CorrelationAccumulator") -> torch.Tensor:
+        """``other``'s moment (same shift) in this accumulator's layout."""
+        if other.packed == self.packed:
+            return other._moment.to(self.device)
+        return self._in_layout(other._full())
 
     def merge(self, other: "CorrelationAccumulator") -> "CorrelationAccumulator":
         """Add the statistics of ``other`` (same features, device and backend) to this one; returns self."""
@@ -282,11 +320,11 @@ class CorrelationAccumulator:
         if self._count == 0:
             self._shift = other._shift.to(self.device, self.dtype).clone()
         if other._shift.device == self._shift.device and torch.equal(other._shift, self._shift):
-            self._moment += other._moment  # same shift: the sums add as they are
+            self._moment += self._moment_of(other)  # same shift: the sums add as they are
             self._sums += other._sums
         else:
             moment, sums = other._rebased(self._shift.to(other.device))
-            self._moment += moment.to(self.device)
+            self._moment += self._in_layout(moment)
             self._sums += sums.to(self.device)
         self._count += other._count
         self._nonfinite += other._nonfinite.to(self.device)
@@ -318,6 +356,7 @@ class CorrelationAccumulator:
         common = (head[:f] / total).to(self.dtype)
         if self._count:
             moment, sums = self._rebased(common)
+            moment = self._in_layout(moment)
         else:
             moment = torch.zeros_like(self._moment)
             sums = torch.zeros_like(self._sums)
@@ -356,11 +395,11 @@ class CorrelationAccumulator:
             raise ValueError(f"cannot subtract {other._count} samples from an accumulator of {self._count}")
         self._final = None
         if other._shift.device == self._shift.device and torch.equal(other._shift, self._shift):
-            self._moment -= other._moment
+            self._moment -= self._moment_of(other)
             self._sums -= other._sums
         else:
             moment, sums = other._rebased(self._shift.to(other.device))
-            self._moment -= moment.to(self.device)
+            self._moment -= self._in_layout(moment)
             self._sums -= sums.to(self.device)
         self._count -= other._count
         self._nonfinite -= other._nonfinite.to(self.device)
@@ -378,7 +417,8 @@ class CorrelationAccumulator:
             raise ValueError(f"shift must be [{self.num_features}], got {tuple(shift.shape)}")
         shift = shift.to(self.device, self.dtype)
         if self._count:
-            self._moment, self._sums = self._rebased(shift)
+            moment, self._sums = self._rebased(shift)
+            self._moment = self._in_layout(moment)
             self._final = None
         self._shift = shift
         return self
@@ -425,6 +465,11 @@ class CorrelationAccumulator:
         0 off the diagonal and 1 on it."""
         if self._reference is not None:
             return self._reference.correlation(eps).to(dtype or self.dtype)
+        if dtype == torch.float32 and self._use_op and (self._final is None or self._final[0] != float(eps)):
+            if self._count == 0:
+                raise ValueError("no samples have been accumulated: call update() with a non-empty batch first")
+            # Written once in float32, without the float64 matrices of _finalize (same values: one rounding).
+            return torch.ops.mudsc.stats_correlation(self._moment, self._sums, self._shift, self._count, float(eps))[0]
         return self._finalize(float(eps))[2].to(dtype or self.dtype)
 
     def cosine_similarity(self, eps: float = 1e-8, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -433,7 +478,7 @@ class CorrelationAccumulator:
             return self._reference.cosine_similarity(eps).to(dtype or self.dtype)
         if self._count == 0:
             raise ValueError("no samples have been accumulated: call update() with a non-empty batch first")
-        m = _symmetric(self._moment)
+        m = _symmetric(self._full())
         s = self._shift.to(torch.float64)
         raw = m + torch.outer(self._sums, s) + torch.outer(s, self._sums + self._count * s)
         norm = raw.diagonal().clamp_min(0).sqrt().clamp_min(eps)
@@ -449,7 +494,8 @@ class CorrelationAccumulator:
         if self._final is not None:
             return self._final[2].diagonal().to(torch.float64)
         n = float(self._count)
-        second = self._moment.diagonal().to(torch.float64) / n
+        diagonal = self._moment[_packed_diagonal(self.num_features, self.device)] if self.packed else self._moment.diagonal()
+        second = diagonal.to(torch.float64) / n
         d = self._sums.to(torch.float64) / n
         raw = second - d * d
         return raw.clamp_min(0).masked_fill(raw <= second * 1e-13, 0)
@@ -480,7 +526,7 @@ class CorrelationAccumulator:
             "dtype": str(self.dtype).replace("torch.", ""),
             "count": self._count,
             "shift": None if self._shift is None else self._shift.clone(),
-            "moment": self._moment.clone(),
+            "moment": self._full().clone(),  # [F, F] whatever the layout
             "sums": self._sums.clone(),
             "nonfinite": int(self._nonfinite.item()),
         }
@@ -498,7 +544,7 @@ class CorrelationAccumulator:
             return self
         self._final = None
         self._count = int(state["count"])
-        self._moment = state["moment"].to(self.device, torch.float64).clone()
+        self._moment = self._in_layout(state["moment"]).clone()
         self._sums = state["sums"].to(self.device, torch.float64).clone()
         self._shift = None
         if state["shift"] is not None:
@@ -507,7 +553,8 @@ class CorrelationAccumulator:
             self._shift = state["shift"].to(self.device, torch.float64)
             shift = self._shift.to(self.dtype)
             if self._count:
-                self._moment, self._sums = self._rebased(shift)
+                moment, self._sums = self._rebased(shift)
+                self._moment = self._in_layout(moment)
             self._shift = shift
         self._nonfinite = torch.tensor(int(state["nonfinite"]), dtype=torch.long, device=self.device)
         return self
@@ -517,6 +564,17 @@ class CorrelationAccumulator:
             f"CorrelationAccumulator(num_features={self.num_features}, samples={self.num_samples}, "
             f"device={self.device}, dtype={self.dtype}, backend={self.backend!r})"
         )
+
+
+def _packed_rows(f: int) -> list:
+    """Where each row of the packed upper triangle of an ``f × f`` matrix starts (row i holds columns i..f−1)."""
+    return [i * f - i * (i - 1) // 2 for i in range(f)]
+
+
+def _packed_diagonal(f: int, device: torch.device) -> torch.Tensor:
+    """Indices of the diagonal entries in the packed upper triangle of an ``f × f`` matrix."""
+    i = torch.arange(f, dtype=torch.long, device=device)
+    return i * f - i * (i - 1) // 2
 
 
 def _symmetric(moment: torch.Tensor) -> torch.Tensor:

@@ -328,12 +328,14 @@ def _prepare_cases():
 
 
 def _update_args(layouts, dtypes, shift_dtype, *, device, block_size=0, fold_samples=0, precision=0,
-                 moment_strided=False, nonfinite=False):
+                 moment_strided=False, nonfinite=False, packed=False):
     """(moment, sums, xs, channel_dims, shift, block_size, fold_samples, precision) for stats_update_."""
     xs, dims, shift, _ = _prepare_args(layouts, dtypes, shift_dtype, device=device, nonfinite=nonfinite)
     f = shift.shape[0]
     if moment_strided:  # a view: every other column of a wider buffer
         moment = torch.zeros((f, 2 * f), dtype=F64, device=device)[:, ::2]
+    elif packed:  # the packed upper triangle
+        moment = torch.zeros(f * (f + 1) // 2, dtype=F64, device=device)
     else:
         moment = torch.zeros((f, f), dtype=F64, device=device)
     sums = torch.zeros(f, dtype=F64, device=device)
@@ -356,6 +358,10 @@ def _update_cases():
         ("moment_strided_blocks", partial(_update_args, ["nchw"], [F32], F32, block_size=3, moment_strided=True))
     )
     cases.append(("nonfinite", partial(_update_args, ["nchw"], [F32], F32, nonfinite=True)))
+    cases.append(("packed", partial(_update_args, ["tokens"], [F32], F32, packed=True)))
+    cases.append(("packed_blocks_folds", partial(_update_args, ["nchw"], [F32], F32, block_size=3, fold_samples=12,
+                                                 packed=True)))
+    cases.append(("packed_f64", partial(_update_args, ["tokens"], [F64], F64, block_size=2, packed=True)))
     return cases
 
 
@@ -373,6 +379,9 @@ def _finalize_args(*, device, shift_dtype=F64, moment_layout="contiguous", const
         moment = wide[:, ::2]
     elif moment_layout == "float32":
         moment = moment.to(F32)
+    elif moment_layout == "packed":
+        rows, cols = torch.triu_indices(6, 6, device=device)
+        moment = moment[rows, cols].contiguous()
     return moment, y.sum(0), shift, x.shape[0], 1e-7
 
 
@@ -383,6 +392,8 @@ def _finalize_cases():
         ("moment_strided", partial(_finalize_args, moment_layout="strided")),
         ("moment_f32", partial(_finalize_args, moment_layout="float32")),
         ("zero_variance", partial(_finalize_args, constant_unit=True)),
+        ("packed", partial(_finalize_args, moment_layout="packed")),
+        ("packed_zero_variance", partial(_finalize_args, moment_layout="packed", constant_unit=True)),
     ]
 
 
@@ -412,6 +423,7 @@ OPCHECK_CASES = {
     "stats_prepare": _prepare_cases(),
     "stats_update_": _update_cases(),
     "stats_finalize": _finalize_cases(),
+    "stats_correlation": _finalize_cases(),
     "axis_segment_sum": _segment_cases(),
 }
 

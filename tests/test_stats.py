@@ -1065,3 +1065,38 @@ def test_op_stats_prepare_long_runs_with_nonfinite_values(feature_major):
         assert int(nonfinite) == bad and bad > 0
         assert torch.equal(y.T if feature_major else y, want)
         np.testing.assert_allclose(sums.numpy(), want.to(torch.float64).numpy().sum(axis=0), rtol=1e-12, atol=1e-9)
+
+
+@needs_native
+@pytest.mark.parametrize("features,block,fold", [(7, 3, 5), (130, 64, 50), (64, None, None)])
+def test_packed_moments_give_the_full_layout_results(features, block, fold):
+    """packed=True keeps half the bytes and changes no number: every result, the state, merge / subtract /
+    reshift across layouts, and the float32 correlation written straight from the packed triangle."""
+    torch.manual_seed(0)
+    full = CorrelationAccumulator(features, block_size=block, fold_samples=fold)
+    packed = CorrelationAccumulator(features, block_size=block, fold_samples=fold, packed=True)
+    assert packed._moment.numel() == features * (features + 1) // 2
+    for _ in range(3):
+        x = torch.randn(40, features) * 3 + 5
+        x[:, 2] = 1.0  # a zero-variance unit
+        full.update(x)
+        packed.update(x)
+    for name in ("mean", "covariance", "correlation", "cosine_similarity", "variances"):
+        assert torch.equal(getattr(full, name)(), getattr(packed, name)()), name
+    assert torch.equal(packed.zero_variance_units, full.zero_variance_units)
+    corr32 = packed.correlation(dtype=torch.float32)
+    assert corr32.dtype == torch.float32 and torch.equal(corr32, full.correlation(dtype=torch.float64).float())
+    assert torch.equal(full.state_dict()["moment"].triu(), packed.state_dict()["moment"].triu())
+    restored = CorrelationAccumulator(features, packed=True).load_state_dict(full.state_dict())
+    assert torch.equal(restored.correlation(), full.correlation())
+    both = full.copy().merge(packed)
+    assert torch.allclose(packed.copy().merge(full).correlation(), both.correlation(), rtol=0, atol=1e-12)
+    assert torch.allclose(both.subtract(packed).correlation(), full.correlation(), rtol=0, atol=1e-9)
+    zero = torch.zeros(features)
+    assert torch.allclose(packed.copy().reshift(zero).correlation(), full.copy().reshift(zero).correlation(),
+                          rtol=0, atol=1e-10)
+
+
+def test_packed_needs_the_native_ops():
+    with pytest.raises(ValueError, match="packed=True needs the native statistics ops"):
+        CorrelationAccumulator(4, backend="reference", packed=True)

@@ -14,7 +14,10 @@
 //       precision: how CUDA forms float32 products, 0 ieee / 1 tf32 / 2 tf32x3 (stats_gemm.hpp)
 //   mudsc::stats_finalize(Tensor moment, Tensor sums, Tensor shift, int count, float eps)
 //       -> (Tensor mean, Tensor cov, Tensor corr, Tensor zero_variance)
-//       device-generic (stats.cpp): streaming second moments about a shift, and their finalization.
+//   mudsc::stats_correlation(Tensor moment, Tensor sums, Tensor shift, int count, float eps)
+//       -> (Tensor corr, Tensor variance, Tensor zero_variance)      (float32 [F, F], float64 [F], bool [F])
+//       device-generic (stats.cpp): streaming second moments about a shift, and their finalization; the moment
+//       is float64 [F, F] (upper triangle defined) or its packed upper triangle [F (F + 1) / 2].
 //   mudsc::axis_segment_sum(Tensor t, int axis, Tensor labels, int size, Tensor? scale) -> Tensor
 //       out (t with `axis` resized to `size`): out[.., k, ..] = scale[k] * sum of t[.., j, ..] over labels[j] == k
 //       (CPU kernel in cpu/stats_cpu.cpp; elsewhere mudsc.similarity uses index_add_).
@@ -78,6 +81,7 @@ TORCH_LIBRARY(mudsc, m) {
       "stats_update_(Tensor(a!) moment, Tensor(b!) sums, Tensor[] xs, int[] channel_dims, Tensor shift, "
       "int block_size, int fold_samples, int precision=0) -> Tensor");
   m.def("stats_finalize(Tensor moment, Tensor sums, Tensor shift, int count, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("stats_correlation(Tensor moment, Tensor sums, Tensor shift, int count, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("axis_segment_sum(Tensor t, int axis, Tensor labels, int size, Tensor? scale) -> Tensor");
   m.def("build_info() -> str", &mudsc::ops::build_info);
 }

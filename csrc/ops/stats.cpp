@@ -18,6 +18,13 @@
 //     cuda/stats_cuda.cu, which registers them for its device type (stats_gemm.hpp); this file only asks the
 //     registry, so it compiles the same in every build.
 //   mudsc::stats_finalize(moment, sums, shift, count, eps) -> (mean, cov, corr, zero_variance)
+//   mudsc::stats_correlation(moment, sums, shift, count, eps) -> (corr, variance, zero_variance)
+//       the same correlation written once in float32 ([F, F]), with the float64 variances [F]: what a matching
+//       keeps, without the float64 mean, covariance and correlation of stats_finalize (2 * 8 F^2 bytes).
+//   The moment is either a float64 [F, F] matrix whose upper triangle is defined, or the packed upper triangle
+//   [F (F + 1) / 2], row after row (entry (i, j), i <= j, at i F - i (i - 1) / 2 + j - i: torch.triu_indices
+//   order), which holds the same values in half the bytes. The GEMMs are the same; the fold adds only entries on
+//   or above the diagonal. The CPU reads and writes it in place; other devices take the generic path.
 //       d = sums / n;  mean = shift + d;  cov = sym(moment) / n - d d^T    (population covariance, fp64)
 //       corr = cov / max(sigma sigma^T, eps); a zero-variance unit gets 0 off the diagonal and 1 on it.
 //     Shifting by (nearly) the mean keeps d small, so the subtraction does not cancel.
@@ -25,9 +32,13 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/index_put.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/outer.h>
 #include <ATen/ops/triu.h>
+#include <ATen/ops/triu_indices.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -92,6 +103,48 @@ void fold_into(at::Tensor& moment, const at::Tensor& product, int64_t i0) {
   }
 }
 
+// First element of row i of a packed upper triangle of an F x F matrix (row i holds columns i .. F - 1).
+int64_t packed_row(int64_t i, int64_t F) { return i * F - i * (i - 1) / 2; }
+
+// Whether a moment for F features is the packed layout ([F (F + 1) / 2]) rather than [F, F].
+bool is_packed(const at::Tensor& moment, int64_t F) { return moment.dim() == 1 && moment.size(0) == F * (F + 1) / 2; }
+
+// packed[(i0 + r, i0 + c)] += product[r, c] for c >= r (the entries on or above the diagonal of the block row
+// starting at feature i0; product is [ni, F - i0]). On the CPU one parallel loop over rows; elsewhere one add_
+// per row (a fallback: the library packs only CPU moments).
+void fold_into_packed(at::Tensor& moment, const at::Tensor& product, int64_t i0, int64_t F) {
+  const int64_t ni = product.size(0), nj = product.size(1);
+  if (!moment.device().is_cpu()) {
+    for (int64_t r = 0; r < ni; ++r) {
+      moment.narrow(0, packed_row(i0 + r, F), nj - r).add_(product.select(0, r).narrow(0, r, nj - r));
+    }
+    return;
+  }
+  double* base = moment.mutable_data_ptr<double>();
+  auto run = [&](auto* src) {
+    at::parallel_for(0, ni, std::max<int64_t>(1, 16384 / std::max<int64_t>(nj, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        double* d = base + packed_row(i0 + r, F) - r;  // d[c] is entry (i0 + r, i0 + c)
+        const auto* q = src + r * nj;
+        for (int64_t c = r; c < nj; ++c) d[c] += static_cast<double>(q[c]);
+      }
+    });
+  };
+  if (product.scalar_type() == at::kFloat) {
+    run(product.const_data_ptr<float>());
+  } else {
+    run(product.const_data_ptr<double>());
+  }
+}
+
+// The [F, F] matrix (zero below the diagonal) of a packed upper triangle: the generic paths' view of it.
+at::Tensor unpacked(const at::Tensor& packed, int64_t F) {
+  const at::Tensor idx = at::triu_indices(F, F, 0, packed.options().dtype(at::kLong));
+  at::Tensor full = at::zeros({F, F}, packed.options().dtype(at::kDouble));
+  full.index_put_({idx.select(0, 0), idx.select(0, 1)}, packed.to(at::kDouble));
+  return full;
+}
+
 // The outermost sample axis of an input (its first non-channel axis): narrowing it selects a contiguous
 // range of samples, since samples enumerate the non-channel axes in row-major order.
 int64_t outer_axis(const at::Tensor& x, int64_t channel_dim) {
@@ -142,9 +195,12 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
   TORCH_CHECK(precision >= kIeee && precision <= kTf32x3, "stats_update_: precision must be 0 (ieee), 1 (tf32) or ",
               "2 (tf32x3), got ", precision);
   const int64_t F = shift.size(0);
-  TORCH_CHECK(moment.scalar_type() == at::kDouble && moment.dim() == 2 && moment.size(0) == F && moment.size(1) == F,
-              "stats_update_: moment must be float64 [", F, ", ", F, "], got ", moment.scalar_type(), " ",
-              moment.sizes());
+  const bool packed = is_packed(moment, F);
+  TORCH_CHECK(moment.scalar_type() == at::kDouble &&
+                  (packed || (moment.dim() == 2 && moment.size(0) == F && moment.size(1) == F)),
+              "stats_update_: moment must be float64 [", F, ", ", F, "] or packed [", F * (F + 1) / 2, "], got ",
+              moment.scalar_type(), " ", moment.sizes());
+  TORCH_CHECK(!packed || moment.is_contiguous(), "stats_update_: a packed moment must be contiguous");
   TORCH_CHECK(sums.scalar_type() == at::kDouble && sums.dim() == 1 && sums.size(0) == F,
               "stats_update_: sums must be float64 [", F, "], got ", sums.scalar_type(), " ", sums.sizes());
   TORCH_CHECK(moment.device() == shift.device() && sums.device() == shift.device(),
@@ -176,7 +232,7 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
     if (L == 0 || F == 0) continue;
     const int64_t fold = fold_samples > 0 ? fold_samples : L;
     // A device's own Gram step (cuBLAS on CUDA, stats_gemm.hpp) when it takes these inputs, else the generic one.
-    if (device_fold != nullptr && device_fold(moment, Y, fm, bs, fold, precision)) continue;
+    if (!packed && device_fold != nullptr && device_fold(moment, Y, fm, bs, fold, precision)) continue;
     // One reused buffer for a block row of the product: [ni, F - i0] <= [bs, F] in Y's dtype.
     if (!scratch.defined()) scratch = at::empty({bs * F}, Y.options());
     for (int64_t l0 = 0; l0 < L; l0 += fold) {
@@ -190,7 +246,11 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
         // Block row i: features i0.. against every feature from i0 on, as one GEMM.
         at::Tensor product = scratch.narrow(0, 0, ni * nj).view({ni, nj});
         at::mm_out(product, rows(i0, ni), rows(i0, nj).t());
-        fold_into(moment, product, i0);
+        if (packed) {
+          fold_into_packed(moment, product, i0, F);
+        } else {
+          fold_into(moment, product, i0);
+        }
       }
     }
   }
@@ -199,37 +259,44 @@ at::Tensor stats_update_(at::Tensor& moment, at::Tensor& sums, at::TensorList xs
 
 namespace {
 
-// stats_finalize on a contiguous float64 CPU moment: the same formulas, element by element, in one pass over
-// 32 x 32 tiles of the upper triangle (each tile writes itself and its mirror), instead of a dozen full-matrix
-// ATen passes, each a full read and write of [F, F] (the MuDSC descent finalizes once per group visit).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finalize_cpu(const at::Tensor& moment,
-                                                                        const at::Tensor& sums,
-                                                                        const at::Tensor& shift, int64_t count,
-                                                                        double eps) {
-  const int64_t F = shift.size(0);
-  const double n = static_cast<double>(count);
+// The per-feature part of the finalization, from a contiguous float64 CPU moment (full or packed): d = sums / n,
+// the variances (exactly 0 for a zero-variance unit), sigma, and where row i's entries start (entry (i, j),
+// j >= i, is m[row[i] + j] in both layouts).
+struct Diagonal {
+  std::vector<double> d, var, sigma;
+  std::vector<int64_t> row;
+  at::Tensor zero;  // bool [F]
+};
+
+Diagonal diagonal_cpu(const at::Tensor& moment, const at::Tensor& sums, int64_t F, double n, bool packed) {
+  Diagonal g;
+  g.d.resize(F);
+  g.var.resize(F);
+  g.sigma.resize(F);
+  g.row.resize(F);
+  g.zero = at::empty({F}, moment.options().dtype(at::kBool));
   const at::Tensor s64 = sums.to(at::kDouble).contiguous();
-  const at::Tensor h64 = shift.to(at::kDouble).contiguous();
-  const auto opts = moment.options().dtype(at::kDouble);
-  at::Tensor mean = at::empty({F}, opts), cov = at::empty({F, F}, opts), corr = at::empty({F, F}, opts);
-  at::Tensor zero = at::empty({F}, opts.dtype(at::kBool));
-  const double* m = moment.const_data_ptr<double>();
   const double* sp = s64.const_data_ptr<double>();
-  const double* hp = h64.const_data_ptr<double>();
-  double* mp = mean.mutable_data_ptr<double>();
-  bool* zp = zero.mutable_data_ptr<bool>();
-  std::vector<double> d(F), var(F), sigma(F);
+  const double* m = moment.const_data_ptr<double>();
+  bool* zp = g.zero.mutable_data_ptr<bool>();
   for (int64_t i = 0; i < F; ++i) {
-    d[i] = sp[i] / n;
-    mp[i] = hp[i] + d[i];
-    const double second = m[i * F + i] / n;
-    const double raw = second - d[i] * d[i];
+    g.row[i] = packed ? packed_row(i, F) - i : i * F;
+    g.d[i] = sp[i] / n;
+    const double second = m[g.row[i] + i] / n;
+    const double raw = second - g.d[i] * g.d[i];
     zp[i] = raw <= second * 1e-13;
-    var[i] = zp[i] ? 0.0 : std::max(raw, 0.0);
-    sigma[i] = std::sqrt(var[i]);
+    g.var[i] = zp[i] ? 0.0 : std::max(raw, 0.0);
+    g.sigma[i] = std::sqrt(g.var[i]);
   }
-  double* cp = cov.mutable_data_ptr<double>();
-  double* rp = corr.mutable_data_ptr<double>();
+  return g;
+}
+
+// visit(i, j, c, r) once for every i <= j with the covariance c and the correlation r of features i and j,
+// over 32 x 32 tiles of the upper triangle in parallel (the visitor writes (i, j) and its mirror).
+template <class Visit>
+void visit_upper_cpu(const at::Tensor& moment, const Diagonal& g, int64_t F, double n, double eps, Visit visit) {
+  const double* m = moment.const_data_ptr<double>();
+  const bool* zp = g.zero.const_data_ptr<bool>();
   constexpr int64_t T = 32;
   const int64_t tiles = (F + T - 1) / T;
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
@@ -239,23 +306,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finalize_cpu(const at
         const int64_t j1 = std::min(F, j0 + T);
         for (int64_t i = i0; i < i1; ++i) {
           for (int64_t j = std::max(j0, i); j < j1; ++j) {
-            const double c = i == j ? var[i] : m[i * F + j] / n - d[i] * d[j];
+            const double c = i == j ? g.var[i] : m[g.row[i] + j] / n - g.d[i] * g.d[j];
             double r;
             if (zp[i] || zp[j]) {
               r = (i == j) ? 1.0 : 0.0;
             } else {
-              r = c / std::max(sigma[i] * sigma[j], eps);
+              r = c / std::max(g.sigma[i] * g.sigma[j], eps);
             }
-            cp[i * F + j] = c;
-            cp[j * F + i] = c;
-            rp[i * F + j] = r;
-            rp[j * F + i] = r;
+            visit(i, j, c, r);
           }
         }
       }
     }
   });
-  return {mean, cov, corr, zero};
+}
+
+// stats_finalize on a contiguous float64 CPU moment: the formulas element by element in one pass over the
+// upper triangle, instead of a dozen full-matrix ATen passes, each a full read and write of [F, F] (the MuDSC
+// descent finalizes once per group visit).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> finalize_cpu(const at::Tensor& moment,
+                                                                        const at::Tensor& sums,
+                                                                        const at::Tensor& shift, int64_t count,
+                                                                        double eps, bool packed) {
+  const int64_t F = shift.size(0);
+  const double n = static_cast<double>(count);
+  const Diagonal g = diagonal_cpu(moment, sums, F, n, packed);
+  const auto opts = moment.options().dtype(at::kDouble);
+  at::Tensor mean = shift.to(at::kDouble).add(at::from_blob(const_cast<double*>(g.d.data()), {F}, opts));
+  at::Tensor cov = at::empty({F, F}, opts), corr = at::empty({F, F}, opts);
+  double* cp = cov.mutable_data_ptr<double>();
+  double* rp = corr.mutable_data_ptr<double>();
+  visit_upper_cpu(moment, g, F, n, eps, [&](int64_t i, int64_t j, double c, double r) {
+    cp[i * F + j] = c;
+    cp[j * F + i] = c;
+    rp[i * F + j] = r;
+    rp[j * F + i] = r;
+  });
+  return {mean, cov, corr, g.zero};
+}
+
+bool native_cpu_layout(const at::Tensor& moment, const at::Tensor& sums, const at::Tensor& shift) {
+  return moment.device().is_cpu() && moment.scalar_type() == at::kDouble && moment.is_contiguous() &&
+         sums.device().is_cpu() && shift.device().is_cpu();
+}
+
+void check_finalize_args(const char* op, const at::Tensor& moment, const at::Tensor& sums, const at::Tensor& shift,
+                         int64_t count) {
+  TORCH_CHECK(count > 0, op, ": no samples were accumulated");
+  const int64_t F = shift.size(0);
+  TORCH_CHECK((is_packed(moment, F) || (moment.dim() == 2 && moment.size(0) == F && moment.size(1) == F)) &&
+                  sums.numel() == F,
+              op, ": moment [", F, ", ", F, "] or packed [", F * (F + 1) / 2, "] and sums [", F,
+              "] expected, got ", moment.sizes(), " and ", sums.sizes());
 }
 
 }  // namespace
@@ -266,17 +368,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stats_finalize(const 
                                                                           const at::Tensor& sums,
                                                                           const at::Tensor& shift, int64_t count,
                                                                           double eps) {
-  TORCH_CHECK(count > 0, "stats_finalize: no samples were accumulated");
+  check_finalize_args("stats_finalize", moment, sums, shift, count);
   const int64_t F = shift.size(0);
-  TORCH_CHECK(moment.dim() == 2 && moment.size(0) == F && moment.size(1) == F && sums.numel() == F,
-              "stats_finalize: moment [", F, ", ", F, "] and sums [", F, "] expected, got ", moment.sizes(), " and ",
-              sums.sizes());
-  if (moment.device().is_cpu() && moment.scalar_type() == at::kDouble && moment.is_contiguous() &&
-      sums.device().is_cpu() && shift.device().is_cpu()) {
-    return finalize_cpu(moment, sums, shift, count, eps);
+  const bool packed = is_packed(moment, F);
+  if (native_cpu_layout(moment, sums, shift)) {
+    return finalize_cpu(moment, sums, shift, count, eps, packed);
   }
   const double n = static_cast<double>(count);
-  const at::Tensor m = moment.to(at::kDouble);
+  const at::Tensor m = packed ? unpacked(moment, F) : moment.to(at::kDouble);
   const at::Tensor upper = at::triu(m);
   const at::Tensor second = upper.add(at::triu(m, 1).t()).div_(n);  // E[(x - shift)(x - shift)^T]
   const at::Tensor d = sums.to(at::kDouble).div(n);
@@ -295,10 +394,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stats_finalize(const 
   return {mean, cov, corr, zero_var};
 }
 
+// (corr float32 [F, F], variance float64 [F], zero_variance bool [F]): stats_finalize's correlation rounded once
+// to float32 and the diagonal of its covariance, without its float64 [F, F] outputs. The CPU writes the float32
+// matrix straight from the moment; elsewhere it is stats_finalize's, converted.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stats_correlation(const at::Tensor& moment, const at::Tensor& sums,
+                                                                 const at::Tensor& shift, int64_t count,
+                                                                 double eps) {
+  check_finalize_args("stats_correlation", moment, sums, shift, count);
+  const int64_t F = shift.size(0);
+  if (native_cpu_layout(moment, sums, shift)) {
+    const double n = static_cast<double>(count);
+    const Diagonal g = diagonal_cpu(moment, sums, F, n, is_packed(moment, F));
+    at::Tensor corr = at::empty({F, F}, moment.options().dtype(at::kFloat));
+    float* rp = corr.mutable_data_ptr<float>();
+    visit_upper_cpu(moment, g, F, n, eps, [&](int64_t i, int64_t j, double, double r) {
+      const float v = static_cast<float>(r);
+      rp[i * F + j] = v;
+      rp[j * F + i] = v;
+    });
+    at::Tensor var = at::empty({F}, moment.options().dtype(at::kDouble));
+    std::copy(g.var.begin(), g.var.end(), var.mutable_data_ptr<double>());
+    return {corr, var, g.zero};
+  }
+  auto [mean, cov, corr, zero] = stats_finalize(moment, sums, shift, count, eps);
+  return {corr.to(at::kFloat), cov.diagonal().clone(), zero};
+}
+
 }  // namespace ops
 }  // namespace mudsc
 
 TORCH_LIBRARY_IMPL(mudsc, CompositeExplicitAutograd, m) {
   m.impl("stats_update_", &mudsc::ops::stats_update_);
   m.impl("stats_finalize", &mudsc::ops::stats_finalize);
+  m.impl("stats_correlation", &mudsc::ops::stats_correlation);
 }

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ..collect import collect_stats
+from ..collect import collect_stats, packed_moments
 from ..inputs import check_device, check_finite_weights, check_max_batches, check_models, peek
 from ..memory import SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, parse_bytes, plan_passes
 from ..norm import reset_bn
@@ -164,14 +164,15 @@ def _matching_timing(timing: Dict[str, float], plan: MergePlan, stats, stats_wal
     timing["matching_other"] = wall - timing["similarity"] - timing["solve"] - deferred
 
 
-def _memory_plan(models, spec: PermSpec, info_m, device, max_memory, one_shot: bool) -> MemoryPlan:
+def _memory_plan(models, spec: PermSpec, info_m, device, max_memory, one_shot: bool, backend: str) -> MemoryPlan:
     """The passes of the statistics (:mod:`mudsc.memory`) for ``max_memory`` bytes (None: a safe fraction of
     what the pass's device has free); ValueError when several passes are needed but the loader is one-shot."""
     dev = device if device is not None else _device_of(models[0])
     budget = parse_bytes(max_memory) if max_memory is not None else int(SAFE_FRACTION * available_bytes(dev))
     n = len(models)
     coords = [[(g.name, n * g.size) for g in coord if g.taps] for coord in coordinates(spec)]
-    memory = plan_passes(coords, keep_correlations=info_m.descent, budget=budget, explicit=max_memory is not None)
+    memory = plan_passes(coords, keep_correlations=info_m.descent, budget=budget, explicit=max_memory is not None,
+                         packed=packed_moments(dev, backend))
     if memory.passes > 1 and one_shot:
         raise ValueError(f"the statistics need {memory.passes} passes over the loader to fit "
                          f"{format_bytes(budget)} (float64 moments of {format_bytes(sum(memory.group_bytes.values()))}"
@@ -184,7 +185,7 @@ def _statistics(models, spec: PermSpec, info_m, loader, one_shot, max_memory, ma
     """``(stats, memory plan, seconds)``: the transient statistics of the first chunk of the memory plan, the
     other chunks deferred to the matching (one more pass each, run when it first asks for one of their groups)."""
     t0 = time.perf_counter()
-    memory = _memory_plan(models, spec, info_m, device, max_memory, one_shot)
+    memory = _memory_plan(models, spec, info_m, device, max_memory, one_shot, backend)
 
     def collect(names):
         return collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
