@@ -246,6 +246,9 @@ class StatsCollector:
         self._pending: Dict[Tuple[str, int], List] = {}
         self._calls: Dict[Tuple[int, str, int], int] = {}
         self._must_copy: Dict[Tuple[int, str, int], bool] = {}
+        self._learning = False  # the first batch: a kept tensor found changed means "copy it", not an error
+        self._skipped: set = set()  # (group, tap, call) whose kept tensors changed: redone by a second run
+        self._redo: Optional[set] = None  # while that run goes: the (group, tap, call) it updates
         self._handles: list = []
         self._flags: list = []
         self._first_shape: tuple = ()
@@ -293,6 +296,8 @@ class StatsCollector:
     def _consume(self, i: int, g: Group, t_index: int, x: torch.Tensor, tap, where: str) -> None:
         """Keep model ``i``'s tapped tensor until model N-1's hook of the same call feeds all N of them."""
         key = (g.name, t_index)
+        if self._redo is not None and not any(r[:2] == key for r in self._redo):
+            return  # the second run of a first batch only redoes what the first could not use
         call = self._calls.get((i, g.name, t_index), 0)
         self._calls[(i, g.name, t_index)] = call + 1
         slots = self._pending.setdefault(key, [])
@@ -305,31 +310,47 @@ class StatsCollector:
             else:
                 slots[call].append(kept)
             return
-        xs = [self._check_kept(entry, where) for entry in slots[call]] + [x]
+        kept = [self._check_kept(entry, where) for entry in slots[call]]
         slots[call] = None
-        self.accumulators[g.name].update(xs, channel_dim=tap.channel_dim)
+        if any(k is None for k in kept):
+            self._skipped.add((g.name, t_index, call))
+            return
+        if self._redo is not None and (g.name, t_index, call) not in self._redo:
+            return
+        self.accumulators[g.name].update(kept + [x], channel_dim=tap.channel_dim)
 
     def _keep(self, x: torch.Tensor, key) -> tuple:
         """``(tensor to use, original, its version, key)`` for a tapped activation kept until model N-1 has
-        run: a copy unless this tap is known not to be modified in place."""
+        run: a copy where this tap is known to be modified in place later (or has no version counter), else the
+        tensor itself. On the first batch nothing is copied: a tensor found changed is learnt as "copy it" and its
+        update redone by :meth:`run_batch` (a copy of every activation of the first batch costs a forward's
+        worth of page faults, and in-place changes of tapped tensors are rare)."""
         version = _version(x)
-        if self._must_copy.get(key) is False and version is not None:
-            return (x, x, version, key)
-        return (x.clone(), x, version, key)
+        if version is None or self._must_copy.get(key):
+            return (x.clone(), x, version, key)
+        return (x, x, version, key)
 
-    def _check_kept(self, entry: tuple, where: str) -> torch.Tensor:
-        """The kept tensor of ``entry``; learns (first time) or checks whether its source was modified in place."""
+    def _check_kept(self, entry: tuple, where: str) -> Optional[torch.Tensor]:
+        """The kept tensor of ``entry``, or None when it was modified in place on the first batch (its update is
+        redone); learns (first time) or checks whether its source is modified in place."""
         data, source, version, key = entry
         changed = version is None or _version(source) != version
         known = self._must_copy.get(key)
-        if known is None:
-            self._must_copy[key] = changed
-        elif known is False and changed and data is source:
-            raise TapError(
-                f"{where}: this activation was modified in place after it was observed, although it was not on "
-                "the first batch (data-dependent in-place ops?); its statistics would be wrong, so the pass stops "
-                "here")
-        return data
+        if data is not source:  # a copy
+            if known is None:
+                self._must_copy[key] = True
+            return data
+        if not changed:
+            if known is None:
+                self._must_copy[key] = False
+            return data
+        if self._learning:
+            self._must_copy[key] = True
+            return None
+        raise TapError(
+            f"{where}: this activation was modified in place after it was observed, although it was not on "
+            "the first batch (data-dependent in-place ops?); its statistics would be wrong, so the pass stops "
+            "here")
 
     def run_batch(self, x: torch.Tensor, index: int = 0) -> float:
         """Run every model on batch ``index`` ``x`` under ``no_grad``; returns the seconds of the models' own
@@ -338,6 +359,21 @@ class StatsCollector:
         accumulators' size."""
         if index == 0:
             self._first_shape = tuple(x.shape)
+        self._learning = index == 0
+        self._skipped.clear()
+        seconds = self._run_models(x, index)
+        if self._skipped:  # tapped tensors changed in place on the first batch: now copied, their updates redone
+            self._redo = set(self._skipped)
+            self._skipped.clear()
+            try:
+                seconds += self._run_models(x, index)
+            finally:
+                self._redo = None
+        self._learning = False
+        return seconds
+
+    def _run_models(self, x: torch.Tensor, index: int) -> float:
+        """One forward of every model on batch ``index`` (hooks on); the models' own seconds."""
         self._pending.clear()
         self._calls.clear()
         t0 = time.perf_counter()

@@ -58,6 +58,21 @@ def test_tapped_tensors_kept_without_a_copy_give_the_same_statistics():
         assert torch.equal(stats["always"].accumulators[name].covariance(), acc.covariance()), name
 
 
+@pytest.mark.parametrize("mutate,forwards", [(None, 4), ("always", 5)])
+def test_the_first_batch_is_rerun_only_when_a_kept_tensor_changed_in_place(mutate, forwards):
+    """Nothing is copied on the first batch; a kept tensor found changed makes that batch run once more (with
+    copies) for the updates it spoiled, and never again."""
+    gen = torch.Generator().manual_seed(0)
+    loader = [torch.randn(8, 12, generator=gen) for _ in range(4)]
+    spec = trace(_mlp_pair(None)[0], loader[0][:2])
+    ms = _mlp_pair(mutate)
+    for m in ms:
+        m.register_forward_hook(_count_calls)
+    stats = collect_stats(ms, spec, loader, progress=False)
+    assert [m.calls for m in ms] == [forwards, forwards]
+    assert all(acc.num_samples == 32 for acc in stats.accumulators.values())
+
+
 def test_a_tapped_tensor_modified_in_place_only_later_is_an_error():
     gen = torch.Generator().manual_seed(0)
     loader = [torch.randn(8, 12, generator=gen) for _ in range(3)]

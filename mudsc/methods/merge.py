@@ -215,7 +215,7 @@ def _memory_report(memory: Optional[MemoryPlan], dev: torch.device) -> dict:
 def _trace(model: nn.Module, example_inputs: Any, first: Optional[torch.Tensor], needs_groups: bool = True
            ) -> PermSpec:
     """The spec of ``model``, traced on ``example_inputs`` (default: two samples of the loader's first batch
-    ``first``; the trace and its float64 check cost forward passes on whatever they get), after checking that
+    ``first``, and its float64 check on one; both cost forward passes on whatever they get), after checking that
     the model runs on one sample of ``first`` (an error then names the batch, not the tracer).
     Without ``needs_groups`` (identity maps: ``avg``) nothing is traced: a spec without groups averages every
     tensor. A failed trace raises :class:`mudsc.SpecTraceError` saying how to pass a spec instead."""
@@ -227,7 +227,8 @@ def _trace(model: nn.Module, example_inputs: Any, first: Optional[torch.Tensor],
     if not needs_groups:
         return PermSpec([])
     try:
-        return trace(model, inputs)
+        check_inputs = first[:1] if example_inputs is None and first is not None else None
+        return trace(model, inputs, check_inputs=check_inputs)
     except SpecTraceError as exc:
         raise SpecTraceError(
             f"{exc}. (merge traces models[0] with mudsc.trace(model, inputs), strictly: a spec traced yourself, "

@@ -149,6 +149,7 @@ def trace(
     rtol: float = 1e-5,
     tracer: Optional[fx.Tracer] = None,
     share_heads: bool = True,
+    check_inputs=None,
 ) -> PermSpec:
     """Discover the permutation spec of ``model`` (see the module docstring for the method).
 
@@ -165,6 +166,8 @@ def trace(
             one head permutation serves both. False reproduces the original MuDSC (ALGORITHM.md §1.7, §8.1.12):
             the ties are removed and the heads of q/k and v/o are matched independently; such a spec is not
             function-preserving (``check_spec`` rejects it), so the check runs on the tied spec before untying.
+        check_inputs: inputs of that check (default: ``example_inputs``); its two float64 forward passes cost what
+            they get, so :func:`mudsc.merge` checks on one sample.
 
     Returns:
         :class:`PermSpec`: groups in order of first appearance, each with members, block structure and taps.
@@ -175,7 +178,7 @@ def trace(
     state = _interpret(model, _to_graph(model, tracer), example_inputs, strict)
     spec = build_spec(state, strict)
     if check:
-        check_spec(model, spec, example_inputs, rtol=rtol)
+        check_spec(model, spec, example_inputs if check_inputs is None else check_inputs, rtol=rtol)
     if not share_heads:
         spec = PermSpec([dataclasses.replace(g, block_tie=None) for g in spec.groups])
     return spec

@@ -80,12 +80,14 @@ def _check_members(spec: PermSpec, tensors: Dict[str, torch.Tensor], what: str) 
                                  f"tensor's shape {tuple(t.shape)} with group size {g.size}")
 
 
-def permute_model(model: nn.Module, spec: PermSpec, permutations: Mapping[str, torch.Tensor]) -> nn.Module:
+def permute_model(model: nn.Module, spec: PermSpec, permutations: Mapping[str, torch.Tensor],
+                  inplace: bool = False) -> nn.Module:
     """A deep copy of ``model`` with every group's units permuted.
 
     Args:
         permutations: ``{group name: LongTensor[size]}``; new unit j takes old unit ``perm[j]``. Groups left out
             keep the identity.
+        inplace: permute ``model`` itself (and return it) instead of a copy.
     """
     unknown = sorted(set(permutations) - {g.name for g in spec.groups})
     if unknown:
@@ -99,7 +101,7 @@ def permute_model(model: nn.Module, spec: PermSpec, permutations: Mapping[str, t
             raise ValueError(f"permutation for group {g.name!r} must be a permutation of range({g.size}), got shape "
                              f"{tuple(p.shape)}")
         perms[g.name] = p
-    new = copy.deepcopy(model)
+    new = model if inplace else copy.deepcopy(model)
     tensors = _named_tensors(new)
     _check_members(spec, tensors, type(model).__name__)
     with torch.no_grad():
