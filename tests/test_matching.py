@@ -926,3 +926,47 @@ def test_empty_input_is_an_empty_match(backend_name, solver):
 def test_empty_input_zip(backend):
     res = mudsc.zip_match(np.zeros((0, 0)), 2, backend=backend)
     assert res.labels.shape == (0,) and res.num_outputs == 0 and res.merge_value == 0.0
+
+
+def _numpy_check(a: np.ndarray) -> dict:
+    """check_similarity's findings written with numpy (finite pairs' asymmetry and magnitude in float64)."""
+    a64 = a.astype(np.float64)
+    finite = np.isfinite(a) & np.isfinite(a.T)
+    return {
+        "has_nan": bool(np.isnan(a).any()),
+        "has_pos_inf": bool((a == np.inf).any()),
+        "infinity_asymmetric": not np.array_equal(np.isfinite(a), np.isfinite(a.T)),
+        "max_asymmetry": float(np.abs(a64 - a64.T)[finite].max()) if finite.any() else 0.0,
+        "max_abs": float(np.abs(a64)[finite].max()) if finite.any() else 0.0,
+    }
+
+
+@needs_native
+@pytest.mark.parametrize("o", [5, 64, 100, 1100])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("defect", ["none", "asym", "nan", "+inf", "-inf pair", "-inf unmirrored"])
+def test_native_similarity_check_matches_numpy(o, dtype, defect):
+    """The core's scan (tiles with a vectorised fast path, two threads from 1024 units) reports exactly what
+    numpy finds, wherever the defect sits (diagonal tiles, inner tiles, the ragged edge)."""
+    rng = np.random.default_rng(o)
+    a = rng.standard_normal((o, o))
+    a = ((a + a.T) / 2).astype(dtype)
+    i, j = o // 3, o - 2  # an off-diagonal pair in an inner or edge tile
+    if defect == "asym":
+        a[i, j] += dtype(1e-3)
+    elif defect == "nan":
+        a[j, i] = np.nan
+    elif defect == "+inf":
+        a[i, j] = a[j, i] = np.inf
+    elif defect == "-inf pair":
+        a[i, j] = a[j, i] = -np.inf
+    elif defect == "-inf unmirrored":
+        a[i, j] = -np.inf
+    a[o // 2, o // 2] = dtype(7.5)  # the largest magnitude, on the diagonal
+    got = mudsc._native.core.check_similarity(np.ascontiguousarray(a))
+    want = _numpy_check(a)
+    for key in ("has_nan", "has_pos_inf", "infinity_asymmetric"):
+        if key != "infinity_asymmetric" or not want["has_nan"]:  # a NaN is reported as such, not as an infinity
+            assert got[key] == want[key], key
+    assert got["max_asymmetry"] == pytest.approx(want["max_asymmetry"], rel=0, abs=0)
+    assert got["max_abs"] == want["max_abs"]

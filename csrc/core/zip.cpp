@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include <type_traits>
@@ -388,34 +389,98 @@ double group_zip_match(const T* sim, int64_t o, int64_t num_models, int64_t grou
   return merges ? sum / static_cast<double>(merges) : 0.0;
 }
 
+namespace {
+
+// The exact check of the pairs (i, j), i <= j, of tile (i0.., j0..): NaN, +inf, mirrored infinities, and the
+// asymmetry and magnitude of finite pairs (computed in double).
 template <typename T>
-SimilarityCheck check_similarity(const T* s, int64_t o) {
-  SimilarityCheck c;
-  constexpr int64_t kTile = 32;
-  for (int64_t i0 = 0; i0 < o; i0 += kTile) {
-    const int64_t i1 = std::min(o, i0 + kTile);
-    for (int64_t j0 = i0; j0 < o; j0 += kTile) {  // tiles on and above the diagonal, each with its mirror
-      const int64_t j1 = std::min(o, j0 + kTile);
-      for (int64_t i = i0; i < i1; ++i) {
-        for (int64_t j = (j0 == i0 ? i : j0); j < j1; ++j) {
-          const T a = s[i * o + j], b = s[j * o + i];
-          if (a != a || b != b) {
-            c.has_nan = true;
-            continue;
-          }
-          const bool fa = std::isfinite(a), fb = std::isfinite(b);
-          if ((!fa && a > 0) || (!fb && b > 0)) c.has_pos_inf = true;
-          if (fa != fb) c.infinity_asymmetric = true;
-          if (fa && fb) {
-            c.max_asymmetry = std::max(c.max_asymmetry, std::fabs(static_cast<double>(a) - static_cast<double>(b)));
-            c.max_abs = std::max(c.max_abs, std::fabs(static_cast<double>(a)));
-            c.max_abs = std::max(c.max_abs, std::fabs(static_cast<double>(b)));
-          }
-        }
+void check_tile_exact(const T* s, int64_t o, int64_t i0, int64_t i1, int64_t j0, int64_t j1, SimilarityCheck& c) {
+  for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t j = (j0 == i0 ? i : j0); j < j1; ++j) {
+      const T a = s[i * o + j], b = s[j * o + i];
+      if (a != a || b != b) {
+        c.has_nan = true;
+        continue;
+      }
+      const bool fa = std::isfinite(a), fb = std::isfinite(b);
+      if ((!fa && a > 0) || (!fb && b > 0)) c.has_pos_inf = true;
+      if (fa != fb) c.infinity_asymmetric = true;
+      if (fa && fb) {
+        c.max_asymmetry = std::max(c.max_asymmetry, std::fabs(static_cast<double>(a) - static_cast<double>(b)));
+        c.max_abs = std::max(c.max_abs, std::fabs(static_cast<double>(a)));
+        c.max_abs = std::max(c.max_abs, std::fabs(static_cast<double>(b)));
       }
     }
   }
-  return c;
+}
+
+// Tile rows [r0, r1) of the check: each tile (i, j >= i) is compared with its mirror through a transposed local
+// copy, so the inner loop runs over contiguous rows without branches (vectorised); a tile holding a
+// non-finite value (or one on the diagonal) goes through check_tile_exact instead. The fast path's
+// max |a - b| is formed in double from the same values, so both paths report the same numbers.
+template <typename T>
+void check_tile_rows(const T* s, int64_t o, int64_t r0, int64_t r1, SimilarityCheck& c) {
+  constexpr int64_t kTile = 32;
+  T mirror[kTile][kTile];
+  const T big = std::numeric_limits<T>::max();
+  for (int64_t ti = r0; ti < r1; ++ti) {
+    const int64_t i0 = ti * kTile, i1 = std::min(o, i0 + kTile);
+    for (int64_t j0 = i0; j0 < o; j0 += kTile) {
+      const int64_t j1 = std::min(o, j0 + kTile);
+      if (j0 == i0 || i1 - i0 < kTile || j1 - j0 < kTile) {
+        check_tile_exact(s, o, i0, i1, j0, j1, c);
+        continue;
+      }
+      for (int64_t j = 0; j < kTile; ++j) {
+        const T* row = s + (j0 + j) * o + i0;
+        for (int64_t i = 0; i < kTile; ++i) mirror[i][j] = row[i];
+      }
+      double asym = 0.0, mag = 0.0;
+      int bad = 0;
+      for (int64_t i = 0; i < kTile; ++i) {
+        const T* a = s + (i0 + i) * o + j0;
+        const T* b = mirror[i];
+        for (int64_t j = 0; j < kTile; ++j) {
+          const T fa = std::fabs(a[j]), fb = std::fabs(b[j]);
+          bad |= static_cast<int>(!(fa <= big)) | static_cast<int>(!(fb <= big));  // NaN or +-inf
+          asym = std::max(asym, std::fabs(static_cast<double>(a[j]) - static_cast<double>(b[j])));
+          mag = std::max(mag, static_cast<double>(std::max(fa, fb)));
+        }
+      }
+      if (bad) {
+        check_tile_exact(s, o, i0, i1, j0, j1, c);
+      } else {
+        c.max_asymmetry = std::max(c.max_asymmetry, asym);
+        c.max_abs = std::max(c.max_abs, mag);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+SimilarityCheck check_similarity(const T* s, int64_t o) {
+  constexpr int64_t kTile = 32;
+  const int64_t tiles = (o + kTile - 1) / kTile;
+  // Tile row t holds tiles - t tiles: two threads split the rows at about half the work (from 1024 units on).
+  const int64_t threads = o >= 1024 && std::thread::hardware_concurrency() > 1 ? 2 : 1;
+  if (threads == 1) {
+    SimilarityCheck c;
+    check_tile_rows(s, o, 0, tiles, c);
+    return c;
+  }
+  const int64_t split = static_cast<int64_t>(static_cast<double>(tiles) * (1.0 - std::sqrt(0.5)));
+  SimilarityCheck first, second;
+  std::thread worker([&] { check_tile_rows(s, o, split, tiles, second); });
+  check_tile_rows(s, o, 0, split, first);
+  worker.join();
+  first.has_nan |= second.has_nan;
+  first.has_pos_inf |= second.has_pos_inf;
+  first.infinity_asymmetric |= second.infinity_asymmetric;
+  first.max_asymmetry = std::max(first.max_asymmetry, second.max_asymmetry);
+  first.max_abs = std::max(first.max_abs, second.max_abs);
+  return first;
 }
 
 template SimilarityCheck check_similarity<float>(const float*, int64_t);
