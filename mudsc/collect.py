@@ -49,7 +49,9 @@ class ActivationStats:
     Attributes:
         spec, num_models, accumulators (``{group name: CorrelationAccumulator}``; groups without taps are
         absent, and so are the groups a transient object has finalised), num_batches, timing
-        (``{"forward": s, "stats": s}``), transient.
+        (``{"forward": s, "stats": s}``), transient, micro_batches (the most pieces a batch ran in under
+        ``keep_bytes``: 1 for whole batches), kept_per_sample (bytes of model 0's kept activations per sample,
+        when measured).
     """
 
     def __init__(self, spec: PermSpec, num_models: int, accumulators: Dict[str, CorrelationAccumulator],
@@ -67,6 +69,8 @@ class ActivationStats:
         self._released: set = set()
         self._deferred: Dict[str, List[str]] = {}  # group -> the chunk of groups its pass collects
         self._collect = None
+        self.micro_batches = 1
+        self.kept_per_sample: Optional[int] = None
 
     def defer(self, chunks: Sequence[Sequence[str]], collect) -> None:
         """Groups collected later, one more pass over the data per chunk: ``collect(names)`` returns an
@@ -90,6 +94,8 @@ class ActivationStats:
             self.timing[key] = self.timing.get(key, 0.0) + more.timing.get(key, 0.0)
         self.timing["deferred_wall"] = self.timing.get("deferred_wall", 0.0) + time.perf_counter() - t0
         self.timing["passes"] = self.timing.get("passes", 1) + 1
+        self.micro_batches = max(self.micro_batches, more.micro_batches)
+        self.kept_per_sample = self.kept_per_sample or more.kept_per_sample
 
     def has_taps(self, group: str) -> bool:
         """Whether ``group`` has activation statistics (False: its matching falls back to weights)."""
@@ -219,13 +225,19 @@ class StatsCollector:
 
     ``groups``: collect only these groups (names; default: every group with taps).
 
+    ``keep_bytes``: at most about this many bytes of model activations kept waiting for the other models (None:
+    no limit). Model 0's tapped tensors of a whole batch wait for model 1's forward; when a batch's would exceed
+    the limit (their bytes per sample are measured once, on one sample of the first batch, model 0 only), the
+    batch runs as equal micro-batches along its first axis. The sums are the same samples in the same order,
+    folded in more pieces (float rounding aside, the same statistics).
+
     Attributes:
         accumulators: ``{group name: CorrelationAccumulator}`` of the collected groups.
         hook_time: seconds spent in the hooks (tap slicing, copies, accumulation).
     """
 
     def __init__(self, models: Sequence[nn.Module], spec: PermSpec, device: torch.device, backend: str = "auto",
-                 groups: Optional[Sequence[str]] = None):
+                 groups: Optional[Sequence[str]] = None, keep_bytes: Optional[int] = None):
         self.models = list(models)
         self.spec = spec
         self.n = len(self.models)
@@ -249,6 +261,10 @@ class StatsCollector:
         self._learning = False  # the first batch: a kept tensor found changed means "copy it", not an error
         self._skipped: set = set()  # (group, tap, call) whose kept tensors changed: redone by a second run
         self._redo: Optional[set] = None  # while that run goes: the (group, tap, call) it updates
+        self.keep_bytes = keep_bytes
+        self.kept_per_sample: Optional[int] = None  # bytes of model 0's tapped tensors per sample (measured)
+        self.micro_batches = 1  # the most any batch was split into
+        self._measure: Optional[dict] = None  # storage -> bytes, while measuring
         self._handles: list = []
         self._flags: list = []
         self._first_shape: tuple = ()
@@ -296,6 +312,11 @@ class StatsCollector:
     def _consume(self, i: int, g: Group, t_index: int, x: torch.Tensor, tap, where: str) -> None:
         """Keep model ``i``'s tapped tensor until model N-1's hook of the same call feeds all N of them."""
         key = (g.name, t_index)
+        if self._measure is not None:
+            if i == 0:
+                storage = x.untyped_storage()
+                self._measure[storage.data_ptr()] = storage.nbytes()
+            return
         if self._redo is not None and not any(r[:2] == key for r in self._redo):
             return  # the second run of a first batch only redoes what the first could not use
         call = self._calls.get((i, g.name, t_index), 0)
@@ -360,20 +381,48 @@ class StatsCollector:
         if index == 0:
             self._first_shape = tuple(x.shape)
         self._learning = index == 0
-        self._skipped.clear()
-        seconds = self._run_models(x, index)
-        if self._skipped:  # tapped tensors changed in place on the first batch: now copied, their updates redone
-            self._redo = set(self._skipped)
+        seconds = 0.0
+        pieces = 1
+        if self.keep_bytes is not None and x.dim() > 0 and x.shape[0] > 1:
+            if self.kept_per_sample is None:
+                seconds += self._measure_kept(x, index)
+            per_batch = self.kept_per_sample * x.shape[0]
+            pieces = min(x.shape[0], -(-per_batch // max(int(self.keep_bytes), 1)))
+        self.micro_batches = max(self.micro_batches, pieces)
+        for part in (x.tensor_split(pieces) if pieces > 1 else (x,)):
             self._skipped.clear()
-            try:
-                seconds += self._run_models(x, index)
-            finally:
-                self._redo = None
+            seconds += self._run_models(part, index, tuple(x.shape))
+            if self._skipped:  # tapped tensors changed in place on the first batch: now copied, updates redone
+                self._redo = set(self._skipped)
+                self._skipped.clear()
+                try:
+                    seconds += self._run_models(part, index, tuple(x.shape))
+                finally:
+                    self._redo = None
         self._learning = False
         return seconds
 
-    def _run_models(self, x: torch.Tensor, index: int) -> float:
-        """One forward of every model on batch ``index`` (hooks on); the models' own seconds."""
+    def _measure_kept(self, x: torch.Tensor, index: int) -> float:
+        """Set :attr:`kept_per_sample` from model 0's tapped tensors on one sample of ``x`` (nothing is
+        accumulated); the forward's seconds."""
+        self._measure = {}
+        try:
+            t0 = time.perf_counter()
+            h0 = self.hook_time
+            with torch.no_grad():
+                self.models[0](x[:1])
+            seconds = (time.perf_counter() - t0) - (self.hook_time - h0)
+            self.kept_per_sample = int(sum(self._measure.values()))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ValueError(f"model 0 cannot run on one sample of batch {index} of shape {tuple(x.shape)}: "
+                             f"{exc}") from exc
+        finally:
+            self._measure = None
+        return seconds
+
+    def _run_models(self, x: torch.Tensor, index: int, shape: tuple) -> float:
+        """One forward of every model on ``x`` (batch ``index`` of ``shape``, or a micro-batch of it; hooks on);
+        the models' own seconds."""
         self._pending.clear()
         self._calls.clear()
         t0 = time.perf_counter()
@@ -387,11 +436,11 @@ class StatsCollector:
                 except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                     if is_out_of_memory(exc):
                         raise MemoryError(f"out of memory in the statistics pass (model {i}, batch {index} of shape "
-                                          f"{tuple(x.shape)}): {self.memory_note()}") from exc
+                                          f"{shape}): {self.memory_note()}") from exc
                     if index == 0 and i == 0:
                         raise ValueError(f"model 0 cannot run on the loader's first batch of shape "
-                                         f"{tuple(x.shape)}: {exc}") from exc
-                    raise ValueError(f"model {i} cannot run on batch {index} of shape {tuple(x.shape)} (the first "
+                                         f"{shape}: {exc}") from exc
+                    raise ValueError(f"model {i} cannot run on batch {index} of shape {shape} (the first "
                                      f"batch had shape {self._first_shape}): {exc}") from exc
         return (time.perf_counter() - t0) - (self.hook_time - h0)
 
@@ -439,6 +488,7 @@ def collect_stats(
     progress: bool = True,
     transient: bool = False,
     groups: Optional[Sequence[str]] = None,
+    keep_bytes: Optional[int] = None,
 ) -> ActivationStats:
     """One pass over ``loader``: the activation correlation of every group's units across the N models.
 
@@ -457,6 +507,8 @@ def collect_stats(
             at most one float64 moment matrix besides the float32 correlations once the matching starts).
         groups: collect only these groups (names; default: every group with taps). The others are absent, as
             groups without taps are, unless :meth:`ActivationStats.defer` names a pass that collects them.
+        keep_bytes: cap on the activations kept between the models' forward passes (:class:`StatsCollector`;
+            None: whole batches).
 
     Returns:
         :class:`ActivationStats`; ``timing["forward"]`` is the models' own forward time, ``timing["stats"]``
@@ -477,7 +529,7 @@ def collect_stats(
     unknown = sorted(set(groups or ()) - {g.name for g in spec.groups})
     if unknown:
         raise ValueError(f"groups {unknown} are not in the spec")
-    collector = StatsCollector(run_models, spec, dev, backend, groups=groups)
+    collector = StatsCollector(run_models, spec, dev, backend, groups=groups, keep_bytes=keep_bytes)
     num_batches, forward = 0, 0.0
     with collector:
         total = _loader_length(loader, max_batches)
@@ -490,5 +542,7 @@ def collect_stats(
         raise ValueError("the loader yielded no batches")
     collector.check_fired()
     _warn_underdetermined(collector.accumulators)
-    return ActivationStats(spec, len(models), collector.accumulators, num_batches,
-                           {"forward": forward, "stats": collector.hook_time}, backend, transient=transient)
+    stats = ActivationStats(spec, len(models), collector.accumulators, num_batches,
+                            {"forward": forward, "stats": collector.hook_time}, backend, transient=transient)
+    stats.micro_batches, stats.kept_per_sample = collector.micro_batches, collector.kept_per_sample
+    return stats

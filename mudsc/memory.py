@@ -20,7 +20,8 @@ and unchunked merges give identical plans.
 (``torch.cuda.mem_get_info``); on the CPU the smaller of ``MemAvailable`` (``/proc/meminfo``) and what an
 address-space limit (``RLIMIT_AS``) leaves above the process's current size. The default budget is
 :data:`SAFE_FRACTION` of it (activations of the forward passes, the solvers' working copies and the allocator's
-slack live in the rest).
+slack live in the rest). The activations kept between the models' forward passes of one batch are capped apart
+from the plan (:func:`keep_bytes`): a batch whose would exceed it runs in micro-batches.
 """
 
 from __future__ import annotations
@@ -33,9 +34,21 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["MemoryPlan", "available_bytes", "format_bytes", "parse_bytes", "plan_passes", "SAFE_FRACTION"]
+__all__ = ["MemoryPlan", "available_bytes", "format_bytes", "keep_bytes", "parse_bytes", "plan_passes",
+           "SAFE_FRACTION", "KEEP_MAX_BYTES", "KEEP_DEFAULT_BYTES"]
 
 SAFE_FRACTION = 0.6
+
+KEEP_MAX_BYTES = {"cpu": 512 * 2**20}
+KEEP_DEFAULT_BYTES = 4 * 2**30
+
+
+def keep_bytes(device: torch.device) -> int:
+    """The cap on model activations kept between the models' forward passes of one batch (model 0's tapped
+    tensors wait for model 1's): 512 MiB on the CPU, 4 GiB on an accelerator (whose GEMMs want larger
+    micro-batches). A constant per device type, not a fraction of the budget, so that a ``max_memory`` never
+    changes how batches are cut, and chunked and unchunked merges stay identical."""
+    return KEEP_MAX_BYTES.get(torch.device(device).type, KEEP_DEFAULT_BYTES)
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
           "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}

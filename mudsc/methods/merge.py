@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..collect import collect_stats, packed_moments
 from ..inputs import check_device, check_finite_weights, check_max_batches, check_models, peek
-from ..memory import SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, parse_bytes, plan_passes
+from ..memory import SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, keep_bytes, parse_bytes, plan_passes
 from ..norm import reset_bn
 from ..plan import MergePlan
 from ..probe import run_named
@@ -146,7 +146,7 @@ def merge(
         timing["reset_bn"] = _reset_bn(model, loader, one_shot and info_m.activations, max_batches, device)
     timing["total"] = time.perf_counter() - t_start
     report = _report(method, len(models), spec, plan, stats, timing)
-    report["memory"] = _memory_report(memory, device if device is not None else _device_of(models[0]))
+    report["memory"] = _memory_report(memory, device if device is not None else _device_of(models[0]), stats)
     return MergeResult(model=model, plan=plan, report=report)
 
 
@@ -187,9 +187,11 @@ def _statistics(models, spec: PermSpec, info_m, loader, one_shot, max_memory, ma
     t0 = time.perf_counter()
     memory = _memory_plan(models, spec, info_m, device, max_memory, one_shot, backend)
 
+    dev = device if device is not None else _device_of(models[0])
+
     def collect(names):
         return collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
-                             progress=progress, transient=True, groups=names)
+                             progress=progress, transient=True, groups=names, keep_bytes=keep_bytes(dev))
 
     stats = collect(memory.chunks[0] if memory.passes > 1 else None)
     if memory.passes > 1:
@@ -202,10 +204,14 @@ def _device_of(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _memory_report(memory: Optional[MemoryPlan], dev: torch.device) -> dict:
-    """The memory plan (None without statistics) and the peaks measured so far in this process (RSS: the
-    process's peak since it started, ``ru_maxrss``; on CUDA ``torch.cuda.max_memory_allocated``)."""
+def _memory_report(memory: Optional[MemoryPlan], dev: torch.device, stats=None) -> dict:
+    """The memory plan (None without statistics), the micro-batches of the pass, and the peaks measured so far
+    in this process (RSS: the process's peak since it started, ``ru_maxrss``; on CUDA
+    ``torch.cuda.max_memory_allocated``)."""
     out = memory.as_dict() if memory is not None else {"passes": 0}
+    if stats is not None:
+        out["micro_batches"] = stats.micro_batches
+        out["kept_per_sample_mib"] = (stats.kept_per_sample or 0) / 2**20
     out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if dev.type == "cuda":
         out["cuda_peak_allocated_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
