@@ -264,7 +264,7 @@ class StatsCollector:
         self.keep_bytes = keep_bytes
         self.kept_per_sample: Optional[int] = None  # bytes of model 0's tapped tensors per sample (measured)
         self.micro_batches = 1  # the most any batch was split into
-        self._measure: Optional[dict] = None  # storage -> bytes, while measuring
+        self._measure: Optional[dict] = None  # storage address -> a tensor on it, while measuring
         self._handles: list = []
         self._flags: list = []
         self._first_shape: tuple = ()
@@ -313,9 +313,8 @@ class StatsCollector:
         """Keep model ``i``'s tapped tensor until model N-1's hook of the same call feeds all N of them."""
         key = (g.name, t_index)
         if self._measure is not None:
-            if i == 0:
-                storage = x.untyped_storage()
-                self._measure[storage.data_ptr()] = storage.nbytes()
+            if i == 0:  # held until the forward ends, as a kept tensor is (a freed one's address is reused)
+                self._measure.setdefault(x.untyped_storage().data_ptr(), x)
             return
         if self._redo is not None and not any(r[:2] == key for r in self._redo):
             return  # the second run of a first batch only redoes what the first could not use
@@ -412,7 +411,7 @@ class StatsCollector:
             with torch.no_grad():
                 self.models[0](x[:1])
             seconds = (time.perf_counter() - t0) - (self.hook_time - h0)
-            self.kept_per_sample = int(sum(self._measure.values()))
+            self.kept_per_sample = int(sum(t.untyped_storage().nbytes() for t in self._measure.values()))
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise ValueError(f"model 0 cannot run on one sample of batch {index} of shape {tuple(x.shape)}: "
                              f"{exc}") from exc
