@@ -127,3 +127,24 @@ def test_a_group_whose_taps_never_fire_is_named():
     collector = StatsCollector(ms, spec, torch.device("cpu"))
     with pytest.raises(ValueError, match="never fired during the data pass"):
         collector.check_fired()  # no batch was run
+
+
+@pytest.mark.filterwarnings("ignore:group .* samples for its")
+def test_batches_over_the_kept_activation_cap_run_in_micro_batches():
+    """keep_bytes caps model 0's tapped tensors waiting for model 1: a batch over it runs in equal micro-batches
+    (the same samples, so the same statistics up to float rounding); under it nothing changes, bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    loader = [torch.randn(8, 12, generator=gen) for _ in range(3)]
+    spec = trace(_mlp_pair(None)[0], loader[0][:2])
+    whole = collect_stats(_mlp_pair(None), spec, loader, progress=False)
+    roomy = collect_stats(_mlp_pair(None), spec, loader, progress=False, keep_bytes=2**30)
+    tight = collect_stats(_mlp_pair(None), spec, loader, progress=False, keep_bytes=1)
+    assert whole.micro_batches == roomy.micro_batches == 1 and tight.micro_batches == 8
+    assert roomy.kept_per_sample > 0 and whole.kept_per_sample is None
+    # fc1's output (16 floats) and fc2's (16 floats) of one sample, each its own storage
+    assert roomy.kept_per_sample == tight.kept_per_sample == 2 * 16 * 4
+    for name, acc in whole.accumulators.items():
+        assert torch.equal(roomy.accumulators[name].covariance(), acc.covariance()), name
+        assert tight.accumulators[name].num_samples == acc.num_samples == 24
+        # (the shift is the first micro-batch's mean, so the float32 products round differently)
+        torch.testing.assert_close(tight.accumulators[name].covariance(), acc.covariance(), rtol=1e-5, atol=1e-7)

@@ -137,3 +137,25 @@ def test_collect_stats_of_some_groups():
         assert torch.equal(part.correlation(n), full.correlation(n))
     with pytest.raises(ValueError, match=r"groups \['nope'\] are not in the spec"):
         mudsc.collect_stats(ms, spec, loader, groups=["nope"], progress=False)
+
+
+def test_packed_moments_halve_the_planned_bytes():
+    """On the CPU the moments are packed upper triangles (4·F(F+1) bytes) and finalising writes only the
+    float32 correlation (4·F²): the plan counts what is allocated."""
+    coords = [[("a", 100)], [("b", 300)]]
+    full = plan_passes(coords, keep_correlations=False, budget=10**9)
+    packed = plan_passes(coords, keep_correlations=False, budget=10**9, packed=True)
+    assert full.group_bytes == {"a": 8 * 100**2, "b": 8 * 300**2}
+    assert packed.group_bytes == {"a": 4 * 100 * 101, "b": 4 * 300 * 301}
+    assert full.peaks == [8 * (100**2 + 300**2) + 20 * 300**2]
+    assert packed.peaks == [4 * (100 * 101 + 300 * 301) + 4 * 300**2]
+
+
+def test_the_report_gives_the_micro_batches_of_the_pass():
+    torch.manual_seed(3)
+    ms = [models.resnet20(width=1) for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mem = mudsc.merge(ms, _loader(), method="zipit", **FAST).report["memory"]
+    assert mem["micro_batches"] == 1  # 16 small images: far under the CPU's cap
+    assert 0 < mem["kept_per_sample_mib"] < 1
