@@ -156,7 +156,7 @@ def test_env_reference_reaches_every_stage(monkeypatch):
     monkeypatch.delenv("MUDSC_BACKEND", raising=False)
     with _MudscOps() as native_ops:  # the control: the spy sees the native path
         _tiny_vit_merge()
-    assert {"stats_update_", "stats_finalize"} <= set(native_ops.calls)
+    assert {"stats_update_", "stats_correlation"} <= set(native_ops.calls)
     explicit = _tiny_vit_merge(backend="reference")
     monkeypatch.setenv("MUDSC_BACKEND", "reference")
     monkeypatch.setattr(mudsc._native, "core", _Forbidden())
