@@ -75,13 +75,19 @@ def test_chunked_merges_give_the_unchunked_plan(arch, method):
     torch.manual_seed(1)
     ms = [ARCHS[arch]() for _ in range(2)]
     loader = _loader()
+    count = [0]
+    ms[0].register_forward_pre_hook(lambda module, args: count.__setitem__(0, count[0] + 1))
+    calls = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         whole = mudsc.merge(ms, loader, method=method, **FAST)
+        calls["whole"], count[0] = count[0], 0
         peak = whole.report["memory"]["estimated_peak_gib"][0] * 2**30
         for fraction in (0.7, 0.8, 0.9):  # the smallest budget under the single pass's peak that fits each group
             try:
+                count[0] = 0
                 chunked = mudsc.merge(ms, loader, method=method, max_memory=int(fraction * peak), **FAST)
+                calls["chunked"] = count[0]
                 break
             except MemoryError:
                 continue
@@ -93,7 +99,8 @@ def test_chunked_merges_give_the_unchunked_plan(arch, method):
     assert all(p <= mem["budget_gib"] for p in mem["estimated_peak_gib"])
     for name in whole.plan.maps:
         np.testing.assert_array_equal(chunked.plan.maps[name].labels, whole.plan.maps[name].labels, err_msg=name)
-    assert chunked.report["timing"]["forward"] > whole.report["timing"]["forward"]  # more passes, all counted
+    # more passes: more forward passes of the models (counted, not timed: wall clock is noisy on shared cores)
+    assert calls["chunked"] > calls["whole"] and chunked.report["timing"]["forward"] > 0
     timing = dict(chunked.report["timing"])
     total = timing.pop("total")
     assert abs(sum(timing.values()) - total) <= 0.02 * total + 1e-3

@@ -338,3 +338,32 @@ def test_merge_on_a_device_recovers_a_permuted_model(dev, arch, method):
         merged = r.model.eval()
         assert next(merged.parameters()).device.type == dev
         torch.testing.assert_close(merged(x), a(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch,dead", [("resnet20-bn", False), ("vit", False), ("mlp", False), ("mlp", True)])
+@pytest.mark.parametrize("method", ["zipit", "act-align"])
+def test_concurrent_solves_give_the_sequential_plan(arch, method, dead, monkeypatch):
+    """Solves of the activation-only matching run two at a time by default; the plan equals one solve at a
+    time, also when dead units make some similarities read the maps of earlier groups (those wait)."""
+    import sys
+
+    torch.manual_seed(7)
+    ms = [ARCHS[arch]().eval() for _ in range(2)]
+    if dead:  # hidden unit 0 constant (0) on every input: its similarity comes from weights, under earlier maps
+        first = next(m for m in ms[0].modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+        with torch.no_grad():
+            first.weight[0].zero_()
+            if first.bias is not None:
+                first.bias[0] = 0.0
+    loader = _loader(size=8)
+    plans = {}
+    descent = sys.modules["mudsc.methods.descent"]
+    reads, orig = [], descent.Descent._reads_maps
+    monkeypatch.setattr(descent.Descent, "_reads_maps", lambda self, g: reads.append(orig(self, g)) or reads[-1])
+    for workers in (1, 2):
+        monkeypatch.setattr(sys.modules["mudsc.methods.merge"], "SOLVE_WORKERS", workers)
+        plans[workers] = merge(ms, loader, method=method, **FAST).plan
+    assert reads and (any(reads) or not dead)  # with a dead unit, some group had to wait for earlier maps
+    assert plans[1].maps.keys() == plans[2].maps.keys()
+    for name in plans[1].maps:
+        np.testing.assert_array_equal(plans[2].maps[name].labels, plans[1].maps[name].labels, err_msg=name)

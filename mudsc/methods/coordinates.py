@@ -80,7 +80,7 @@ def solve_coordinate(groups: List[Group], sims: Dict[str, torch.Tensor], n: int,
                       backend: str, decay: str = "same-model") -> Dict[str, MatchResult]:
     """The maps of one coordinate's groups from their similarities (one joint head pairing when tied); ``decay``
     is the zip's decay rule (:func:`mudsc.zip_match`)."""
-    arrays = {g.name: np.ascontiguousarray(sims[g.name].detach().cpu().numpy().astype(np.float32))
+    arrays = {g.name: np.ascontiguousarray(sims[g.name].detach().cpu().numpy().astype(np.float32, copy=False))
               for g in groups}
     if len(groups) > 1:
         g = groups[0].num_blocks

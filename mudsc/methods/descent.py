@@ -79,6 +79,9 @@ class Descent:
         tie_break: weight of ``S_w`` added to the activation similarity of groups whose activations leave the
             matching open (:meth:`similarity`; 0: off).
         zip_decay: the zip's decay rule (:func:`mudsc.zip_match`'s ``decay``).
+        workers: solves that may run at once in the activation-only matching (threads; the native solvers release
+            the GIL). A coordinate whose similarity reads other groups' maps (weight similarity for dead units or
+            ties) waits for every earlier solve, so the result is the sequential one whatever this is.
 
     Attributes:
         state: the :class:`MapState` (current maps); values: ``{group: merge value}``; history: per sweep
@@ -88,7 +91,7 @@ class Descent:
     def __init__(self, models: Sequence[nn.Module], spec: PermSpec, method: MethodInfo,
                  stats: Optional[ActivationStats], balance: float, reduce: float, alpha: float, beta: float,
                  backend: str, axis_rule: str, piece_cache: Optional[PieceCache] = None, tie_break: float = 1e-4,
-                 zip_decay: str = "same-model"):
+                 zip_decay: str = "same-model", workers: int = 1):
         self.spec = spec
         self.method = method
         self.stats = stats
@@ -97,6 +100,7 @@ class Descent:
         self.backend = backend
         self.tie_break = float(tie_break)
         self.zip_decay = zip_decay
+        self.workers = max(1, int(workers))
         self.tensors = [named_tensors(m) for m in models]
         self.state = MapState(spec, self.n, axis_rule)
         self.coords = coordinates(spec)
@@ -152,12 +156,57 @@ class Descent:
         """Re-solve one coordinate on its current similarities and store its maps and values."""
         sims = {g.name: self.similarity(g, mix) for g in coord}
         t0 = time.perf_counter()
-        results = solve_coordinate(coord, sims, self.n, self.method.solver, self.reduce, self.alpha, self.beta,
-                                   self.backend, self.zip_decay)
+        results = self._solve_sims(coord, sims)
         self.timing["solve"] += time.perf_counter() - t0
+        self._store(results)
+
+    def _solve_sims(self, coord: List[Group], sims: Dict[str, torch.Tensor]) -> Dict[str, MatchResult]:
+        return solve_coordinate(coord, sims, self.n, self.method.solver, self.reduce, self.alpha, self.beta,
+                                self.backend, self.zip_decay)
+
+    def _store(self, results: Dict[str, MatchResult]) -> None:
         for name, r in results.items():
             self.state.maps[name] = r
             self.values[name] = float(r.merge_value)
+
+    def _reads_maps(self, group: Group) -> bool:
+        """Whether the activation-only similarity of ``group`` reads the maps of other groups (its weight
+        similarity does: no taps, dead units, or a tie-break)."""
+        t0 = time.perf_counter()
+        act = self.stats.correlation(group.name)
+        reads = (act is None or self.stats.degenerate_units(group.name).numel() > 0
+                 or (self.tie_break > 0 and self._ambiguous(group.name, act)))
+        self.timing["similarity"] += time.perf_counter() - t0
+        return reads
+
+    def _initial_concurrent(self, release: bool) -> None:
+        """The activation-only matching with up to ``workers`` solves at once, results stored in coordinate
+        order; a coordinate whose similarity reads maps first waits for every earlier solve."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        pending: List[tuple] = []
+
+        def finish(count: int) -> None:
+            t0 = time.perf_counter()
+            while len(pending) > count:
+                coord, future = pending.pop(0)
+                self._store(future.result())
+                if release:
+                    for g in coord:
+                        self.stats.release(g.name)
+            self.timing["solve"] += time.perf_counter() - t0
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            try:
+                for coord in self.coords:
+                    finish(0 if any(self._reads_maps(g) for g in coord) else self.workers - 1)
+                    sims = {g.name: self.similarity(g, None) for g in coord}
+                    pending.append((coord, pool.submit(self._solve_sims, coord, sims)))
+                    del sims
+                finish(0)
+            finally:
+                for _, future in pending:
+                    future.cancel()
 
     def initial_maps(self) -> None:
         """Identity maps for ``avg``; the activation-only matching for the activation methods (whose statistics
@@ -168,9 +217,13 @@ class Descent:
                 self.state.maps[g.name] = MatchResult(lab, g.size, 1.0)
                 self.values[g.name] = 1.0
         elif self.method.activations:
+            release = self.stats.transient and not self.method.descent  # nothing reads these statistics again
+            if self.workers > 1:
+                self._initial_concurrent(release)
+                return
             for coord in self.coords:
                 self.solve(coord, None)
-                if self.stats.transient and not self.method.descent:  # nothing reads these statistics again
+                if release:
                     for g in coord:
                         self.stats.release(g.name)
 
@@ -301,7 +354,7 @@ def match(
 def run_matching(models: List[nn.Module], spec: PermSpec, info_m: MethodInfo, stats: Optional[ActivationStats],
                  balance: float, reduce: float, alpha: float, beta: float, max_sweeps: int, patience: int, seed: int,
                  backend: str, progress: bool, axis_rule: str, piece_cache: Optional[PieceCache] = None,
-                 tie_break: float = 1e-4, zip_decay: str = "same-model") -> MergePlan:
+                 tie_break: float = 1e-4, zip_decay: str = "same-model", workers: int = 1) -> MergePlan:
     """:func:`match` on arguments already checked (by :func:`match`, or by :func:`mudsc.merge`, which checks the
     models and their weights once before the statistics pass); only the spec's members are checked here."""
     tensors = named_tensors(models[0])
@@ -311,7 +364,7 @@ def run_matching(models: List[nn.Module], spec: PermSpec, info_m: MethodInfo, st
                 raise ValueError(f"group {g.name!r} names {mem.name!r}, which is not a parameter or buffer of the "
                                  "models")
     descent = Descent(models, spec, info_m, stats, balance, reduce, alpha, beta, backend, axis_rule, piece_cache,
-                      tie_break, zip_decay)
+                      tie_break, zip_decay, workers)
     fallback = [g.name for g in spec.groups if not stats.has_taps(g.name)] if info_m.activations else []
     descent.initial_maps()
     if info_m.descent:
