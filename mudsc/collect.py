@@ -244,15 +244,14 @@ class StatsCollector:
         wanted = None if groups is None else set(groups)
         self.groups = [g for g in spec.groups if g.taps and (wanted is None or g.name in wanted)]
         self.packed = packed_moments(device, backend)
-        packed = self.packed
         try:
             self.accumulators = {g.name: CorrelationAccumulator(self.n * g.size, device=device, backend=backend,
-                                                                packed=packed)
+                                                                packed=self.packed)
                                  for g in self.groups}
         except RuntimeError as exc:
             if is_out_of_memory(exc):
                 raise MemoryError(f"out of memory allocating the statistics on {device}: "
-                                  f"{accumulator_note(spec, self.n, packed)}") from exc
+                                  f"{accumulator_note(spec, self.n, self.packed)}") from exc
             raise
         self.hook_time = 0.0
         self._pending: Dict[Tuple[str, int], List] = {}
@@ -261,6 +260,7 @@ class StatsCollector:
         self._learning = False  # the first batch: a kept tensor found changed means "copy it", not an error
         self._skipped: set = set()  # (group, tap, call) whose kept tensors changed: redone by a second run
         self._redo: Optional[set] = None  # while that run goes: the (group, tap, call) it updates
+        self._redo_taps: set = set()  # and their (group, tap)
         self.keep_bytes = keep_bytes
         self.kept_per_sample: Optional[int] = None  # bytes of model 0's tapped tensors per sample (measured)
         self.micro_batches = 1  # the most any batch was split into
@@ -316,7 +316,7 @@ class StatsCollector:
             if i == 0:  # held until the forward ends, as a kept tensor is (a freed one's address is reused)
                 self._measure.setdefault(x.untyped_storage().data_ptr(), x)
             return
-        if self._redo is not None and not any(r[:2] == key for r in self._redo):
+        if self._redo is not None and key not in self._redo_taps:
             return  # the second run of a first batch only redoes what the first could not use
         call = self._calls.get((i, g.name, t_index), 0)
         self._calls[(i, g.name, t_index)] = call + 1
@@ -393,6 +393,7 @@ class StatsCollector:
             seconds += self._run_models(part, index, tuple(x.shape))
             if self._skipped:  # tapped tensors changed in place on the first batch: now copied, updates redone
                 self._redo = set(self._skipped)
+                self._redo_taps = {r[:2] for r in self._redo}
                 self._skipped.clear()
                 try:
                     seconds += self._run_models(part, index, tuple(x.shape))

@@ -170,10 +170,10 @@ def _matching_timing(timing: Dict[str, float], plan: MergePlan, stats, stats_wal
     timing["matching_other"] = wall - timing["similarity"] - timing["solve"] - deferred
 
 
-def _memory_plan(models, spec: PermSpec, info_m, device, max_memory, one_shot: bool, backend: str) -> MemoryPlan:
-    """The passes of the statistics (:mod:`mudsc.memory`) for ``max_memory`` bytes (None: a safe fraction of
-    what the pass's device has free); ValueError when several passes are needed but the loader is one-shot."""
-    dev = device if device is not None else _device_of(models[0])
+def _memory_plan(models, spec: PermSpec, info_m, dev: torch.device, max_memory, one_shot: bool,
+                 backend: str) -> MemoryPlan:
+    """The passes of the statistics (:mod:`mudsc.memory`) on ``dev`` for ``max_memory`` bytes (None: a safe
+    fraction of what it has free); ValueError when several passes are needed but the loader is one-shot."""
     budget = parse_bytes(max_memory) if max_memory is not None else int(SAFE_FRACTION * available_bytes(dev))
     n = len(models)
     coords = [[(g.name, n * g.size) for g in coord if g.taps] for coord in coordinates(spec)]
@@ -191,9 +191,8 @@ def _statistics(models, spec: PermSpec, info_m, loader, one_shot, max_memory, ma
     """``(stats, memory plan, seconds)``: the transient statistics of the first chunk of the memory plan, the
     other chunks deferred to the matching (one more pass each, run when it first asks for one of their groups)."""
     t0 = time.perf_counter()
-    memory = _memory_plan(models, spec, info_m, device, max_memory, one_shot, backend)
-
     dev = device if device is not None else _device_of(models[0])
+    memory = _memory_plan(models, spec, info_m, dev, max_memory, one_shot, backend)
 
     def collect(names):
         return collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
