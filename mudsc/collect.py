@@ -51,7 +51,8 @@ class ActivationStats:
         absent, and so are the groups a transient object has finalised), num_batches, timing
         (``{"forward": s, "stats": s}``), transient, micro_batches (the most pieces a batch ran in under
         ``keep_bytes``: 1 for whole batches), kept_per_sample (bytes of model 0's kept activations per sample,
-        when measured).
+        when measured), group_batches (``{group: batches its statistics saw}``: fewer than ``num_batches``
+        where a stopping rule ended it early, :mod:`mudsc.sampling`).
     """
 
     def __init__(self, spec: PermSpec, num_models: int, accumulators: Dict[str, CorrelationAccumulator],
@@ -71,6 +72,7 @@ class ActivationStats:
         self._collect = None
         self.micro_batches = 1
         self.kept_per_sample: Optional[int] = None
+        self.group_batches: Dict[str, int] = {g: num_batches for g in accumulators}
 
     def defer(self, chunks: Sequence[Sequence[str]], collect) -> None:
         """Groups collected later, one more pass over the data per chunk: ``collect(names)`` returns an
@@ -90,12 +92,14 @@ class ActivationStats:
             self._deferred.pop(name, None)
         self.accumulators.update(more.accumulators)
         self._sizes.update(more._sizes)
-        for key in ("forward", "stats"):
+        for key in ("forward", "stats", "stopping_rule"):
             self.timing[key] = self.timing.get(key, 0.0) + more.timing.get(key, 0.0)
         self.timing["deferred_wall"] = self.timing.get("deferred_wall", 0.0) + time.perf_counter() - t0
         self.timing["passes"] = self.timing.get("passes", 1) + 1
         self.micro_batches = max(self.micro_batches, more.micro_batches)
         self.kept_per_sample = self.kept_per_sample or more.kept_per_sample
+        self.group_batches.update(more.group_batches)
+        self.num_batches = max(self.num_batches, more.num_batches)
 
     def has_taps(self, group: str) -> bool:
         """Whether ``group`` has activation statistics (False: its matching falls back to weights)."""
@@ -268,6 +272,9 @@ class StatsCollector:
         self._handles: list = []
         self._flags: list = []
         self._first_shape: tuple = ()
+        self.stopped: set = set()  # groups whose statistics are final (a stopping rule said so): hooks skip them
+        self.stopped_at: Dict[str, int] = {}  # and the batches each had then
+        self.stop_time = 0.0  # seconds of the stopping rule
 
     def __enter__(self) -> "StatsCollector":
         self._flags = [{m: m.training for m in model.modules()} for model in self.models]
@@ -312,6 +319,8 @@ class StatsCollector:
     def _consume(self, i: int, g: Group, t_index: int, x: torch.Tensor, tap, where: str) -> None:
         """Keep model ``i``'s tapped tensor until model N-1's hook of the same call feeds all N of them."""
         key = (g.name, t_index)
+        if g.name in self.stopped:
+            return
         if self._measure is not None:
             if i == 0:  # held until the forward ends, as a kept tensor is (a freed one's address is reused)
                 self._measure.setdefault(x.untyped_storage().data_ptr(), x)
@@ -468,14 +477,15 @@ def _warn_underdetermined(accumulators: Dict[str, CorrelationAccumulator]) -> No
                       "is rank-deficient and the matching is poorly determined; pass more merge data")
 
 
-def _loader_length(loader, max_batches: Optional[int]) -> Optional[int]:
-    """The number of batches the pass will see, when known (for the progress bar)."""
-    if max_batches is not None or not hasattr(loader, "__len__"):
-        return max_batches
+def loader_length(loader, max_batches: Optional[int] = None) -> Optional[int]:
+    """The number of batches a pass over ``loader`` reads (at most ``max_batches``), when known."""
     try:
-        return len(loader)
+        length = len(loader) if hasattr(loader, "__len__") else None
     except TypeError:
-        return None
+        length = None
+    if length is None or max_batches is None:
+        return max_batches if length is None else length
+    return min(length, max_batches)
 
 
 def collect_stats(
@@ -489,6 +499,7 @@ def collect_stats(
     transient: bool = False,
     groups: Optional[Sequence[str]] = None,
     keep_bytes: Optional[int] = None,
+    stop=None,
 ) -> ActivationStats:
     """One pass over ``loader``: the activation correlation of every group's units across the N models.
 
@@ -509,6 +520,10 @@ def collect_stats(
             groups without taps are, unless :meth:`ActivationStats.defer` names a pass that collects them.
         keep_bytes: cap on the activations kept between the models' forward passes (:class:`StatsCollector`;
             None: whole batches).
+        stop: a stopping rule (:class:`mudsc.sampling.StableMatching`): after every batch its ``update(batches,
+            {name: accumulator of the groups still collecting}, total batches or None)`` names the groups whose
+            statistics are final; later batches skip them, and the pass ends once every group is final (None:
+            every batch, up to ``max_batches``).
 
     Returns:
         :class:`ActivationStats`; ``timing["forward"]`` is the models' own forward time, ``timing["stats"]``
@@ -532,12 +547,14 @@ def collect_stats(
     collector = StatsCollector(run_models, spec, dev, backend, groups=groups, keep_bytes=keep_bytes)
     num_batches, forward = 0, 0.0
     with collector:
-        total = _loader_length(loader, max_batches)
+        total = loader_length(loader, max_batches)
         for batch in progress_bar(batches, progress, total=total, desc="mudsc stats", leave=False):
             if max_batches is not None and num_batches >= max_batches:
                 break
             forward += collector.run_batch(first_input(batch).to(dev), index=num_batches)
             num_batches += 1
+            if stop is not None and _stop_groups(collector, stop, num_batches, total):
+                break
     if num_batches == 0:
         raise ValueError("the loader yielded no batches")
     collector.check_fired()
@@ -545,4 +562,17 @@ def collect_stats(
     stats = ActivationStats(spec, len(models), collector.accumulators, num_batches,
                             {"forward": forward, "stats": collector.hook_time}, backend, transient=transient)
     stats.micro_batches, stats.kept_per_sample = collector.micro_batches, collector.kept_per_sample
+    stats.group_batches = {g.name: collector.stopped_at.get(g.name, num_batches) for g in collector.groups}
+    stats.timing["stopping_rule"] = collector.stop_time
     return stats
+
+
+def _stop_groups(collector: StatsCollector, stop, batches: int, total: Optional[int]) -> bool:
+    """Ask ``stop`` which groups still collecting are final after ``batches`` batches; whether all are."""
+    active = {name: acc for name, acc in collector.accumulators.items() if name not in collector.stopped}
+    t0 = time.perf_counter()
+    for name in set(stop.update(batches, active, total)) & set(active):
+        collector.stopped.add(name)
+        collector.stopped_at[name] = batches
+    collector.stop_time += time.perf_counter() - t0
+    return len(collector.stopped) == len(collector.accumulators)

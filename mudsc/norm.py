@@ -10,6 +10,10 @@ module's momentum and train/eval flag are restored.
 Deviation from the original: it resets only modules whose type is exactly ``nn.BatchNorm2d``; this resets every
 ``torch.nn.modules.batchnorm._BatchNorm`` (BatchNorm1d/2d/3d, SyncBatchNorm, subclasses), and runs in the
 model's own precision rather than under fp16 autocast. REPAIR's rescaling is not applied.
+
+``tol=`` stops the pass early, once the running statistics are stable across a doubling of the batches
+(:class:`mudsc.sampling.StableNorms`; what :func:`mudsc.merge` does by default); :func:`recompute_bn` also
+returns how many batches it read.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from typing import Iterable, Optional, Union
 import torch
 import torch.nn as nn
 
-__all__ = ["reset_bn", "first_input"]
+from .sampling import StableNorms
+
+__all__ = ["first_input", "recompute_bn", "reset_bn"]
 
 
 def first_input(batch):
@@ -32,7 +38,7 @@ def first_input(batch):
 
 
 def reset_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] = None,
-             device: Optional[Union[str, torch.device]] = None) -> nn.Module:
+             device: Optional[Union[str, torch.device]] = None, tol: Optional[float] = None) -> nn.Module:
     """Recompute the running statistics of every BatchNorm layer of ``model`` in place, and return it.
 
     Args:
@@ -40,17 +46,28 @@ def reset_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] = No
         loader: yields ``Tensor[B, ...]`` inputs or ``(inputs, targets)`` tuples/lists.
         max_batches: use at most this many batches (None: the whole loader).
         device: move each batch there (default: the device of the model's first parameter).
+        tol: stop once no running mean moved by more than ``tol`` standard deviations, and no running standard
+            deviation by more than ``tol`` relative, across a doubling of the batches (checked after 2, 4, 8, ...;
+            :class:`mudsc.sampling.StableNorms`). None: every batch.
 
     Raises:
         ValueError: the loader yielded no batch (the statistics would stay reset).
     """
+    recompute_bn(model, loader, max_batches, device, tol)
+    return model
+
+
+def recompute_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] = None,
+                 device: Optional[Union[str, torch.device]] = None, tol: Optional[float] = None) -> int:
+    """:func:`reset_bn`, returning the number of batches it read (0 without BatchNorm layers)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be a positive integer or None, got {max_batches!r}")
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
-        return model
+        return 0
+    rule = StableNorms(norms, tol) if tol is not None else None
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
@@ -68,6 +85,8 @@ def reset_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] = No
                     break
                 model(first_input(batch).to(device))
                 seen += 1
+                if rule is not None and rule.update(seen):
+                    break
     finally:
         for m, training in flags.items():
             m.training = training
@@ -75,4 +94,4 @@ def reset_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] = No
             m.momentum = momentum
     if seen == 0:
         raise ValueError("reset_bn: the loader yielded no batches, so the BatchNorm statistics cannot be recomputed")
-    return model
+    return seen

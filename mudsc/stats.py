@@ -207,6 +207,7 @@ class CorrelationAccumulator:
         self._sums = torch.zeros(f, dtype=torch.float64, device=self.device) if self._reference is None else None
         self._shift: Optional[torch.Tensor] = None
         self._count = 0
+        self._reference_positions = 0  # the reference's num_samples counts batch rows; positions counted here
         self._nonfinite = torch.zeros((), dtype=torch.long, device=self.device)
         self._final: Optional[tuple] = None
 
@@ -238,6 +239,7 @@ class CorrelationAccumulator:
             raise ValueError(f"the inputs enumerate different numbers of samples ({counts}); shapes {shapes}")
         if self._reference is not None:
             self._reference.update(xs, dims)
+            self._reference_positions += counts[0]
             return self
         n = counts[0]
         if n == 0:
@@ -313,6 +315,7 @@ class CorrelationAccumulator:
             raise ValueError(f"cannot merge a {other.backend!r} accumulator into a {self.backend!r} one")
         if self._reference is not None:
             self._reference.merge(other._reference)
+            self._reference_positions += other._reference_positions
             return self
         if other._count == 0:
             return self
@@ -429,6 +432,12 @@ class CorrelationAccumulator:
     def num_samples(self) -> int:
         """Samples accumulated (every non-channel position counts; the reference counts batch rows)."""
         return self._reference.num_samples if self._reference is not None else self._count
+
+    @property
+    def num_positions(self) -> int:
+        """Sample positions fed so far: every non-channel position, on both backends (what :attr:`num_samples`
+        counts natively; the reference's counts batch rows)."""
+        return self._reference_positions if self._reference is not None else self._count
 
     @property
     def nonfinite_count(self) -> int:

@@ -109,6 +109,20 @@ def test_device_cpu_merges(tmp_path, checkpoints, capsys):
     assert (tmp_path / "merged.pt").is_file()
 
 
+@pytest.mark.parametrize("flag, adaptive", [((), True), (("--full-pass",), False)])
+def test_full_pass_turns_the_adaptive_sample_count_off(flag, adaptive, tmp_path, checkpoints, monkeypatch, capsys):
+    seen = {}
+    real = mudsc.merge
+
+    def spy(*args, **kwargs):
+        seen["adaptive"] = kwargs.get("adaptive")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mudsc, "merge", spy)
+    assert main(_argv(checkpoints, "--out", str(tmp_path / "merged.pt"), *flag)) == 0
+    assert seen == {"adaptive": adaptive}
+
+
 def test_an_os_error_while_writing_is_one_line(tmp_path, checkpoints, monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -93,6 +93,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="batch size of mnist/random data")
     p.add_argument("--num-samples", type=int, default=512, help="images of the random data")
     p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--full-pass", action="store_true",
+                   help="read every batch (up to --max-batches) in the statistics pass and the BatchNorm reset, "
+                        "instead of stopping once more data stops changing the result (mudsc.sampling)")
     p.add_argument("--device", default=None,
                    help="where the statistics pass runs (cpu, cuda, cuda:N, ...; default: the models' device, "
                         "cpu); refused before the models load when this machine does not have it")
@@ -303,7 +306,7 @@ def _merge_models(args):
                        reduce=args.reduce, alpha=args.alpha, beta=args.beta, zip_decay=args.zip_decay,
                        max_sweeps=args.max_sweeps,
                        patience=args.patience, seed=args.seed, max_batches=args.max_batches, device=device,
-                       backend=args.backend, progress=not args.no_progress)
+                       backend=args.backend, progress=not args.no_progress, adaptive=not args.full_pass)
 
 
 def run(args) -> int:

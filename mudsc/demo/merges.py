@@ -71,7 +71,9 @@ def merge_or_load(endpoints, loader, method: str, spec, backend: str, cache: Pat
         cached = _load_cached(plan_path, meta_path, endpoints, evaluate is not None, log)
         if cached is not None:
             return cached
-    res = merge(endpoints, loader, method=method, spec=spec, progress=False, backend=backend)
+    # the paper's protocol: statistics and BatchNorm reset over the whole merge loader (bench_samples.py measures
+    # what the adaptive default changes on these endpoints)
+    res = merge(endpoints, loader, method=method, spec=spec, progress=False, backend=backend, adaptive=False)
     timing = {k: float(v) for k, v in res.report.get("timing", {}).items()}
     acc = evaluate(res.model) if evaluate is not None else None
     plan_path.parent.mkdir(parents=True, exist_ok=True)

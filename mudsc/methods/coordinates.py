@@ -22,7 +22,7 @@ from ..maps import MatchResult
 from ..matching import group_permute_match, group_zip_match, permute_match, zip_match
 from ..spec import Group, PermSpec
 
-__all__ = ["coordinates", "solve_coordinate"]
+__all__ = ["coordinates", "solve_coordinate", "solve_group"]
 
 _HEAD_PENALTY = -1.0e4  # below any correlation mix (|S| <= 1): forbids head pairs outside the joint pairing
 
@@ -64,7 +64,7 @@ def _restrict_to_pairing(sim: np.ndarray, n: int, g: int, pairing: List[np.ndarr
     return s
 
 
-def _solve_group(group: Group, sim: np.ndarray, n: int, solver: str, reduce, alpha, beta, backend,
+def solve_group(group: Group, sim: np.ndarray, n: int, solver: str, reduce, alpha, beta, backend,
                  decay: str = "same-model") -> MatchResult:
     """One group's map: LAP alignment or zip, in the group form when it has blocks (heads, GN groups)."""
     if solver == "lap":
@@ -86,7 +86,7 @@ def solve_coordinate(groups: List[Group], sims: Dict[str, torch.Tensor], n: int,
         g = groups[0].num_blocks
         pairing = _joint_head_pairing([arrays[x.name] for x in groups], n, g, backend)
         arrays = {name: _restrict_to_pairing(a, n, g, pairing) for name, a in arrays.items()}
-    return {grp.name: _solve_group(grp, arrays[grp.name], n, solver, reduce, alpha, beta, backend, decay)
+    return {grp.name: solve_group(grp, arrays[grp.name], n, solver, reduce, alpha, beta, backend, decay)
             for grp in groups}
 
 

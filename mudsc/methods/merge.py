@@ -14,14 +14,15 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ..collect import collect_stats, packed_moments
+from ..collect import collect_stats, loader_length, packed_moments
 from ..inputs import check_device, check_finite_weights, check_max_batches, check_models, peek
 from ..memory import SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, keep_bytes, parse_bytes, plan_passes
-from ..norm import reset_bn
+from ..norm import recompute_bn
 from ..plan import MergePlan
 from ..probe import run_named
+from ..sampling import MATCH_TOL, NORM_TOL, StableMatching, check_tolerance
 from ..spec import PermSpec, SpecTraceError, trace
-from .coordinates import coordinates
+from .coordinates import coordinates, solve_group
 from .descent import run_matching
 from .registry import check_hyperparameters, check_method
 from .widths import check_widths, default_reduce
@@ -42,7 +43,9 @@ class MergeResult:
             ``trace``, ``width_probe``, ``forward`` (the models' forward passes of the statistics pass),
             ``stats`` (the rest of that pass), ``similarity`` and ``solve`` (of the matching), ``matching_other``
             (the rest of it: correlations, bookkeeping, fingerprints), ``apply``, ``final_check`` (the merged
-            model's forward pass) and ``reset_bn``.
+            model's forward pass) and ``reset_bn``. ``samples``: what the passes read (:mod:`mudsc.sampling`):
+            ``{"adaptive", "loader_batches", "stats_batches", "group_batches", "stopped_early": {group: batches},
+            "solves", "rule_seconds", "bn_batches"}``; ``memory``: the memory plan and the measured peaks.
     """
 
     model: nn.Module
@@ -71,6 +74,8 @@ def merge(
     reset_bn_stats: bool = True,
     zip_decay: str = "same-model",
     max_memory: Optional[Union[int, str]] = None,
+    adaptive: bool = True,
+    sample_tol: float = MATCH_TOL,
 ) -> MergeResult:
     """Merge N models of one architecture into one, without training.
 
@@ -81,16 +86,18 @@ def merge(
         method: one of ``mudsc.METHODS`` (default ``"mudsc-zip"``).
         spec: the models' :class:`mudsc.PermSpec` (default: ``mudsc.trace(models[0], example_inputs)``). For a
             model ``torch.fx`` cannot trace (data-dependent control flow such as ``if x.sum() > 0:``) or whose
-            constructs the tracer does not support, write the spec by hand (``mudsc.PermSpec([Group(name, size,
-            [Member(tensor name, axis, "output" | "input"), ...], taps=[Tap(module, kind, channel_dim)])])`` with
-            ``Group``, ``Member``, ``Tap`` from ``mudsc.spec``, or :meth:`mudsc.PermSpec.from_dict`), check it with
-            :func:`mudsc.check_spec`, and pass it here. ``method="avg"`` needs none: without ``spec`` it traces
+            constructs the tracer does not support, write it by hand (``PermSpec([Group(name, size, [Member(tensor
+            name, axis, "output" | "input"), ...], taps=[Tap(module, kind, channel_dim)])])``, from ``mudsc.spec``,
+            or :meth:`mudsc.PermSpec.from_dict`), check it with :func:`mudsc.check_spec`, and pass it here. ``method="avg"`` needs none: without ``spec`` it traces
             nothing and averages every tensor (identity maps; the plan's spec and the report's groups are empty).
         example_inputs: inputs for tracing (default: two samples of the loader's first batch; unused by ``"avg"``).
         balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay: see :func:`match` (``reduce``
             defaults to ``1 - 1/N``, which keeps the input widths; one that changes them is accepted only when the
             model runs with the new widths, checked before the statistics pass: :mod:`mudsc.methods.widths`).
-        max_batches: batches of the statistics pass and of the BatchNorm reset (None: all).
+        max_batches: at most this many batches in the statistics pass and in the BatchNorm reset (None: all).
+        adaptive, sample_tol: stop both early once more data stops changing them (:mod:`mudsc.sampling`: a group's
+            map from half its batches loses <= ``sample_tol`` of mean merged correlation; the BatchNorm statistics
+            drift < ``NORM_TOL``); ``report["samples"]`` says what was read. False: every batch.
         device: where the statistics pass runs (default: model 0's device).
         backend: ``"auto"`` | ``"native"`` | ``"reference"`` for every solver, statistic and similarity.
         progress: tqdm bars on the data pass and the sweeps.
@@ -108,17 +115,10 @@ def merge(
     models = check_models(models)
     reduce = default_reduce(len(models)) if reduce is None else reduce
     check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay)
-    check_max_batches(max_batches)
-    if max_memory is not None:
-        parse_bytes(max_memory)
-    device = check_device(device)
-    check_finite_weights(models)
-    if spec is not None and not isinstance(spec, PermSpec):
-        raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
+    device = _check_arguments(models, spec, max_batches, adaptive, sample_tol, max_memory, device)
     first, loader, one_shot = _peek_loader(loader, info_m.activations, method)
-    timing = {"checks": time.perf_counter() - t_start, "trace": 0.0, "width_probe": 0.0, "forward": 0.0,
-              "stats": 0.0, "similarity": 0.0, "solve": 0.0, "matching_other": 0.0, "apply": 0.0, "final_check": 0.0,
-              "reset_bn": 0.0}
+    timing = dict.fromkeys(STAGES, 0.0)
+    timing["checks"] = time.perf_counter() - t_start
     if spec is None:
         t0 = time.perf_counter()
         spec = _trace(models[0], example_inputs, first, needs_groups=info_m.solver is not None)
@@ -129,8 +129,10 @@ def merge(
         t0 = time.perf_counter()
         check_widths(models, spec, info_m, reduce, probe_inputs)
         timing["width_probe"] = time.perf_counter() - t0
+    rule = _stopping_rule(spec, len(models), info_m.solver, (reduce, alpha, beta, zip_decay), backend,
+                          sample_tol if adaptive else None)
     stats, memory, stats_wall = (_statistics(models, spec, info_m, loader, one_shot, max_memory, max_batches, device,
-                                             backend, progress) if info_m.activations else (None, None, 0.0))
+                                             backend, progress, rule) if info_m.activations else (None, None, 0.0))
     # the models, weights and hyperparameters were checked above, before the statistics pass
     t0 = time.perf_counter()
     plan = run_matching(models, spec, info_m, stats, balance, reduce, alpha, beta, max_sweeps, patience, seed,
@@ -143,12 +145,34 @@ def merge(
         t0 = time.perf_counter()
         run_named(model, probe_inputs, "the merged model")
         timing["final_check"] = time.perf_counter() - t0
-    if reset_bn_stats and loader is not None:
-        timing["reset_bn"] = _reset_bn(model, loader, one_shot and info_m.activations, max_batches, device)
+    timing["reset_bn"], bn_batches = _reset_bn(model, loader if reset_bn_stats else None,
+                                               one_shot and info_m.activations, max_batches, device,
+                                               NORM_TOL if adaptive else None)
     timing["total"] = time.perf_counter() - t_start
-    report = _report(method, len(models), spec, plan, stats, timing)
-    report["memory"] = _memory_report(memory, device if device is not None else _device_of(models[0]), stats)
+    report = _report(method, len(models), spec, plan, stats, timing,
+                     _samples_report(adaptive, loader_length(loader, max_batches), stats, rule, bn_batches),
+                     _memory_report(memory, device if device is not None else _device_of(models[0]), stats))
     return MergeResult(model=model, plan=plan, report=report)
+
+
+STAGES = ("checks", "trace", "width_probe", "forward", "stats", "similarity", "solve", "matching_other", "apply",
+          "final_check", "reset_bn")  # report["timing"]'s stages, in order; they add up to its "total"
+
+
+def _check_arguments(models, spec, max_batches, adaptive, sample_tol, max_memory, device) -> Optional[torch.device]:
+    """The arguments :func:`merge` checks after the method and hyperparameters, before any data moves; the
+    checked device."""
+    check_max_batches(max_batches)
+    if not isinstance(adaptive, bool):
+        raise TypeError(f"adaptive must be True or False, got {adaptive!r}")
+    check_tolerance(sample_tol)
+    if max_memory is not None:
+        parse_bytes(max_memory)
+    device = check_device(device)
+    check_finite_weights(models)
+    if spec is not None and not isinstance(spec, PermSpec):
+        raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
+    return device
 
 
 # Solves of the activation-only matching that run at once (the zips and LAPs are single-threaded native code that
@@ -187,16 +211,34 @@ def _memory_plan(models, spec: PermSpec, info_m, dev: torch.device, max_memory, 
     return memory
 
 
-def _statistics(models, spec: PermSpec, info_m, loader, one_shot, max_memory, max_batches, device, backend, progress):
+def _stopping_rule(spec: PermSpec, n: int, solver: Optional[str], zip_args: tuple, backend: str,
+                   tol: Optional[float]) -> Optional[StableMatching]:
+    """The statistics pass's stopping rule at ``tol`` (:mod:`mudsc.sampling`; its per-group state serves every
+    pass of the memory plan), solving with the method's own solver and ``(reduce, alpha, beta, decay)``; None for
+    ``tol=None`` (every batch)."""
+    if tol is None or solver is None:
+        return None
+    reduce, alpha, beta, decay = zip_args
+    groups = {g.name: g for g in spec.groups}
+
+    def solve(name, sim):
+        return solve_group(groups[name], sim, n, solver, reduce, alpha, beta, backend, decay).labels
+
+    return StableMatching(solve, tol)
+
+
+def _statistics(models, spec: PermSpec, info_m, loader, one_shot, max_memory, max_batches, device, backend, progress,
+                rule: Optional[StableMatching] = None):
     """``(stats, memory plan, seconds)``: the transient statistics of the first chunk of the memory plan, the
-    other chunks deferred to the matching (one more pass each, run when it first asks for one of their groups)."""
+    other chunks deferred to the matching (one more pass each, run when it first asks for one of their groups);
+    ``rule`` may end each pass early."""
     t0 = time.perf_counter()
     dev = device if device is not None else _device_of(models[0])
     memory = _memory_plan(models, spec, info_m, dev, max_memory, one_shot, backend)
 
     def collect(names):
         return collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
-                             progress=progress, transient=True, groups=names, keep_bytes=keep_bytes(dev))
+                             progress=progress, transient=True, groups=names, keep_bytes=keep_bytes(dev), stop=rule)
 
     stats = collect(memory.chunks[0] if memory.passes > 1 else None)
     if memory.passes > 1:
@@ -286,21 +328,38 @@ def _on_device_of(model: nn.Module, inputs: Any) -> Any:
     return tuple(t.to(param.device) if isinstance(t, torch.Tensor) else t for t in inputs)
 
 
-def _reset_bn(model: nn.Module, loader: Iterable, consumed: bool, max_batches, device) -> float:
-    """Recompute the merged model's BatchNorm statistics (if it has any) with ``loader``; seconds taken. A
-    ``consumed`` one-shot loader cannot be read again: warn instead."""
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return 0.0
+def _reset_bn(model: nn.Module, loader: Iterable, consumed: bool, max_batches, device, tol: Optional[float]) -> tuple:
+    """Recompute the merged model's BatchNorm statistics (if it has any) with ``loader``, stopping early at
+    ``tol`` (:func:`mudsc.norm.recompute_bn`); ``(seconds, batches read or None)``. A ``consumed`` one-shot loader
+    cannot be read again: warn instead. No loader: nothing to do."""
+    if loader is None or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return 0.0, None
     if consumed:
         warnings.warn("the loader is a one-shot iterator consumed by the statistics pass, so the merged model's "
                       "BatchNorm statistics were not recomputed; pass a re-iterable loader (a DataLoader or list)")
-        return 0.0
+        return 0.0, None
     t0 = time.perf_counter()
-    reset_bn(model, loader, max_batches=max_batches, device=device)
-    return time.perf_counter() - t0
+    batches = recompute_bn(model, loader, max_batches=max_batches, device=device, tol=tol)
+    return time.perf_counter() - t0, batches
 
 
-def _report(method: str, num_models: int, spec: PermSpec, plan: MergePlan, stats, timing: Dict[str, float]) -> dict:
+def _samples_report(adaptive: bool, loader_batches: Optional[int], stats, rule: Optional[StableMatching],
+                    bn_batches: Optional[int]) -> dict:
+    """``report["samples"]``: how much of the loader each pass read (:mod:`mudsc.sampling`)."""
+    return {
+        "adaptive": adaptive,
+        "loader_batches": loader_batches,  # None: a loader without len()
+        "stats_batches": stats.num_batches if stats is not None else 0,
+        "group_batches": dict(stats.group_batches) if stats is not None else {},
+        "stopped_early": dict(rule.stopped_at) if rule is not None else {},
+        "solves": rule.checks if rule is not None else 0,
+        "rule_seconds": stats.timing.get("stopping_rule", 0.0) if stats is not None else 0.0,
+        "bn_batches": bn_batches,
+    }
+
+
+def _report(method: str, num_models: int, spec: PermSpec, plan: MergePlan, stats, timing: Dict[str, float],
+            samples: dict, memory: dict) -> dict:
     """:attr:`MergeResult.report` (see there)."""
     return {
         "method": method,
@@ -313,4 +372,6 @@ def _report(method: str, num_models: int, spec: PermSpec, plan: MergePlan, stats
         "fallback_groups": plan.info["fallback_groups"],
         "num_batches": stats.num_batches if stats is not None else 0,
         "timing": timing,
+        "samples": samples,
+        "memory": memory,
     }
