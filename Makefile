@@ -71,6 +71,7 @@ bench: build
 	$(PY) benchmarks/bench_zip.py
 	$(PY) benchmarks/bench_stats.py
 	$(PY) benchmarks/bench_merge.py
+	$(PY) benchmarks/bench_samples.py
 
 bench-quick: build
 	$(PY) benchmarks/bench_lap.py --quick

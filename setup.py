@@ -113,7 +113,10 @@ def torch_extension():
     sources = [
         str(p.relative_to(ROOT)) for d in ("csrc/ops", "csrc/ops/cpu") for p in sorted((ROOT / d).glob("*.cpp"))
     ]
-    cxx = ["-std=c++20", *OPT, *ARCH]  # torch >= 2.10 headers need C++20; ARCH vectorises the prepare loops
+    # torch >= 2.10 headers need C++20; ARCH vectorises the prepare loops. -fopenmp: ATen's at::parallel_for is
+    # inline OpenMP (AT_PARALLEL_OPENMP) and runs on one thread in code compiled without it; at run time its
+    # calls bind to the libgomp torch has loaded.
+    cxx = ["-std=c++20", *OPT, *ARCH, "-fopenmp"]
     include_dirs = [str(ROOT / "csrc/core"), str(ROOT / "csrc/ops")]
     if with_cuda:
         sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/ops/cuda").glob("*.cu"))
@@ -137,12 +140,12 @@ def torch_extension():
             include_dirs=include_dirs,
             # The library file itself (pip ships only libcublas.so.N): the module then needs its soname, which
             # torch's CUDA library has already loaded when mudsc._C is imported.
-            extra_link_args=[str(cublas), f"-Wl,-rpath-link,{cublas.parent}"],
+            extra_link_args=[str(cublas), f"-Wl,-rpath-link,{cublas.parent}", "-fopenmp"],
             extra_compile_args={"cxx": cxx, "nvcc": [*OPT, "-std=c++20", "--expt-relaxed-constexpr"]},
         )
     else:
         ext = cpp_extension.CppExtension(
-            "mudsc._C", sources=sources, include_dirs=include_dirs, extra_compile_args=cxx
+            "mudsc._C", sources=sources, include_dirs=include_dirs, extra_compile_args=cxx, extra_link_args=["-fopenmp"]
         )
     lines = [
         f"torch                 : {torch.__version__} (CUDA {torch.version.cuda})",

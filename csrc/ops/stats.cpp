@@ -292,31 +292,47 @@ Diagonal diagonal_cpu(const at::Tensor& moment, const at::Tensor& sums, int64_t 
 }
 
 // visit(i, j, c, r) once for every i <= j with the covariance c and the correlation r of features i and j,
-// over 32 x 32 tiles of the upper triangle in parallel (the visitor writes (i, j) and its mirror).
+// over 32 x 32 tiles of the upper triangle in parallel (the visitor writes (i, j) and its mirror). Tile row k
+// (features 32k .. 32k + 31 against every later feature) goes with tile row tiles - 1 - k, so that every task
+// holds the same work and two threads split the triangle evenly (contiguous ranges of tile rows do not: the
+// first half of the rows holds three quarters of the triangle). A row's segment of a tile is computed into a
+// local buffer first, a loop without stores to other rows, which the compiler vectorizes.
 template <class Visit>
 void visit_upper_cpu(const at::Tensor& moment, const Diagonal& g, int64_t F, double n, double eps, Visit visit) {
   const double* m = moment.const_data_ptr<double>();
   const bool* zp = g.zero.const_data_ptr<bool>();
+  const double* dp = g.d.data();
+  const double* sp = g.sigma.data();
   constexpr int64_t T = 32;
   const int64_t tiles = (F + T - 1) / T;
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t ti = t0; ti < t1; ++ti) {
-      const int64_t i0 = ti * T, i1 = std::min(F, i0 + T);
-      for (int64_t j0 = i0; j0 < F; j0 += T) {
-        const int64_t j1 = std::min(F, j0 + T);
-        for (int64_t i = i0; i < i1; ++i) {
-          for (int64_t j = std::max(j0, i); j < j1; ++j) {
-            const double c = i == j ? g.var[i] : m[g.row[i] + j] / n - g.d[i] * g.d[j];
-            double r;
-            if (zp[i] || zp[j]) {
-              r = (i == j) ? 1.0 : 0.0;
-            } else {
-              r = c / std::max(g.sigma[i] * g.sigma[j], eps);
-            }
-            visit(i, j, c, r);
+  auto tile_row = [&](int64_t ti) {
+    double cs[T], rs[T];
+    const int64_t i0 = ti * T, i1 = std::min(F, i0 + T);
+    for (int64_t j0 = i0; j0 < F; j0 += T) {
+      const int64_t j1 = std::min(F, j0 + T);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t jb = std::max(j0, i), w = j1 - jb;
+        const double* mi = m + g.row[i] + jb;
+        const double di = dp[i], si = sp[i];
+        for (int64_t k = 0; k < w; ++k) {
+          cs[k] = mi[k] / n - di * dp[jb + k];
+          rs[k] = cs[k] / std::max(si * sp[jb + k], eps);
+        }
+        for (int64_t k = 0; k < w; ++k) {
+          const int64_t j = jb + k;
+          if (j == i) {
+            visit(i, j, g.var[i], zp[i] ? 1.0 : g.var[i] / std::max(si * si, eps));
+          } else {
+            visit(i, j, cs[k], (zp[i] || zp[j]) ? 0.0 : rs[k]);
           }
         }
       }
+    }
+  };
+  at::parallel_for(0, (tiles + 1) / 2, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      tile_row(p);
+      if (tiles - 1 - p != p) tile_row(tiles - 1 - p);
     }
   });
 }
