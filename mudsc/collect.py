@@ -64,7 +64,7 @@ class ActivationStats:
         self.timing = dict(timing)
         self.backend = backend
         self.transient = bool(transient)
-        self._sizes = {g: (acc.num_samples, acc.num_features) for g, acc in accumulators.items()}
+        self._sizes = {g: (acc.num_positions, acc.num_features) for g, acc in accumulators.items()}
         self._cache: Dict[str, torch.Tensor] = {}
         self._dead: Dict[str, torch.Tensor] = {}
         self._released: set = set()
@@ -468,8 +468,8 @@ class StatsCollector:
 def _warn_underdetermined(accumulators: Dict[str, CorrelationAccumulator]) -> None:
     """Warn for groups with fewer samples than units: their correlation is rank-deficient, so many matchings fit
     it equally well."""
-    few = [(name, acc.num_samples, acc.num_features) for name, acc in accumulators.items()
-           if acc.num_samples < acc.num_features]
+    few = [(name, acc.num_positions, acc.num_features) for name, acc in accumulators.items()
+           if acc.num_positions < acc.num_features]
     if few:
         name, samples, units = few[0]
         more = f" (and {len(few) - 1} more groups)" if len(few) > 1 else ""

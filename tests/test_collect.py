@@ -148,3 +148,24 @@ def test_batches_over_the_kept_activation_cap_run_in_micro_batches():
         assert tight.accumulators[name].num_samples == acc.num_samples == 24
         # (the shift is the first micro-batch's mean, so the float32 products round differently)
         torch.testing.assert_close(tight.accumulators[name].covariance(), acc.covariance(), rtol=1e-5, atol=1e-7)
+
+
+def test_underdetermined_counts_sample_positions_on_both_backends():
+    # 4 images of 8x8: every tap of the first conv group gives 4 * 64 = 256 positions for its 2 * 16 units, but
+    # only 4 batch rows (what the reference accumulator's num_samples counts)
+    import warnings
+
+    torch.manual_seed(0)
+    ms = [mudsc.models.resnet20(width=1) for _ in range(2)]
+    spec = trace(ms[0], torch.randn(2, 3, 8, 8))
+    batch = [torch.randn(4, 3, 8, 8)]
+    stats = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "fewer samples than units" warning: the group is determined
+        for backend in ("native", "reference"):
+            stats[backend] = collect_stats(ms, spec, batch, progress=False, backend=backend, groups=["conv1"])
+    native, reference = (stats[b].accumulators["conv1"] for b in ("native", "reference"))
+    assert reference.num_samples < 32 <= native.num_samples  # the two counts differ ...
+    assert reference.num_positions == native.num_positions == native.num_samples  # ... the positions do not
+    assert native.num_positions % 256 == 0
+    assert not stats["native"].underdetermined("conv1") and not stats["reference"].underdetermined("conv1")
