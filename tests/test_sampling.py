@@ -193,6 +193,10 @@ def test_merge_stops_the_passes_early_by_default_and_reads_everything_when_asked
         two = mudsc.merge(ms, loader.batches, method="zipit", adaptive=False, max_batches=2, **FAST)
     for name in two.plan.maps:  # every group stopped after 2 batches: the plan of the first 2 batches
         np.testing.assert_array_equal(fast.plan.maps[name].labels, two.plan.maps[name].labels, err_msg=name)
+    for res in (full, fast):  # the merged models load into a fresh instance and run
+        fresh = models.resnet20(width=1)
+        fresh.load_state_dict(res.model.state_dict(), strict=True)
+        assert torch.isfinite(fresh.eval()(loader.batches[0][0])).all()
     timing = dict(fast.report["timing"])
     total = timing.pop("total")
     assert abs(sum(timing.values()) - total) <= 0.02 * total + 1e-3
@@ -216,6 +220,9 @@ def test_chunked_adaptive_merges_stop_every_group_where_the_single_pass_does(met
                 continue
     assert chunked is not None and chunked.report["memory"]["passes"] > 1
     assert chunked.report["samples"]["group_batches"] == whole.report["samples"]["group_batches"]
+    fresh = models.resnet20(width=1)
+    fresh.load_state_dict(chunked.model.state_dict(), strict=True)
+    assert torch.isfinite(fresh.eval()(loader[0][0])).all()
     for name in whole.plan.maps:
         np.testing.assert_array_equal(chunked.plan.maps[name].labels, whole.plan.maps[name].labels, err_msg=name)
 
