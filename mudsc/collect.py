@@ -272,8 +272,7 @@ class StatsCollector:
         self._handles: list = []
         self._flags: list = []
         self._first_shape: tuple = ()
-        self.stopped: set = set()  # groups whose statistics are final (a stopping rule said so): hooks skip them
-        self.stopped_at: Dict[str, int] = {}  # and the batches each had then
+        self.stopped_at: Dict[str, int] = {}  # groups whose statistics are final (hooks skip them): their batches
         self.stop_time = 0.0  # seconds of the stopping rule
 
     def __enter__(self) -> "StatsCollector":
@@ -319,7 +318,7 @@ class StatsCollector:
     def _consume(self, i: int, g: Group, t_index: int, x: torch.Tensor, tap, where: str) -> None:
         """Keep model ``i``'s tapped tensor until model N-1's hook of the same call feeds all N of them."""
         key = (g.name, t_index)
-        if g.name in self.stopped:
+        if g.name in self.stopped_at:
             return
         if self._measure is not None:
             if i == 0:  # held until the forward ends, as a kept tensor is (a freed one's address is reused)
@@ -483,9 +482,9 @@ def loader_length(loader, max_batches: Optional[int] = None) -> Optional[int]:
         length = len(loader) if hasattr(loader, "__len__") else None
     except TypeError:
         length = None
-    if length is None or max_batches is None:
-        return max_batches if length is None else length
-    return min(length, max_batches)
+    if length is None:
+        return max_batches
+    return length if max_batches is None else min(length, max_batches)
 
 
 def collect_stats(
@@ -569,10 +568,9 @@ def collect_stats(
 
 def _stop_groups(collector: StatsCollector, stop, batches: int, total: Optional[int]) -> bool:
     """Ask ``stop`` which groups still collecting are final after ``batches`` batches; whether all are."""
-    active = {name: acc for name, acc in collector.accumulators.items() if name not in collector.stopped}
+    active = {name: acc for name, acc in collector.accumulators.items() if name not in collector.stopped_at}
     t0 = time.perf_counter()
     for name in set(stop.update(batches, active, total)) & set(active):
-        collector.stopped.add(name)
         collector.stopped_at[name] = batches
     collector.stop_time += time.perf_counter() - t0
-    return len(collector.stopped) == len(collector.accumulators)
+    return len(collector.stopped_at) == len(collector.accumulators)

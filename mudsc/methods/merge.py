@@ -88,8 +88,8 @@ def merge(
             model ``torch.fx`` cannot trace (data-dependent control flow such as ``if x.sum() > 0:``) or whose
             constructs the tracer does not support, write it by hand (``PermSpec([Group(name, size, [Member(tensor
             name, axis, "output" | "input"), ...], taps=[Tap(module, kind, channel_dim)])])``, from ``mudsc.spec``,
-            or :meth:`mudsc.PermSpec.from_dict`), check it with :func:`mudsc.check_spec`, and pass it here. ``method="avg"`` needs none: without ``spec`` it traces
-            nothing and averages every tensor (identity maps; the plan's spec and the report's groups are empty).
+            or :meth:`mudsc.PermSpec.from_dict`), check it with :func:`mudsc.check_spec`, and pass it here. ``avg``
+            needs none: it then traces nothing and averages every tensor (no groups in the plan or the report).
         example_inputs: inputs for tracing (default: two samples of the loader's first batch; unused by ``"avg"``).
         balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay: see :func:`match` (``reduce``
             defaults to ``1 - 1/N``, which keeps the input widths; one that changes them is accepted only when the
