@@ -5,7 +5,8 @@ Cases (N = 2 models with random weights from seeds 0 and 1, Gaussian 224x224 ima
 
 - timm ``vit_small_patch16_224`` (``vit-s16``), ``vit_base_patch16_224`` (``vit-b16``), ``vit_large_patch16_224``
   (``vit-l16``), ``vit_huge_patch14_224`` (``vit-h14``);
-- torchvision ``resnet50`` and ``vgg16_bn`` (``resnet50``, ``vgg16``), and ``vgg11_bn`` (``vgg11``, for ``avg``).
+- torchvision ``resnet50`` and ``vgg16_bn`` (``resnet50``, ``vgg16``), and ``vgg11_bn`` (``vgg11``, for ``avg``);
+- the package's own ResNet-20x8 (BN, 32x32 images, ``resnet20x8``: the trace of a small model inside its merge).
 
 Every case runs in a subprocess of its own, so that its peak RSS (``resource.getrusage``, the whole process:
 models, data and merge) is its own. In that process, in this order:
@@ -46,6 +47,7 @@ CASES = {
     "resnet50": ("torchvision", "resnet50", 224),
     "vgg16": ("torchvision", "vgg16_bn", 224),
     "vgg11": ("torchvision", "vgg11_bn", 224),
+    "resnet20x8": ("mudsc", "resnet20", 32),
 }
 
 
@@ -59,6 +61,10 @@ def build(case: str, seed: int):
         import timm
 
         model = timm.create_model(name, pretrained=False)
+    elif library == "mudsc":
+        import mudsc
+
+        model = mudsc.models.resnet20(width=8, num_classes=10)
     else:
         import torchvision
 

@@ -293,8 +293,73 @@ def test_has_tied_maxima():
     assert not has_tied_maxima(s, 1e-6) and has_tied_maxima(s, 1e-6, floor=0.5)
 
 
+def test_has_tied_maxima_matches_its_definition_row_by_row():
+    """Against a brute-force reading of the docstring, on matrices whose diagonal is sometimes not the row maximum
+    (a dead unit's row takes weight similarities) and whose rows hold exact ties at 1 with and without it."""
+    from mudsc.methods.descent import has_tied_maxima
+
+    gen = torch.Generator().manual_seed(5)
+
+    def brute(s, tol, floor):
+        for i in range(s.shape[0]):
+            off = sorted((float(s[i, j]) for j in range(s.shape[0]) if j != i), reverse=True)
+            if off[0] - off[1] <= tol and off[1] >= floor:
+                return True
+        return False
+
+    seen = set()
+    for trial in range(300):
+        n = int(torch.randint(3, 9, (1,), generator=gen))
+        s = torch.rand(n, n, generator=gen) * 0.998
+        s = (s + s.T) / 2
+        s.fill_diagonal_(1.0)
+        for _ in range(int(torch.randint(0, 4, (1,), generator=gen))):  # exact ties at 1 (twins, sparse units)
+            i, j = torch.randint(0, n, (2,), generator=gen).tolist()
+            s[i, j] = s[j, i] = 1.0
+        if trial % 3 == 0:  # a row whose diagonal is below some of its entries
+            i = int(torch.randint(0, n, (1,), generator=gen))
+            s[i, i] = 0.5
+        expected = brute(s, 1e-6, 0.999)
+        seen.add(expected)
+        assert has_tied_maxima(s, 1e-6) == expected, s
+    assert seen == {True, False}
+
 def test_tie_break_is_checked():
     ms = _seeded(lambda: models.mlp(in_features=12, hidden=(8,)), 2)
     spec = mudsc.trace(ms[0], torch.randn(2, 12))
     with pytest.raises(ValueError, match="tie_break must be a number in"):
         mudsc.match(ms, spec, "rebasin", tie_break=0.5, progress=False)
+
+
+def test_an_underdetermined_group_without_ties_gets_no_weight_similarity(monkeypatch):
+    """Fewer samples than units makes correlations noisier, not tied: zipit then stays activation-only (no
+    weight moments, which on a large model cost as much as the statistics), and the warning still comes."""
+    from mudsc.methods.descent import Descent
+
+    torch.manual_seed(0)
+    a, b = (nn.Sequential(nn.Linear(12, 48), nn.ReLU(), nn.Linear(48, 3)).eval() for _ in range(2))
+    loader = [torch.randn(20, 12, generator=torch.Generator().manual_seed(1))]
+    spec = mudsc.trace(a, loader[0][:2])
+    with pytest.warns(UserWarning, match="samples for its"):
+        stats = mudsc.collect_stats([a, b], spec, loader, progress=False)
+    (group,) = [g for g in spec.groups if g.size == 48]
+    assert stats.underdetermined(group.name) and stats.degenerate_units(group.name).numel() == 0
+    calls = []
+    real = Descent.weight_part
+    monkeypatch.setattr(Descent, "weight_part", lambda self, g: calls.append(g.name) or real(self, g))
+    mudsc.match([a, b], spec, "zipit", stats=stats, progress=False)
+    assert calls == []
+    # a tie makes it ask for them: three units of model a that fire on sample 0 only (x0 = 10 there, below 9
+    # elsewhere) correlate exactly 1 with each other
+    loader[0][0, 0] = 10.0
+    assert float(loader[0][1:, 0].max()) < 9.0
+    with torch.no_grad():
+        w = torch.tensor([5.0, 3.0, 4.0])
+        a[0].weight[:3] = 0.0
+        a[0].weight[:3, 0] = w
+        a[0].bias[:3] = -9.0 * w
+    with pytest.warns(UserWarning, match="samples for its"):
+        stats = mudsc.collect_stats([a, b], spec, loader, progress=False)
+    assert stats.degenerate_units(group.name).numel() == 0
+    mudsc.match([a, b], spec, "zipit", stats=stats, progress=False)
+    assert group.name in calls

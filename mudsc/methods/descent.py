@@ -62,9 +62,11 @@ def has_tied_maxima(sim: torch.Tensor, tol: float, floor: float = TIE_FLOOR) -> 
     n = sim.shape[0]
     if n < 3:
         return False
-    off = sim.float().clone()
-    off.fill_diagonal_(-math.inf)
-    top = torch.topk(off, 2, dim=1).values
+    # The three largest entries of each row hold its two largest off-diagonal ones (the diagonal, masked, is at
+    # most one of them): one pass over ``sim``, without a copy of it.
+    vals, idx = torch.topk(sim.float(), 3, dim=1)
+    diagonal = idx == torch.arange(n, device=idx.device).unsqueeze(1)
+    top = vals.masked_fill(diagonal, -math.inf).sort(dim=1, descending=True).values
     return bool(((top[:, 0] - top[:, 1] <= tol) & (top[:, 1] >= floor)).any())
 
 
@@ -120,11 +122,12 @@ class Descent:
         return weight_moments(pieces, self.cache, group.name, keys).correlation(1e-7, dtype=torch.float32).cpu()
 
     def _ambiguous(self, name: str, act: torch.Tensor) -> bool:
-        """Whether the activation similarity of group ``name`` leaves its matching open: the group has fewer
-        samples than units, or some unit's best match is tied (:func:`has_tied_maxima`). Decided once per group
-        (the activation term does not change during the descent)."""
+        """Whether the activation similarity of group ``name`` leaves its matching open: some unit's best match
+        is tied (:func:`has_tied_maxima`). Decided once per group (the activation term does not change during the
+        descent). A group with fewer samples than units is not open as such: its correlations are noisier, not
+        tied, and the ties it can have (sparse units firing on the same few samples) are found by the test."""
         if name not in self._ambiguity:
-            self._ambiguity[name] = self.stats.underdetermined(name) or has_tied_maxima(act, TIE_TOLERANCE)
+            self._ambiguity[name] = has_tied_maxima(act, TIE_TOLERANCE)
         return self._ambiguity[name]
 
     def similarity(self, group: Group, mix: Optional[float]) -> torch.Tensor:
@@ -132,9 +135,9 @@ class Descent:
 
         ``S_act`` is the activation correlation where it determines the matching: the rows and columns of units
         of (near) zero variance on the merge data (they correlate 0 with everything, their twins included) are
-        their weight similarity, and a group whose activations leave the matching open (fewer samples than units, or
-        a unit whose best match is tied: units active on the same few samples correlate exactly 1 with each
-        other, their twins included) gets ``tie_break·S_w`` added, so ties go to the most similar weights."""
+        their weight similarity, and a group whose activations leave the matching open (a unit whose best match is
+        tied: units active on the same few samples correlate exactly 1 with each other, their twins included) gets
+        ``tie_break·S_w`` added, so ties go to the most similar weights."""
         t0 = time.perf_counter()
         act = self.stats.correlation(group.name) if self.method.activations else None
         if act is not None and mix is not None and mix == 0.0:
@@ -329,8 +332,8 @@ def match(
             (:mod:`mudsc.methods.weights`).
         piece_cache: the :class:`mudsc.PieceCache` of the native weight similarity (default: a new one per call;
             ``PieceCache(reuse=False)`` recomputes every piece).
-        tie_break: in a group whose activations leave the matching open (fewer samples than units, or a tied
-            best match: sparse units correlate exactly 1 with each other), ``tie_break·S_w`` is added to the
+        tie_break: in a group whose activations leave the matching open (a tied best match: sparse units
+            correlate exactly 1 with each other), ``tie_break·S_w`` is added to the
             activation similarity, so that ties go to the most similar weights; 0 turns it off. Units
             constant on the merge data always take their weight similarity.
 

@@ -11,7 +11,7 @@ to name the culprit.
 from __future__ import annotations
 
 import copy
-from typing import Any, List
+from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
@@ -42,19 +42,36 @@ def _cast(x: Any, dtype) -> Any:
     return x
 
 
-def _perturb_(model: nn.Module, seed: int) -> None:
+def _float_copy(model: nn.Module, dtype: torch.dtype, seed: int, perturb: bool) -> nn.Module:
+    """A deep copy of ``model`` in eval mode whose floating parameters and buffers are ``dtype`` and, with
+    ``perturb``, carry small noise: each tensor is converted once, straight into its copy (a deep copy followed by
+    ``.to(dtype)`` and out-of-place noise would write every byte three times more), and the noise is drawn into
+    one reused buffer."""
     gen = torch.Generator().manual_seed(seed + 12345)
+    memo: Dict[int, torch.Tensor] = {}
+    scratch = torch.empty(0)
     with torch.no_grad():
         for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if not torch.is_floating_point(t):
+            if not torch.is_floating_point(t) or id(t) in memo:
                 continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=gen, dtype=t.dtype).to(t.device) * 1.5 + 0.5)
-                continue
-            scale = 0.1 * max(float(t.std()) if t.numel() > 1 else 0.0, 0.1)
-            # drawn on the CPU (a CPU generator gives the same noise whatever the model's device), in float32:
-            # noise only has to tell units apart, and float64 draws cost 4x as much
-            t.add_(torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.device, t.dtype), alpha=scale)
+            c = torch.empty(t.shape, dtype=dtype, device=t.device)
+            n = t.numel()
+            if perturb and n > scratch.numel():
+                scratch = torch.empty(n)
+            if perturb and name.endswith("running_var"):
+                c.copy_(torch.rand(t.shape, generator=gen).to(t.device) * 1.5 + 0.5)
+            elif perturb:
+                scale = 0.1 * max(float(t.std()) if n > 1 else 0.0, 0.1)
+                # drawn on the CPU (a CPU generator gives the same noise whatever the model's device), in float32
+                # and added in t's dtype before the one conversion: noise only has to tell units apart, and
+                # float64 draws and mixed-dtype adds cost several times as much
+                noise = torch.randn(n, generator=gen, out=scratch[:n]).view(t.shape).to(t.device)
+                c.copy_(noise.mul_(scale).add_(t))
+            else:
+                c.copy_(t)
+            memo[id(t)] = nn.Parameter(c, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else c
+        base = copy.deepcopy(model, memo)
+    return base.eval()
 
 
 def _max_error(a: List[torch.Tensor], b: List[torch.Tensor]) -> float:
@@ -86,10 +103,7 @@ def check_spec(model: nn.Module, spec: PermSpec, example_inputs, rtol: float = 1
     inputs = _cast(tuple(example_inputs), dtype)
 
     def prepared() -> nn.Module:
-        base = copy.deepcopy(model).to(dtype).eval()
-        if perturb:
-            _perturb_(base, seed)
-        return base
+        return _float_copy(model, dtype, seed, perturb)
 
     base = prepared()
     perms = spec.random_permutations(seed)

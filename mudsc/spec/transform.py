@@ -104,6 +104,7 @@ def permute_model(model: nn.Module, spec: PermSpec, permutations: Mapping[str, t
     new = model if inplace else copy.deepcopy(model)
     tensors = _named_tensors(new)
     _check_members(spec, tensors, type(model).__name__)
+    scratch: Dict[tuple, torch.Tensor] = {}  # per (dtype, device): one buffer the gathers write into
     with torch.no_grad():
         for name in spec.tensor_names():
             t = tensors[name]
@@ -115,7 +116,12 @@ def permute_model(model: nn.Module, spec: PermSpec, permutations: Mapping[str, t
                 idx = index.setdefault(member.axis, torch.arange(t.shape[member.axis]))
                 idx[positions.reshape(-1)] = positions[:, perms[group.name], :].reshape(-1)
             for axis, idx in index.items():
-                t.copy_(t.index_select(axis, idx.to(t.device)))
+                key = (t.dtype, t.device)
+                if key not in scratch or scratch[key].numel() < t.numel():
+                    scratch[key] = torch.empty(t.numel(), dtype=t.dtype, device=t.device)
+                gathered = scratch[key][:t.numel()].view(t.shape)
+                torch.index_select(t, axis, idx.to(t.device), out=gathered)
+                t.copy_(gathered)
     return new
 
 
