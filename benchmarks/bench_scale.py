@@ -12,7 +12,9 @@ Every case runs in a subprocess of its own, so that its peak RSS (``resource.get
 models, data and merge) is its own. In that process, in this order:
 
 1. the floors: the two models' forward passes over the loader (eval, no grad; what the statistics pass cannot
-   go below), and a state-dict average of the two models (what ``avg`` cannot go below);
+   go below), and a state-dict average of the two models (what ``avg`` cannot go below); after the merge, the
+   statistics' products at bare-GEMM speed (``stats_gemm_floor_s``, :func:`gemm_floor`: what the statistics
+   stage cannot go below);
 2. the merge: ``mudsc.merge(models, loader, method=method, progress=False)`` with every other argument at its
    default (trace, statistics, solve, apply, final check, BatchNorm reset: everything the user waits for). The
    report's stages and their sum are recorded next to the wall time; ``unaccounted`` is the part of the total in
@@ -124,6 +126,7 @@ def worker(args) -> dict:
     result = mudsc.merge(models, loader, method=args.method, progress=False)
     sync()
     total_s = time.perf_counter() - t0
+    peak_rss = rss_gib()
     timing = {k: float(v) for k, v in result.report["timing"].items()}
     stages = {k: v for k, v in timing.items() if k != "total"}
     with torch.no_grad():
@@ -137,7 +140,8 @@ def worker(args) -> dict:
         "forward_two_models_s": forward_s, "state_dict_average_s": sd_avg_s,
         "merge_total_s": total_s, "merge_over_forward": total_s / forward_s,
         "stages": stages, "stages_sum_s": sum(stages.values()), "unaccounted_s": total_s - sum(stages.values()),
-        "peak_rss_gib": rss_gib(), "rss_after_models_gib": rss_models,
+        "peak_rss_gib": peak_rss, "rss_after_models_gib": rss_models,
+        "stats_gemm_floor_s": gemm_floor(result.report, len(models), device, sync),
         "memory_plan": result.report.get("memory"),
         "merged_runs": bool(torch.isfinite(out).all()), "loads_into_fresh_instance": True,
         "mudsc_version": mudsc.__version__,
@@ -146,6 +150,38 @@ def worker(args) -> dict:
         record["cuda_peak_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         record["cuda_allocated_before_gib"] = base_cuda / 2**30
     return record
+
+
+def gemm_floor(report: dict, num_models: int, device, sync) -> float:
+    """Seconds the statistics' products would take at bare-GEMM speed: per group, the block upper triangle's
+    ``2 · positions · area`` FLOPs (the blocks :class:`mudsc.CorrelationAccumulator` multiplies, over the sample
+    positions the merge read) at the rate of one block row's product ``[bs, 4096] x [4096, F]``, timed here
+    (median of 3 after a warm-up). Measured after the merge, so it does not touch the peak RSS above."""
+    import statistics
+
+    import torch
+    from mudsc.stats import _default_block_size
+
+    rates, total = {}, 0.0
+    for g in report["groups"].values():
+        positions = g.get("positions")
+        if not positions:
+            continue
+        f = num_models * g["size"]
+        bs = _default_block_size(f, device.type)
+        area = sum(min(bs, f - i0) * (f - i0) for i0 in range(0, f, bs))
+        if (bs, f) not in rates:
+            a, b = torch.randn(bs, 4096, device=device), torch.randn(4096, f, device=device)
+            times = []
+            for _ in range(4):
+                sync()
+                t0 = time.perf_counter()
+                a @ b
+                sync()
+                times.append(time.perf_counter() - t0)
+            rates[(bs, f)] = 2 * bs * 4096 * f / statistics.median(times[1:])
+        total += 2 * positions * area / rates[(bs, f)]
+    return total
 
 
 def run_case(case: str, args) -> dict:
@@ -166,7 +202,7 @@ def run_case(case: str, args) -> dict:
 
 def print_table(records) -> None:
     head = (f"{'case':9} {'method':10} {'imgs':>4} {'forward':>8} {'sd-avg':>7} {'merge':>8} {'x fwd':>6} "
-            f"{'unacc.':>7} {'RSS GiB':>8}  stages")
+            f"{'unacc.':>7} {'RSS GiB':>8} {'gemm':>6}  stages")
     print(head)
     for r in records:
         if "error" in r:
@@ -175,7 +211,7 @@ def print_table(records) -> None:
         stages = " ".join(f"{k}={v:.1f}" for k, v in r["stages"].items() if v >= 0.05)
         print(f"{r['case']:9} {r['method']:10} {r['images']:>4} {r['forward_two_models_s']:8.1f} "
               f"{r['state_dict_average_s']:7.2f} {r['merge_total_s']:8.1f} {r['merge_over_forward']:6.2f} "
-              f"{r['unaccounted_s']:7.2f} {r['peak_rss_gib']:8.2f}  {stages}")
+              f"{r['unaccounted_s']:7.2f} {r['peak_rss_gib']:8.2f} {r.get('stats_gemm_floor_s', 0.0):6.1f}  {stages}")
 
 
 def main(argv=None) -> int:

@@ -117,6 +117,13 @@ class ActivationStats:
                 self._dead[group] = torch.nonzero(acc.variances().cpu() < eps).flatten()  # zero variance: 0
         return self._dead[group]
 
+    def positions(self, group: str) -> Optional[int]:
+        """Sample positions ``group``'s statistics were taken over (samples times positions per sample, e.g.
+        tokens or pixels, summed over its taps; None without taps)."""
+        if group in self._deferred:
+            self._run_deferred(group)
+        return self._sizes[group][0] if group in self._sizes else None
+
     def underdetermined(self, group: str) -> bool:
         """``group`` has fewer samples than units (its correlation is rank-deficient)."""
         if group in self._deferred:

@@ -37,7 +37,7 @@ class MergeResult:
     Attributes:
         model: the merged ``nn.Module`` (BatchNorm statistics recomputed when a loader was given).
         plan: the :class:`mudsc.MergePlan` (``plan.apply(models)`` rebuilds ``model`` before the BN reset).
-        report: ``{"method", "num_models", "groups": {name: {"size", "num_outputs", "merge_value"}},
+        report: ``{"method", "num_models", "groups": {name: {"size", "num_outputs", "merge_value", "positions"}},
             "merge_value", "history", "sweeps", "fallback_groups", "num_batches", "timing"}``. ``timing`` (seconds)
             has one entry per stage, which add up to ``total``: ``checks`` (arguments, weight scan, loader peek),
             ``trace``, ``width_probe``, ``forward`` (the models' forward passes of the statistics pass),
@@ -365,7 +365,9 @@ def _report(method: str, num_models: int, spec: PermSpec, plan: MergePlan, stats
         "method": method,
         "num_models": num_models,
         "groups": {g.name: {"size": g.size, "num_outputs": int(plan.maps[g.name].num_outputs),
-                            "merge_value": float(plan.maps[g.name].merge_value)} for g in spec.groups},
+                            "merge_value": float(plan.maps[g.name].merge_value),
+                            "positions": stats.positions(g.name) if stats is not None else None}
+                   for g in spec.groups},
         "merge_value": plan.info["merge_value"],
         "history": plan.info["history"],
         "sweeps": plan.info["sweeps"],
