@@ -126,10 +126,8 @@ class ActivationStats:
 
     def underdetermined(self, group: str) -> bool:
         """``group`` has fewer samples than units (its correlation is rank-deficient)."""
-        if group in self._deferred:
-            self._run_deferred(group)
-        samples, units = self._sizes.get(group, (1, 0))
-        return samples < units
+        samples = self.positions(group)
+        return samples is not None and samples < self._sizes[group][1]
 
     def correlation(self, group: str) -> Optional[torch.Tensor]:
         """``Tensor[N·size, N·size]`` float32 activation correlation of ``group`` (None without taps)."""

@@ -102,10 +102,7 @@ def check_spec(model: nn.Module, spec: PermSpec, example_inputs, rtol: float = 1
         example_inputs = (example_inputs,)
     inputs = _cast(tuple(example_inputs), dtype)
 
-    def prepared() -> nn.Module:
-        return _float_copy(model, dtype, seed, perturb)
-
-    base = prepared()
+    base = _float_copy(model, dtype, seed, perturb)
     perms = spec.random_permutations(seed)
     with torch.no_grad():
         reference = _flatten(base(*inputs))
@@ -116,7 +113,7 @@ def check_spec(model: nn.Module, spec: PermSpec, example_inputs, rtol: float = 1
         error = _max_error(reference, permuted)
         if error <= rtol:
             return error
-        base = prepared()  # the same perturbed copy again, to permute one group at a time
+        base = _float_copy(model, dtype, seed, perturb)  # the same perturbed copy again, to permute one group at a time
         for g in spec.groups:
             single = _flatten(permute_model(base, spec, {g.name: perms[g.name]})(*inputs))
             e = _max_error(reference, single)
