@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from ._progress import progress_bar
 from .backends import choose
+from .distributed import Collective, resolve_group, sum_over_ranks
+from .distributed import check_device as check_group_device
 from .inputs import check_max_batches, check_models, peek
 from .memory import moment_bytes
 from .norm import first_input
@@ -504,6 +506,7 @@ def collect_stats(
     groups: Optional[Sequence[str]] = None,
     keep_bytes: Optional[int] = None,
     stop=None,
+    process_group=None,
 ) -> ActivationStats:
     """One pass over ``loader``: the activation correlation of every group's units across the N models.
 
@@ -528,16 +531,48 @@ def collect_stats(
             {name: accumulator of the groups still collecting}, total batches or None)`` names the groups whose
             statistics are final; later batches skip them, and the pass ends once every group is final (None:
             every batch, up to ``max_batches``).
+        process_group: when ``torch.distributed`` runs (:func:`mudsc.distributed.resolve_group`: None means the
+            default group when one is initialized, False one process), ``loader`` is this rank's shard, every
+            group's statistics are summed over the ranks (identical on every rank) and ``num_batches`` is the
+            ranks' total; ``stop`` must then be None. A failure on one rank raises on every rank.
 
     Returns:
         :class:`ActivationStats`; ``timing["forward"]`` is the models' own forward time, ``timing["stats"]``
         the time spent in hooks and accumulation.
     """
+    group = resolve_group(process_group)
+    if group is not None and stop is not None:
+        raise ValueError("a stopping rule (stop=) cannot run under a process group: its decisions would need the "
+                         "global statistics at every checkpoint")
+    with Collective(group, "the statistics pass") as step:
+        collector, num_batches, forward = _run_pass(models, spec, loader, max_batches, device, backend, progress,
+                                                    groups, keep_bytes, stop, group)
+        step.share(groups=list(collector.accumulators), batches_known=max_batches)
+    if group is not None:
+        for acc in collector.accumulators.values():
+            acc.all_reduce(group)
+        num_batches = sum_over_ranks(num_batches, group)
+    if num_batches == 0:
+        raise ValueError("the loader yielded no batches")
+    collector.check_fired()
+    _warn_underdetermined(collector.accumulators)
+    stats = ActivationStats(spec, len(models), collector.accumulators, num_batches,
+                            {"forward": forward, "stats": collector.hook_time}, backend, transient=transient)
+    stats.micro_batches, stats.kept_per_sample = collector.micro_batches, collector.kept_per_sample
+    stats.group_batches = {g.name: collector.stopped_at.get(g.name, num_batches) for g in collector.groups}
+    stats.timing["stopping_rule"] = collector.stop_time
+    return stats
+
+
+def _run_pass(models, spec: PermSpec, loader, max_batches, device, backend, progress, groups, keep_bytes, stop,
+              group) -> tuple:
+    """The pass of :func:`collect_stats` over this process's ``loader`` (arguments checked first):
+    ``(collector, batches read, forward seconds)``. Under a process group a rank's shard may be empty."""
     models = check_models(models)
     check_max_batches(max_batches)
     if not isinstance(spec, PermSpec):
         raise TypeError(f"spec must be a mudsc.PermSpec, got {type(spec).__name__}")
-    _, batches = peek(loader)
+    batches = _batches(loader, allow_empty=group is not None)
     first_param = next(iter(models[0].parameters()), None)
     dev = torch.device(device) if device is not None else (first_param.device if first_param is not None
                                                             else torch.device("cpu"))
@@ -548,6 +583,7 @@ def collect_stats(
     unknown = sorted(set(groups or ()) - {g.name for g in spec.groups})
     if unknown:
         raise ValueError(f"groups {unknown} are not in the spec")
+    check_group_device(group, dev)
     collector = StatsCollector(run_models, spec, dev, backend, groups=groups, keep_bytes=keep_bytes)
     num_batches, forward = 0, 0.0
     with collector:
@@ -559,16 +595,20 @@ def collect_stats(
             num_batches += 1
             if stop is not None and _stop_groups(collector, stop, num_batches, total):
                 break
-    if num_batches == 0:
-        raise ValueError("the loader yielded no batches")
-    collector.check_fired()
-    _warn_underdetermined(collector.accumulators)
-    stats = ActivationStats(spec, len(models), collector.accumulators, num_batches,
-                            {"forward": forward, "stats": collector.hook_time}, backend, transient=transient)
-    stats.micro_batches, stats.kept_per_sample = collector.micro_batches, collector.kept_per_sample
-    stats.group_batches = {g.name: collector.stopped_at.get(g.name, num_batches) for g in collector.groups}
-    stats.timing["stopping_rule"] = collector.stop_time
-    return stats
+    return collector, num_batches, forward
+
+
+def _batches(loader, allow_empty: bool) -> Iterable:
+    """An iterable over every item of ``loader`` (checked iterable); an empty one is an error unless
+    ``allow_empty`` (a rank's shard under a process group)."""
+    if allow_empty and loader is not None:
+        try:
+            iter(loader)
+        except TypeError:
+            pass  # peek names the problem
+        else:
+            return loader
+    return peek(loader)[1]
 
 
 def _stop_groups(collector: StatsCollector, stop, batches: int, total: Optional[int]) -> bool:

@@ -11,6 +11,9 @@ Deviation from the original: it resets only modules whose type is exactly ``nn.B
 ``torch.nn.modules.batchnorm._BatchNorm`` (BatchNorm1d/2d/3d, SyncBatchNorm, subclasses), and runs in the
 model's own precision rather than under fp16 autocast. REPAIR's rescaling is not applied.
 
+Under ``torch.distributed`` each rank reads its shard and the statistics are summed over the ranks
+(``process_group=``, :mod:`mudsc.distributed`).
+
 ``tol=`` stops the pass early, once the running statistics are stable across a doubling of the batches
 (:class:`mudsc.sampling.StableNorms`; what :func:`mudsc.merge` does by default); :func:`recompute_bn` also
 returns how many batches it read.
@@ -23,6 +26,7 @@ from typing import Iterable, Optional, Union
 import torch
 import torch.nn as nn
 
+from .distributed import Collective, all_reduce_bn, resolve_group
 from .sampling import StableNorms
 
 __all__ = ["first_input", "recompute_bn", "reset_bn"]
@@ -38,7 +42,8 @@ def first_input(batch):
 
 
 def reset_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] = None,
-             device: Optional[Union[str, torch.device]] = None, tol: Optional[float] = None) -> nn.Module:
+             device: Optional[Union[str, torch.device]] = None, tol: Optional[float] = None,
+             process_group=None) -> nn.Module:
     """Recompute the running statistics of every BatchNorm layer of ``model`` in place, and return it.
 
     Args:
@@ -49,17 +54,27 @@ def reset_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] = No
         tol: stop once no running mean moved by more than ``tol`` standard deviations, and no running standard
             deviation by more than ``tol`` relative, across a doubling of the batches (checked after 2, 4, 8, ...;
             :class:`mudsc.sampling.StableNorms`). None: every batch.
+        process_group: under ``torch.distributed`` (:func:`mudsc.distributed.resolve_group`: None means the
+            default group when one is initialized, False one process), ``loader`` is this rank's shard (it may be
+            empty) and the statistics are those of every rank's batches (:func:`mudsc.distributed.all_reduce_bn`),
+            identical on every rank; ``tol`` must then be None.
 
     Raises:
-        ValueError: the loader yielded no batch (the statistics would stay reset).
+        ValueError: the loader yielded no batch (on any rank, under a process group: the statistics would stay
+            reset).
     """
-    recompute_bn(model, loader, max_batches, device, tol)
+    recompute_bn(model, loader, max_batches, device, tol, process_group)
     return model
 
 
 def recompute_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] = None,
-                 device: Optional[Union[str, torch.device]] = None, tol: Optional[float] = None) -> int:
-    """:func:`reset_bn`, returning the number of batches it read (0 without BatchNorm layers)."""
+                 device: Optional[Union[str, torch.device]] = None, tol: Optional[float] = None,
+                 process_group=None) -> int:
+    """:func:`reset_bn`, returning the number of batches it read (0 without BatchNorm layers; under a process
+    group, the ranks' total)."""
+    group = resolve_group(process_group)
+    if group is not None and tol is not None:
+        raise ValueError("tol= (stopping early) cannot run under a process group: pass tol=None")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
@@ -75,18 +90,20 @@ def recompute_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] 
     momenta = {m: m.momentum for m in norms}
     seen = 0
     try:
-        for m in norms:
-            m.momentum = None
-            m.reset_running_stats()
-        model.train()
-        with torch.no_grad():
-            for batch in loader:
-                if max_batches is not None and seen >= max_batches:
-                    break
-                model(first_input(batch).to(device))
-                seen += 1
-                if rule is not None and rule.update(seen):
-                    break
+        with Collective(group, "the BatchNorm reset"):
+            for m in norms:
+                m.momentum = None
+                m.reset_running_stats()
+            model.train()
+            with torch.no_grad():
+                for batch in loader:
+                    if max_batches is not None and seen >= max_batches:
+                        break
+                    model(first_input(batch).to(device))
+                    seen += 1
+                    if rule is not None and rule.update(seen):
+                        break
+        seen = all_reduce_bn(norms, seen, group)
     finally:
         for m, training in flags.items():
             m.training = training

@@ -344,6 +344,9 @@ class CorrelationAccumulator:
             raise RuntimeError("all_reduce() needs an initialized torch.distributed process group")
         if self._reference is not None:
             self._reference.all_reduce(group)
+            positions = torch.tensor([self._reference_positions], dtype=torch.int64, device=self.device)
+            dist.all_reduce(positions, group=group)
+            self._reference_positions = int(positions.item())
             return self
         self._final = None
         f = self.num_features

@@ -39,7 +39,7 @@ def make_batches(offset: float = 0.0) -> list[torch.Tensor]:
 
 
 def results(acc) -> dict:
-    out = {"num_samples": acc.num_samples, "nonfinite": acc.nonfinite_count}
+    out = {"num_samples": acc.num_samples, "num_positions": acc.num_positions, "nonfinite": acc.nonfinite_count}
     for key in ("mean", "covariance", "correlation", "cosine_similarity"):
         out[key] = getattr(acc, key)(dtype=torch.float64) if acc.backend == "native" else getattr(acc, key)().double()
     out["zero_variance_units"] = acc.zero_variance_units

@@ -665,6 +665,7 @@ def test_all_reduce_two_gloo_ranks(tmp_path):
         for t in batches:
             one.update(t, channel_dim=1)
         assert r0["num_samples"] == one.num_samples
+        assert r0["num_positions"] == one.num_positions  # the reference counts rows and positions apart
         assert r0["nonfinite"] == one.nonfinite_count == worker.NUM_NONFINITE
         if name == "reference":
             for key in ("mean", "covariance", "correlation"):

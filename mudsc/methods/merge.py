@@ -15,10 +15,11 @@ import torch
 import torch.nn as nn
 
 from ..collect import collect_stats, loader_length, packed_moments
+from ..distributed import Collective, broadcast_model, min_over_ranks, resolve_group, share_plan
 from ..inputs import check_device, check_finite_weights, check_max_batches, check_models, peek
 from ..memory import SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, keep_bytes, parse_bytes, plan_passes
 from ..norm import recompute_bn
-from ..plan import MergePlan
+from ..plan import MergePlan, fingerprint
 from ..probe import run_named
 from ..sampling import MATCH_TOL, NORM_TOL, StableMatching, check_tolerance
 from ..spec import PermSpec, SpecTraceError, trace
@@ -45,7 +46,8 @@ class MergeResult:
             (the rest of it: correlations, bookkeeping, fingerprints), ``apply``, ``final_check`` (the merged
             model's forward pass) and ``reset_bn``. ``samples``: what the passes read (:mod:`mudsc.sampling`):
             ``{"adaptive", "loader_batches", "stats_batches", "group_batches", "stopped_early": {group: batches},
-            "solves", "rule_seconds", "bn_batches"}``; ``memory``: the memory plan and the measured peaks.
+            "solves", "rule_seconds", "bn_batches"}``; ``memory``: the memory plan and the measured peaks;
+            ``distributed``: ``{"world_size", "rank", "backend"}`` under a process group, else None.
     """
 
     model: nn.Module
@@ -76,6 +78,7 @@ def merge(
     max_memory: Optional[Union[int, str]] = None,
     adaptive: bool = True,
     sample_tol: float = MATCH_TOL,
+    process_group: Any = None,
 ) -> MergeResult:
     """Merge N models of one architecture into one, without training.
 
@@ -104,6 +107,11 @@ def merge(
         reset_bn_stats: recompute BatchNorm running statistics of the merged model (needs a loader).
         max_memory: bytes (or ``"16GB"``) the statistics may take (default: a safe fraction of what the device has
             free); more groups than fit are split over several passes, same plan (:mod:`mudsc.memory`).
+        process_group: merge across the ranks of a ``torch.distributed`` group (:mod:`mudsc.distributed`): every
+            rank passes the same models and arguments and its own shard of the data as ``loader``; the statistics
+            and the BatchNorm reset are summed over the ranks, and every rank returns the same plan and merged
+            model (``adaptive`` is then off: each rank reads its whole shard). None (default): the default group
+            when ``torch.distributed`` is initialized with several ranks, else one process; False: one process.
 
     Every argument is checked (methods, N, shapes, dtypes and devices of the models, NaN/Inf in their weights,
     hyperparameters, the device, an empty loader, a first batch the models cannot run, merged widths the model
@@ -111,14 +119,67 @@ def merge(
     example inputs at the end; a failure raises, naming the module, instead of returning a broken model.
     """
     t_start = time.perf_counter()
-    info_m = check_method(method)
-    models = check_models(models)
-    reduce = default_reduce(len(models)) if reduce is None else reduce
-    check_hyperparameters(balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay)
-    device = _check_arguments(models, spec, max_batches, adaptive, sample_tol, max_memory, device)
-    first, loader, one_shot = _peek_loader(loader, info_m.activations, method)
+    group = resolve_group(process_group)
     timing = dict.fromkeys(STAGES, 0.0)
-    timing["checks"] = time.perf_counter() - t_start
+    with Collective(group, "the checks and the trace") as step:  # a failure on one rank raises on every rank
+        info_m = check_method(method)
+        models = check_models(models)
+        reduce = default_reduce(len(models)) if reduce is None else reduce
+        hyper = (balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay)
+        check_hyperparameters(*hyper)
+        device = _check_arguments(models, spec, max_batches, adaptive, sample_tol, max_memory, device)
+        first, loader, one_shot = _peek_loader(loader, info_m.activations, method)
+        timing["checks"] = time.perf_counter() - t_start
+        spec, probe_inputs = _trace_and_probe(models, spec, example_inputs, first, info_m, reduce, timing)
+        step.share(models=[fingerprint(m) for m in models] if group is not None else None, spec=spec.to_dict(),
+                   arguments=[method, hyper, max_batches, max_memory, backend, reset_bn_stats, one_shot])
+    adaptive = adaptive and group is None  # stopping decisions would need the global statistics
+    rule = _stopping_rule(spec, len(models), info_m.solver, (reduce, alpha, beta, zip_decay), backend,
+                          sample_tol if adaptive else None)
+    stats, memory, stats_wall = (_statistics(models, spec, info_m, loader, one_shot, max_memory, max_batches, device,
+                                             backend, progress, rule, group) if info_m.activations
+                                 else (None, None, 0.0))
+    # the models, weights and hyperparameters were checked above, before the statistics pass
+    t0 = time.perf_counter()
+    plan = share_plan(run_matching(models, spec, info_m, stats, balance, reduce, alpha, beta, max_sweeps, patience,
+                                   seed, backend, progress, axis_rule, zip_decay=zip_decay, workers=SOLVE_WORKERS),
+                      group)
+    _matching_timing(timing, plan, stats, stats_wall, time.perf_counter() - t0)
+    model, bn_batches = _build(models, plan, probe_inputs, loader if reset_bn_stats else None,
+                               one_shot and info_m.activations, max_batches, device, adaptive, group, timing)
+    timing["total"] = time.perf_counter() - t_start
+    report = _report(method, len(models), spec, plan, stats, timing,
+                     _samples_report(adaptive, loader_length(loader, max_batches), stats, rule, bn_batches),
+                     _memory_report(memory, device if device is not None else _device_of(models[0]), stats))
+    report["distributed"] = _distributed_report(group)
+    return MergeResult(model=model, plan=plan, report=report)
+
+
+STAGES = ("checks", "trace", "width_probe", "forward", "stats", "similarity", "solve", "matching_other", "apply",
+          "final_check", "reset_bn")  # report["timing"]'s stages, in order; they add up to its "total"
+
+
+def _build(models, plan: MergePlan, probe_inputs, bn_loader, consumed: bool, max_batches, device, adaptive: bool,
+           group, timing: Dict[str, float]) -> tuple:
+    """``(merged model, BN reset batches or None)``: the plan applied, the result run on the probe inputs (an
+    error names the module), its BatchNorm statistics reset on ``bn_loader`` (None: not), and under a process
+    group rank 0's weights on every rank (they are computed identically everywhere); seconds go in ``timing``."""
+    t0 = time.perf_counter()
+    model = plan.apply(models, check=False)
+    timing["apply"] = time.perf_counter() - t0
+    if probe_inputs is not None:
+        t0 = time.perf_counter()
+        run_named(model, probe_inputs, "the merged model")
+        timing["final_check"] = time.perf_counter() - t0
+    timing["reset_bn"], bn_batches = _reset_bn(model, bn_loader, consumed, max_batches, device,
+                                               NORM_TOL if adaptive else None, group)
+    broadcast_model(model, group)
+    return model, bn_batches
+
+
+def _trace_and_probe(models, spec, example_inputs, first, info_m, reduce, timing) -> tuple:
+    """``(spec, probe inputs or None)``: ``spec`` or the trace of ``models[0]``, with the width probe run on the
+    probe inputs (example inputs, else two samples of the loader's first batch); their seconds go in ``timing``."""
     if spec is None:
         t0 = time.perf_counter()
         spec = _trace(models[0], example_inputs, first, needs_groups=info_m.solver is not None)
@@ -129,34 +190,17 @@ def merge(
         t0 = time.perf_counter()
         check_widths(models, spec, info_m, reduce, probe_inputs)
         timing["width_probe"] = time.perf_counter() - t0
-    rule = _stopping_rule(spec, len(models), info_m.solver, (reduce, alpha, beta, zip_decay), backend,
-                          sample_tol if adaptive else None)
-    stats, memory, stats_wall = (_statistics(models, spec, info_m, loader, one_shot, max_memory, max_batches, device,
-                                             backend, progress, rule) if info_m.activations else (None, None, 0.0))
-    # the models, weights and hyperparameters were checked above, before the statistics pass
-    t0 = time.perf_counter()
-    plan = run_matching(models, spec, info_m, stats, balance, reduce, alpha, beta, max_sweeps, patience, seed,
-                        backend, progress, axis_rule, zip_decay=zip_decay, workers=SOLVE_WORKERS)
-    _matching_timing(timing, plan, stats, stats_wall, time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    model = plan.apply(models, check=False)
-    timing["apply"] = time.perf_counter() - t0
-    if probe_inputs is not None:
-        t0 = time.perf_counter()
-        run_named(model, probe_inputs, "the merged model")
-        timing["final_check"] = time.perf_counter() - t0
-    timing["reset_bn"], bn_batches = _reset_bn(model, loader if reset_bn_stats else None,
-                                               one_shot and info_m.activations, max_batches, device,
-                                               NORM_TOL if adaptive else None)
-    timing["total"] = time.perf_counter() - t_start
-    report = _report(method, len(models), spec, plan, stats, timing,
-                     _samples_report(adaptive, loader_length(loader, max_batches), stats, rule, bn_batches),
-                     _memory_report(memory, device if device is not None else _device_of(models[0]), stats))
-    return MergeResult(model=model, plan=plan, report=report)
+    return spec, probe_inputs
 
 
-STAGES = ("checks", "trace", "width_probe", "forward", "stats", "similarity", "solve", "matching_other", "apply",
-          "final_check", "reset_bn")  # report["timing"]'s stages, in order; they add up to its "total"
+def _distributed_report(group) -> Optional[dict]:
+    """``report["distributed"]``: the process group's ranks, this rank and its backend (None: one process)."""
+    if group is None:
+        return None
+    import torch.distributed as dist
+
+    return {"world_size": dist.get_world_size(group), "rank": dist.get_rank(group),
+            "backend": str(dist.get_backend(group))}
 
 
 def _check_arguments(models, spec, max_batches, adaptive, sample_tol, max_memory, device) -> Optional[torch.device]:
@@ -195,10 +239,12 @@ def _matching_timing(timing: Dict[str, float], plan: MergePlan, stats, stats_wal
 
 
 def _memory_plan(models, spec: PermSpec, info_m, dev: torch.device, max_memory, one_shot: bool,
-                 backend: str) -> MemoryPlan:
+                 backend: str, group=None) -> MemoryPlan:
     """The passes of the statistics (:mod:`mudsc.memory`) on ``dev`` for ``max_memory`` bytes (None: a safe
-    fraction of what it has free); ValueError when several passes are needed but the loader is one-shot."""
-    budget = parse_bytes(max_memory) if max_memory is not None else int(SAFE_FRACTION * available_bytes(dev))
+    fraction of what it has free, the least over the ranks of ``group``, so that every rank plans the same
+    passes); ValueError when several passes are needed but the loader is one-shot."""
+    budget = parse_bytes(max_memory) if max_memory is not None else min_over_ranks(
+        int(SAFE_FRACTION * available_bytes(dev)), group)
     n = len(models)
     coords = [[(g.name, n * g.size) for g in coord if g.taps] for coord in coordinates(spec)]
     memory = plan_passes(coords, keep_correlations=info_m.descent, budget=budget, explicit=max_memory is not None,
@@ -228,17 +274,19 @@ def _stopping_rule(spec: PermSpec, n: int, solver: Optional[str], zip_args: tupl
 
 
 def _statistics(models, spec: PermSpec, info_m, loader, one_shot, max_memory, max_batches, device, backend, progress,
-                rule: Optional[StableMatching] = None):
+                rule: Optional[StableMatching] = None, group=None):
     """``(stats, memory plan, seconds)``: the transient statistics of the first chunk of the memory plan, the
     other chunks deferred to the matching (one more pass each, run when it first asks for one of their groups);
-    ``rule`` may end each pass early."""
+    ``rule`` may end each pass early. Under a process ``group`` every pass sums its statistics over the ranks
+    (the matching asks for the deferred groups in the same order on every rank)."""
     t0 = time.perf_counter()
     dev = device if device is not None else _device_of(models[0])
-    memory = _memory_plan(models, spec, info_m, dev, max_memory, one_shot, backend)
+    memory = _memory_plan(models, spec, info_m, dev, max_memory, one_shot, backend, group)
 
     def collect(names):
         return collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
-                             progress=progress, transient=True, groups=names, keep_bytes=keep_bytes(dev), stop=rule)
+                             progress=progress, transient=True, groups=names, keep_bytes=keep_bytes(dev), stop=rule,
+                             process_group=group if group is not None else False)
 
     stats = collect(memory.chunks[0] if memory.passes > 1 else None)
     if memory.passes > 1:
@@ -328,7 +376,8 @@ def _on_device_of(model: nn.Module, inputs: Any) -> Any:
     return tuple(t.to(param.device) if isinstance(t, torch.Tensor) else t for t in inputs)
 
 
-def _reset_bn(model: nn.Module, loader: Iterable, consumed: bool, max_batches, device, tol: Optional[float]) -> tuple:
+def _reset_bn(model: nn.Module, loader: Iterable, consumed: bool, max_batches, device, tol: Optional[float],
+              group=None) -> tuple:
     """Recompute the merged model's BatchNorm statistics (if it has any) with ``loader``, stopping early at
     ``tol`` (:func:`mudsc.norm.recompute_bn`); ``(seconds, batches read or None)``. A ``consumed`` one-shot loader
     cannot be read again: warn instead. No loader: nothing to do."""
@@ -339,7 +388,8 @@ def _reset_bn(model: nn.Module, loader: Iterable, consumed: bool, max_batches, d
                       "BatchNorm statistics were not recomputed; pass a re-iterable loader (a DataLoader or list)")
         return 0.0, None
     t0 = time.perf_counter()
-    batches = recompute_bn(model, loader, max_batches=max_batches, device=device, tol=tol)
+    batches = recompute_bn(model, loader, max_batches=max_batches, device=device, tol=tol,
+                           process_group=group if group is not None else False)
     return time.perf_counter() - t0, batches
 
 

@@ -1,0 +1,132 @@
+"""mudsc.distributed: merging over a torch.distributed process group.
+
+The two-rank tests run ``tests/merge_distributed_worker.py`` as two gloo processes on 127.0.0.1 once for the
+module (each rank merges with its own shard of 256 images; rank 0 also merges all of them in one process) and
+check what the issue asks: identical plans and merged weights on both ranks, equal to the one-process merge, for
+zipit and mudsc-zip, with even and uneven shards and with a memory plan of several passes; a failure on one rank
+raises on every rank instead of hanging."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mudsc
+from mudsc.distributed import Collective, resolve_group
+
+HERE = Path(__file__).resolve().parent
+TIMEOUT_S = 300
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+
+def _load_worker():
+    spec = importlib.util.spec_from_file_location("merge_distributed_worker", HERE / "merge_distributed_worker.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+WORKER = _load_worker()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """What each of the two gloo ranks saved: ``[rank 0's results, rank 1's]``."""
+    tmp = tmp_path_factory.mktemp("gloo")
+    env = dict(os.environ, GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(HERE / "merge_distributed_worker.py"), str(r), "2",
+                               str(tmp / "store"), str(tmp / f"r{r}.pt")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r in range(2)]
+    logs = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"the gloo workers did not finish in {TIMEOUT_S} s (a rank waiting for another?)")
+        logs.append(out.decode(errors="replace"))
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log
+    return [torch.load(tmp / f"r{r}.pt") for r in range(2)]
+
+
+@pytest.mark.parametrize("name", list(WORKER.SCENARIOS))
+def test_both_ranks_get_the_same_plan_and_weights(ranks, name):
+    r0, r1 = ranks[0][name], ranks[1][name]
+    assert r0["labels"].keys() == r1["labels"].keys() and r0["labels"]
+    for group in r0["labels"]:
+        assert torch.equal(r0["labels"][group], r1["labels"][group]), group
+    assert r0["state"].keys() == r1["state"].keys()
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+    assert r0["distributed"] == {"world_size": 2, "rank": 0, "backend": "gloo"}
+    assert r1["distributed"]["rank"] == 1
+
+
+@pytest.mark.parametrize("name", list(WORKER.SCENARIOS))
+def test_the_plan_is_the_one_process_plan(ranks, name):
+    """Labels of the two-rank merge equal those of one process over all 8 batches (>= 99%: float rounding of the
+    sums in another order may flip an exact tie); the merged weights and the BatchNorm statistics too (an
+    unreduced BN reset on uneven shards would differ by far more)."""
+    got, alone = ranks[0][name], ranks[0][name + "/one-process"]
+    same = sum(int((got["labels"][g] == alone["labels"][g]).sum()) for g in alone["labels"])
+    total = sum(t.numel() for t in alone["labels"].values())
+    assert same >= 0.99 * total, (same, total)
+    if same == total:
+        for key, want in alone["state"].items():
+            if want.is_floating_point():
+                torch.testing.assert_close(got["state"][key], want, rtol=1e-5, atol=1e-5, msg=key)
+            else:
+                assert torch.equal(got["state"][key], want), key
+    assert got["num_batches"] == alone["num_batches"] == WORKER.NUM_BATCHES
+    assert got["bn_batches"] == alone["bn_batches"] == WORKER.NUM_BATCHES
+
+
+def test_a_memory_plan_of_several_passes_runs_on_every_rank(ranks):
+    assert ranks[0]["zipit-uneven-chunked"]["passes"] > 1
+    assert ranks[1]["zipit-uneven-chunked"]["passes"] == ranks[0]["zipit-uneven-chunked"]["passes"]
+
+
+def test_a_rank_without_data_fails_every_rank(ranks):
+    assert ranks[0]["empty-shard"].startswith("RuntimeError: rank 1 failed in the checks")
+    assert "yielded no batches" in ranks[0]["empty-shard"]
+    assert ranks[1]["empty-shard"] == "ValueError: the loader yielded no batches"
+
+
+def test_ranks_with_different_models_are_refused(ranks):
+    for r in range(2):
+        assert ranks[r]["different-models"].startswith("ValueError: rank 1 differs from rank 0 in models")
+
+
+def test_without_torch_distributed_a_merge_is_one_process():
+    assert not torch.distributed.is_initialized()
+    assert resolve_group(None) is None and resolve_group(False) is None
+    with pytest.raises(ValueError, match="needs an initialized"):
+        resolve_group(True)
+    with pytest.raises(ValueError, match="not initialized"):
+        mudsc.merge([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)], method="avg", process_group=object())
+    with Collective(None, "nothing") as step:
+        step.share(anything=[1, 2])  # no group: nothing is exchanged
+
+
+def test_a_group_of_one_rank_is_one_process(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert resolve_group(None) is None and resolve_group(dist.group.WORLD) is None
+        with pytest.raises(TypeError, match="ProcessGroup"):
+            resolve_group("world")
+        result = mudsc.merge([torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)], method="avg")
+        assert result.report["distributed"] is None
+    finally:
+        dist.destroy_process_group()
