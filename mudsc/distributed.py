@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from .maps import MatchResult
 
-__all__ = ["Collective", "all_reduce_bn", "broadcast_model", "min_over_ranks", "resolve_group", "share_plan",
+__all__ = ["Collective", "RankFailure", "all_reduce_bn", "broadcast_model", "min_over_ranks", "resolve_group", "share_plan",
            "sum_over_ranks"]
 
 
@@ -74,6 +74,11 @@ def resolve_group(process_group: Any = None) -> Optional[Any]:
     return group if dist.get_world_size(group) > 1 else None
 
 
+class RankFailure(RuntimeError):
+    """Raised on the other ranks when one rank failed in a :class:`Collective` step (it names the rank and its
+    error)."""
+
+
 def rank_of(group: Optional[Any]) -> int:
     """This process's rank in ``group`` (0 for None)."""
     return 0 if group is None else _dist().get_rank(group)
@@ -98,7 +103,7 @@ class Collective:
     """A step every rank of ``group`` runs; on leaving it the ranks exchange how it went, in one collective.
 
     ``with Collective(group, "the checks") as step: ...; step.share(key=value)``: when the block raised on any
-    rank, every rank raises (the failed rank its own error, the others a RuntimeError naming the rank and its
+    rank, every rank raises (the failed rank its own error, the others a :class:`RankFailure` naming the rank and its
     error), so none waits in a later collective for a rank that is gone. Values given to :meth:`share` must be
     equal on every rank (compared as JSON): a difference raises ValueError on every rank, naming the rank and the
     key. With ``group=None`` it does nothing."""
@@ -128,7 +133,7 @@ class Collective:
             return False  # this rank's own error propagates
         if failed:
             rank, err = failed[0]
-            raise RuntimeError(f"rank {rank} failed in {self.what}: {err}")
+            raise RankFailure(f"rank {rank} failed in {self.what}: {err}")
         reference = everyone[0][1]
         for rank, (_, digests) in enumerate(everyone):
             differing = sorted(k for k in set(reference) | set(digests) if reference.get(k) != digests.get(k))

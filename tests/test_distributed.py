@@ -97,7 +97,7 @@ def test_a_memory_plan_of_several_passes_runs_on_every_rank(ranks):
 
 
 def test_a_rank_without_data_fails_every_rank(ranks):
-    assert ranks[0]["empty-shard"].startswith("RuntimeError: rank 1 failed in the checks")
+    assert ranks[0]["empty-shard"].startswith("RankFailure: rank 1 failed in the checks")
     assert "yielded no batches" in ranks[0]["empty-shard"]
     assert ranks[1]["empty-shard"] == "ValueError: the loader yielded no batches"
 
@@ -130,3 +130,47 @@ def test_a_group_of_one_rank_is_one_process(tmp_path):
         assert result.report["distributed"] is None
     finally:
         dist.destroy_process_group()
+
+
+def test_the_cli_under_torchrun_writes_the_one_process_plan_from_rank_0(tmp_path):
+    """``torchrun --nproc-per-node 2 -m mudsc merge``: each rank merges every other batch, rank 0 writes; the plan
+    and weights equal those of one process over all batches (``--full-pass``, what the ranks read)."""
+    from mudsc.models import resnet20
+
+    for i, name in enumerate("ab"):
+        torch.manual_seed(i)
+        torch.save(resnet20(width=2).state_dict(), tmp_path / f"{name}.pt")
+    common = ["merge", "--arch", "resnet20", "--arch-kwargs", '{"width": 2}', "--checkpoints", "a.pt", "b.pt",
+              "--data", "random", "--num-samples", "160", "--batch-size", "32", "--method", "zipit", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
+    runs = {"two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                    "mudsc", *common, "--out", "m2.pt", "--plan", "p2.safetensors"],
+            "one": [sys.executable, "-m", "mudsc", *common, "--full-pass", "--out", "m1.pt", "--plan", "p1.safetensors"]}
+    for name, cmd in runs.items():
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        assert done.returncode == 0, (name, done.stdout, done.stderr)
+        assert done.stdout.count("merged 2 models") == 1, done.stdout  # rank 0 alone reports
+    one, two = (mudsc.MergePlan.load(tmp_path / f"p{k}.safetensors") for k in (1, 2))
+    assert one.maps.keys() == two.maps.keys()
+    for group in one.maps:
+        assert (one.maps[group].labels == two.maps[group].labels).all(), group
+    s1, s2 = (torch.load(tmp_path / f"m{k}.pt") for k in (1, 2))
+    for key in s1:
+        torch.testing.assert_close(s2[key], s1[key], rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_a_shard_is_every_kth_batch(monkeypatch):
+    from mudsc.cli.launch import Shard, launched_ranks, shard, takes_shard
+
+    items = list(range(7))
+    assert [list(Shard(items, r, 3)) for r in range(3)] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert [len(Shard(items, r, 3)) for r in range(3)] == [3, 2, 2]
+    assert len(Shard(items, 2, 9)) == 1 and len(Shard(items, 8, 9)) == 0
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert launched_ranks() is None and shard(items) is items
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert launched_ranks() == (1, 1, 2) and list(shard(items)) == [1, 3, 5]
+    assert takes_shard(lambda rank, world_size: None) and not takes_shard(lambda: None)

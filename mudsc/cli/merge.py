@@ -45,7 +45,9 @@ import mudsc
 
 from .._io import atomic_path
 from ..demo.mnist import load_digits
+from ..distributed import Collective, RankFailure, rank_of, resolve_group
 from ..inputs import check_device
+from .launch import launched_ranks, process_group, shard, takes_shard
 
 __all__ = ["BUILTIN_ARCHS", "BUILTIN_DATA", "CliError", "add_parser", "run"]
 
@@ -102,6 +104,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=("auto", "native", "reference"))
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _write(args, result) -> None:
+    """The merged state dict to ``--out`` and the plan to ``--plan``; the model is renamed into place last, after
+    the plan (when asked for), so ``--out`` marks completion."""
+    with atomic_path(args.out) as out_tmp:
+        with atomic_path(args.plan) if args.plan else contextlib.nullcontext() as plan_tmp:
+            torch.save(result.model.state_dict(), out_tmp)
+            if plan_tmp:
+                result.plan.save(plan_tmp)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -258,9 +270,12 @@ def _loader(args, source):
         images, _ = load_digits(value)
         if args.arch == "mlp":
             images = images.reshape(len(images), -1)
+    elif takes_shard(value) and launched_ranks() is not None:
+        rank, _, world = launched_ranks()
+        return value(rank=rank, world_size=world)  # the factory shards its own data
     else:
-        return value()
-    return [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
+        return shard(value())
+    return shard([images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)])
 
 
 def _load_checkpoint(model, path: str):
@@ -287,12 +302,12 @@ def _load_checkpoint(model, path: str):
     return model
 
 
-def _merge_models(args):
-    """Check the outputs, the device and the data, then load the checkpoints and merge: the MergeResult."""
+def _models_and_data(args, device):
+    """Check the outputs and the data, then load the checkpoints (onto ``device`` when given):
+    ``(models, this process's loader)``."""
     if len(args.checkpoints) < 2:
         raise CliError(f"--checkpoints needs at least two files, got {len(args.checkpoints)}")
     _check_outputs(args)
-    device = _check_device(args.device)
     factory, kwargs = _factory_and_kwargs(args)
     source = _data_source(args, factory, kwargs)
     loaded = []
@@ -301,8 +316,13 @@ def _merge_models(args):
             model = factory(**kwargs)
         except TypeError as exc:
             raise CliError(f"--arch {args.arch} rejects --arch-kwargs {kwargs}: {exc}") from exc
-        loaded.append(_load_checkpoint(model, path))
-    return mudsc.merge(loaded, _loader(args, source), method=args.method, balance=args.balance,
+        loaded.append(_load_checkpoint(model, path) if device is None else _load_checkpoint(model, path).to(device))
+    return loaded, _loader(args, source)
+
+
+def _merge(args, loaded, loader, device):
+    """:func:`mudsc.merge` with the command line's settings (over the default process group under torchrun)."""
+    return mudsc.merge(loaded, loader, method=args.method, balance=args.balance,
                        reduce=args.reduce, alpha=args.alpha, beta=args.beta, zip_decay=args.zip_decay,
                        max_sweeps=args.max_sweeps,
                        patience=args.patience, seed=args.seed, max_batches=args.max_batches, device=device,
@@ -310,18 +330,29 @@ def _merge_models(args):
 
 
 def run(args) -> int:
-    """Run ``mudsc merge`` with parsed ``args``; returns the exit code (2 with a one-line message on bad input)."""
+    """Run ``mudsc merge`` with parsed ``args``; returns the exit code (2 with a one-line message on bad input).
+    Under ``torchrun`` every rank merges its shard of the data (:mod:`mudsc.cli.launch`) and rank 0 writes."""
+    created = False
     try:
-        result = _merge_models(args)
-        # The model is renamed into place last: after the plan (when asked for), so --out marks completion.
-        with atomic_path(args.out) as out_tmp:
-            with atomic_path(args.plan) if args.plan else contextlib.nullcontext() as plan_tmp:
-                torch.save(result.model.state_dict(), out_tmp)
-                if plan_tmp:
-                    result.plan.save(plan_tmp)
-    except (CliError, ValueError, TypeError, OSError) as exc:
+        device, created = process_group(_check_device(args.device))
+        group = resolve_group(None)
+        rank = rank_of(group)
+        with Collective(group, "the command line's checks"):
+            loaded, loader = _models_and_data(args, device)
+        result = _merge(args, loaded, loader, device)
+        with Collective(group, "writing the outputs"):
+            if rank == 0:
+                _write(args, result)
+    except (CliError, ValueError, TypeError, OSError, RankFailure) as exc:
         print(f"mudsc merge: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank != 0:
+        return 0
     t = result.report["timing"]
     print(f"merged {len(args.checkpoints)} models with {args.method}: merge value "
           f"{result.report['merge_value']:.4f}, {result.report['sweeps']} sweeps, {t['total']:.2f} s -> {args.out}")
