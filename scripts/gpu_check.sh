@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, for a lent GPU machine (16 cores, PyTorch with CUDA, nvcc, no internet, no venv):
 # build in place with every core, run the cuda-marked tests, run the GPU-relevant benchmarks, and
-# write everything under $OUT (or build/gpu-check). Meant to finish well under 8 minutes.
+# write everything under $OUT (or build/gpu-check). Meant to finish well under 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-build/gpu-check}"
@@ -24,5 +24,14 @@ grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_cuda.log" | head -40
 echo "== benchmarks"; date
 timeout 240 "$PY" benchmarks/bench_stats.py --device cuda --profile --out "$OUT/stats_cuda.json" || status=1
 timeout 60 "$PY" benchmarks/bench_zip.py --quick --out "$OUT/zip_quick.json" || status=1  # CPU side
+echo "== distributed (NCCL, one rank per GPU, at most 2)"; date
+ngpu=$("$PY" -c "import torch; print(min(2, torch.cuda.device_count()))" 2>/dev/null || echo 0)
+if [ "$ngpu" -ge 1 ]; then
+  timeout 120 "$PY" -m torch.distributed.run --standalone --nproc-per-node "$ngpu" scripts/nccl_check.py \
+    --out "$OUT/nccl_check.json" || status=1
+fi
+echo "== scale (the default merge call on the GPU)"; date
+timeout 240 "$PY" benchmarks/bench_scale.py --device cuda --cases vit-b16 --method mudsc-zip --images 2048 \
+  --batch 128 --out "$OUT/scale_vit-b16_cuda.json" || status=1
 echo "== done (status $status)"; date
 exit "$status"
