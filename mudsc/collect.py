@@ -27,11 +27,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._progress import progress_bar
-from .backends import choose
-from .distributed import Collective, resolve_group, sum_over_ranks
+from .distributed import (ActivationExchange, Collective, RankFailure, broadcast_group_stats, resolve_group,
+                          sum_over_ranks)
 from .distributed import check_device as check_group_device
 from .inputs import check_max_batches, check_models, peek
-from .memory import moment_bytes
+from .memory import accumulator_note, is_out_of_memory, packed_moments
 from .norm import first_input
 from .spec import Group, PermSpec
 from .stats import CorrelationAccumulator
@@ -75,6 +75,35 @@ class ActivationStats:
         self.micro_batches = 1
         self.kept_per_sample: Optional[int] = None
         self.group_batches: Dict[str, int] = {g: num_batches for g in accumulators}
+        self._sharded: Dict[str, int] = {}  # group -> owner rank, until fetched (group-sharded statistics)
+        self._process_group = None
+
+    def shard(self, process_group, owners: Dict[str, int], device: torch.device) -> None:
+        """Group-sharded statistics: ``owners`` (``{group: rank}``) hold the accumulators of their groups; the first
+        time any rank asks for a group, every rank does, and its owner finalises it and broadcasts the float32
+        correlation, the degenerate units and the sample positions to all
+        (:func:`mudsc.distributed.broadcast_group_stats`; the matching asks for groups in the same order on every
+        rank)."""
+        self._process_group = process_group
+        self._sharded = {name: rank for name, rank in owners.items()}
+        self._shard_device = device
+        self.group_batches.update({name: self.num_batches for name in owners})
+
+    def _fetch(self, group: str) -> None:
+        owner = self._sharded.pop(group)
+        bundle = None
+        acc = self.accumulators.get(group)
+        if acc is not None:  # this rank owns it
+            corr = acc.correlation(dtype=torch.float32)
+            dead = torch.nonzero(acc.variances() < 1e-7).flatten()  # degenerate_units' default eps
+            bundle = (corr, dead, acc.num_positions)
+        corr, dead, positions = broadcast_group_stats(self._process_group, owner, bundle, self._shard_device)
+        self._cache[group], self._dead[group] = corr, dead
+        self._sizes[group] = (positions, corr.shape[0])
+        if acc is not None:
+            acc.clear_cache()
+            if self.transient:
+                del self.accumulators[group]
 
     def defer(self, chunks: Sequence[Sequence[str]], collect) -> None:
         """Groups collected later, one more pass over the data per chunk: ``collect(names)`` returns an
@@ -105,12 +134,14 @@ class ActivationStats:
 
     def has_taps(self, group: str) -> bool:
         """Whether ``group`` has activation statistics (False: its matching falls back to weights)."""
-        return group in self._sizes or group in self._deferred
+        return group in self._sizes or group in self._deferred or group in self._sharded
 
     def degenerate_units(self, group: str, eps: float = 1e-7) -> torch.Tensor:
         """``LongTensor[k]``: units of ``group`` (model-major) whose variance over the samples seen is below ``eps``
         (the clamp of :meth:`correlation`; constant units included; empty without taps). Their correlations are
         0 or shrunk towards it, with their twins too, so matching must not rely on them."""
+        if group in self._sharded:
+            self._fetch(group)
         if group not in self._dead:
             acc = self._accumulator(group)
             if acc is None:
@@ -124,6 +155,8 @@ class ActivationStats:
         tokens or pixels, summed over its taps; None without taps)."""
         if group in self._deferred:
             self._run_deferred(group)
+        if group in self._sharded:
+            self._fetch(group)
         return self._sizes[group][0] if group in self._sizes else None
 
     def underdetermined(self, group: str) -> bool:
@@ -133,6 +166,8 @@ class ActivationStats:
 
     def correlation(self, group: str) -> Optional[torch.Tensor]:
         """``Tensor[N·size, N·size]`` float32 activation correlation of ``group`` (None without taps)."""
+        if group in self._sharded:
+            self._fetch(group)
         if group not in self._cache:
             acc = self._accumulator(group)
             if acc is None:
@@ -195,32 +230,6 @@ class TapError(RuntimeError):
     """A tap behaved differently across models or batches (fired more often, modified in place later)."""
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A CUDA or CPU allocator failure (``torch.OutOfMemoryError``, or the CPU allocator's RuntimeError)."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def packed_moments(device: Union[str, torch.device], backend: str = "auto") -> bool:
-    """Whether the statistics on ``device`` keep packed float64 moments (the CPU with the native ops: half the
-    bytes of ``[F, F]``, the same sums; :class:`mudsc.CorrelationAccumulator`)."""
-    return torch.device(device).type == "cpu" and choose("statistics", backend, needs="ops") == "native"
-
-
-def accumulator_note(spec: PermSpec, num_models: int, packed: bool = False) -> str:
-    """The float64 moments of every tapped group (:func:`mudsc.memory.moment_bytes`), totalled, with the
-    largest."""
-    sizes = {g.name: moment_bytes(num_models * g.size, packed) for g in spec.groups if g.taps}
-    if not sizes:
-        return "no group is tapped"
-    largest = max(sizes, key=sizes.get)
-    return (f"the accumulators of {len(sizes)} groups hold {sum(sizes.values()) / 2**30:.2f} GiB of float64 moments "
-            f"(largest: group {largest!r}, {sizes[largest] / 2**30:.2f} GiB), besides the models and their "
-            "activations; use fewer or smaller batches, or a device with more memory")
-
-
 def _version(t: torch.Tensor) -> Optional[int]:
     try:
         return int(t._version)
@@ -248,17 +257,18 @@ class StatsCollector:
     """
 
     def __init__(self, models: Sequence[nn.Module], spec: PermSpec, device: torch.device, backend: str = "auto",
-                 groups: Optional[Sequence[str]] = None, keep_bytes: Optional[int] = None):
+                 groups: Optional[Sequence[str]] = None, keep_bytes: Optional[int] = None, exchange=None):
         self.models = list(models)
         self.spec = spec
         self.n = len(self.models)
         wanted = None if groups is None else set(groups)
         self.groups = [g for g in spec.groups if g.taps and (wanted is None or g.name in wanted)]
         self.packed = packed_moments(device, backend)
+        self.exchange = exchange  # group-sharded statistics: other ranks' groups go there (mudsc.distributed)
         try:
             self.accumulators = {g.name: CorrelationAccumulator(self.n * g.size, device=device, backend=backend,
                                                                 packed=self.packed)
-                                 for g in self.groups}
+                                 for g in self.groups if exchange is None or exchange.owns(g.name)}
         except RuntimeError as exc:
             if is_out_of_memory(exc):
                 raise MemoryError(f"out of memory allocating the statistics on {device}: "
@@ -352,7 +362,28 @@ class StatsCollector:
             return
         if self._redo is not None and (g.name, t_index, call) not in self._redo:
             return
+        if self.exchange is not None and not self.exchange.owns(g.name):
+            self.exchange.send(g.name, torch.cat([t.movedim(tap.channel_dim, -1).reshape(-1, g.size)
+                                                  for t in kept + [x]], dim=1))
+            return
         self.accumulators[g.name].update(kept + [x], channel_dim=tap.channel_dim)
+
+    def exchange_round(self, status: Optional[int] = None) -> None:
+        """Group-sharded statistics: one round of :class:`mudsc.distributed.ActivationExchange` (status: this
+        rank has data; :meth:`finish_exchange` for the rounds after its last batch), accumulating what arrives."""
+        if self.exchange is None:
+            return
+        t0 = time.perf_counter()
+        for name, rows in self.exchange.round(self.exchange.ACTIVE if status is None else status):
+            self.accumulators[name].update(rows, channel_dim=1)
+        self.hook_time += time.perf_counter() - t0
+
+    def finish_exchange(self) -> None:
+        """Join the exchange's rounds until every rank has read its last batch."""
+        if self.exchange is not None:
+            t0 = time.perf_counter()
+            self.exchange.drain(lambda name, rows: self.accumulators[name].update(rows, channel_dim=1))
+            self.hook_time += time.perf_counter() - t0
 
     def _keep(self, x: torch.Tensor, key) -> tuple:
         """``(tensor to use, original, its version, key)`` for a tapped activation kept until model N-1 has
@@ -457,7 +488,9 @@ class StatsCollector:
                                          f"{shape}: {exc}") from exc
                     raise ValueError(f"model {i} cannot run on batch {index} of shape {shape} (the first "
                                      f"batch had shape {self._first_shape}): {exc}") from exc
-        return (time.perf_counter() - t0) - (self.hook_time - h0)
+        seconds = (time.perf_counter() - t0) - (self.hook_time - h0)
+        self.exchange_round()
+        return seconds
 
     def memory_note(self) -> str:
         """How much the accumulators hold, for an out-of-memory message."""
@@ -507,6 +540,7 @@ def collect_stats(
     keep_bytes: Optional[int] = None,
     stop=None,
     process_group=None,
+    owners: Optional[Dict[str, int]] = None,
 ) -> ActivationStats:
     """One pass over ``loader``: the activation correlation of every group's units across the N models.
 
@@ -535,6 +569,10 @@ def collect_stats(
             default group when one is initialized, False one process), ``loader`` is this rank's shard, every
             group's statistics are summed over the ranks (identical on every rank) and ``num_batches`` is the
             ranks' total; ``stop`` must then be None. A failure on one rank raises on every rank.
+        owners: under a process group, ``{group: rank}``: group-sharded statistics (the memory plan's
+            :func:`mudsc.memory.shard_groups`). Each rank accumulates only its own groups, over every rank's data
+            (the tapped activations travel to their owners, :class:`mudsc.distributed.ActivationExchange`); a
+            group's statistics reach every rank when it is first asked for (:meth:`ActivationStats.shard`).
 
     Returns:
         :class:`ActivationStats`; ``timing["forward"]`` is the models' own forward time, ``timing["stats"]``
@@ -544,12 +582,14 @@ def collect_stats(
     if group is not None and stop is not None:
         raise ValueError("a stopping rule (stop=) cannot run under a process group: its decisions would need the "
                          "global statistics at every checkpoint")
+    if owners and group is None:
+        raise ValueError("owners= (group-sharded statistics) needs a process group of several ranks")
     with Collective(group, "the statistics pass") as step:
         collector, num_batches, forward = _run_pass(models, spec, loader, max_batches, device, backend, progress,
-                                                    groups, keep_bytes, stop, group)
-        step.share(groups=list(collector.accumulators), batches_known=max_batches)
+                                                    groups, keep_bytes, stop, group, owners)
+        step.share(groups=[g.name for g in collector.groups], owners=owners)
     if group is not None:
-        for acc in collector.accumulators.values():
+        for acc in (collector.accumulators.values() if not owners else ()):
             acc.all_reduce(group)
         num_batches = sum_over_ranks(num_batches, group)
     if num_batches == 0:
@@ -561,11 +601,21 @@ def collect_stats(
     stats.micro_batches, stats.kept_per_sample = collector.micro_batches, collector.kept_per_sample
     stats.group_batches = {g.name: collector.stopped_at.get(g.name, num_batches) for g in collector.groups}
     stats.timing["stopping_rule"] = collector.stop_time
+    if owners:
+        stats.shard(group, {g.name: owners[g.name] for g in collector.groups}, collector_device(collector))
+        stats.timing["exchange_rounds"] = collector.exchange.rounds
+        stats.timing["exchange_sent_bytes"] = collector.exchange.sent_bytes
     return stats
 
 
+def collector_device(collector: StatsCollector) -> torch.device:
+    """Where the collector's models run."""
+    p = next(iter(collector.models[0].parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def _run_pass(models, spec: PermSpec, loader, max_batches, device, backend, progress, groups, keep_bytes, stop,
-              group) -> tuple:
+              group, owners=None) -> tuple:
     """The pass of :func:`collect_stats` over this process's ``loader`` (arguments checked first):
     ``(collector, batches read, forward seconds)``. Under a process group a rank's shard may be empty."""
     models = check_models(models)
@@ -584,17 +634,30 @@ def _run_pass(models, spec: PermSpec, loader, max_batches, device, backend, prog
     if unknown:
         raise ValueError(f"groups {unknown} are not in the spec")
     check_group_device(group, dev)
-    collector = StatsCollector(run_models, spec, dev, backend, groups=groups, keep_bytes=keep_bytes)
+    exchange = None
+    if owners:
+        missing = sorted({g.name for g in spec.groups if g.taps and (groups is None or g.name in groups)} - set(owners))
+        if missing:
+            raise ValueError(f"owners= names no rank for groups {missing}")
+        exchange = ActivationExchange(group, owners, {g.name: len(models) * g.size for g in spec.groups if g.taps},
+                                      dev)
+    collector = StatsCollector(run_models, spec, dev, backend, groups=groups, keep_bytes=keep_bytes, exchange=exchange)
     num_batches, forward = 0, 0.0
-    with collector:
-        total = loader_length(loader, max_batches)
-        for batch in progress_bar(batches, progress, total=total, desc="mudsc stats", leave=False):
-            if max_batches is not None and num_batches >= max_batches:
-                break
-            forward += collector.run_batch(first_input(batch).to(dev), index=num_batches)
-            num_batches += 1
-            if stop is not None and _stop_groups(collector, stop, num_batches, total):
-                break
+    try:
+        with collector:
+            total = loader_length(loader, max_batches)
+            for batch in progress_bar(batches, progress, total=total, desc="mudsc stats", leave=False):
+                if max_batches is not None and num_batches >= max_batches:
+                    break
+                forward += collector.run_batch(first_input(batch).to(dev), index=num_batches)
+                num_batches += 1
+                if stop is not None and _stop_groups(collector, stop, num_batches, total):
+                    break
+        collector.finish_exchange()
+    except Exception as exc:
+        if exchange is not None and not isinstance(exc, RankFailure):
+            exchange.abort()  # the other ranks wait in the exchange's rounds: tell them
+        raise
     return collector, num_batches, forward
 
 

@@ -15,6 +15,10 @@ What :func:`mudsc.merge` does when a process group is in use (:func:`resolve_gro
   are deterministic, and a memory plan's later passes, which are collective, need every rank to reach them in
   the same order); then rank 0's maps are broadcast and used by all (:func:`share_plan`), with a warning should a
   rank have solved differently.
+- **Or the groups are sharded** when the memory plan says so (:func:`mudsc.memory.shard_groups`: one pass fits
+  only with the groups spread over the ranks): each rank accumulates its own groups over every rank's data, the
+  tapped activations travelling to their owners (:class:`ActivationExchange`), and a group's float32 correlation
+  is broadcast from its owner when the matching first asks for it (:func:`broadcast_group_stats`).
 - **BatchNorm statistics are summed** (:func:`all_reduce_bn`): the reset's cumulative averages of per-batch
   statistics are weighted by each rank's batch count, which is what one process reading every shard computes.
 - **The merged weights are rank 0's** (:func:`broadcast_model`), so they are identical on every rank.
@@ -36,7 +40,7 @@ import torch.nn as nn
 
 from .maps import MatchResult
 
-__all__ = ["Collective", "RankFailure", "all_reduce_bn", "broadcast_model", "min_over_ranks", "resolve_group", "share_plan",
+__all__ = ["ActivationExchange", "Collective", "RankFailure", "broadcast_group_stats", "all_reduce_bn", "broadcast_model", "min_over_ranks", "resolve_group", "share_plan",
            "sum_over_ranks"]
 
 
@@ -235,3 +239,107 @@ def all_reduce_bn(norms, batches: int, group: Optional[Any]) -> int:
             if m.num_batches_tracked is not None:
                 m.num_batches_tracked.fill_(total)
     return total
+
+
+class ActivationExchange:
+    """Tapped activations sent to the ranks that own their groups (group-sharded statistics).
+
+    Under a sharded memory plan (:func:`mudsc.memory.shard_groups`) each rank accumulates only the groups it owns,
+    over every rank's data: a rank's hooks :meth:`send` the features of the other ranks' groups here (``[rows,
+    F]``, the N models' channels side by side), and after each forward of a (micro-)batch every rank runs one
+    :meth:`round`: the ranks exchange how many rows each has for each group (one ``all_gather``), then each owner
+    receives every other rank's rows of its groups (``send``/``recv``), in group order, and gets them back to
+    accumulate. The ranks read different numbers of batches: a rank out of data keeps joining rounds with status
+    "done" (:meth:`drain`) until every rank is done, and a rank that fails joins one round with status "failed"
+    (:meth:`abort`), on which every other rank raises :class:`RankFailure`."""
+
+    ACTIVE, DONE, FAILED = 1, 0, -1
+
+    def __init__(self, group: Any, owners: dict, features: dict, device: torch.device):
+        self.group = group
+        self.rank = rank_of(group)
+        self.world = world_of(group)
+        self.names = [name for name in features if name in owners]  # the spec's order: the same on every rank
+        self.owners = owners
+        self.features = features
+        self.device = device
+        self.outbox: dict = {}
+        self.rounds = 0
+        self.sent_bytes = 0
+
+    def owns(self, name: str) -> bool:
+        return self.owners.get(name, self.rank) == self.rank
+
+    def send(self, name: str, rows: torch.Tensor) -> None:
+        """Queue ``rows`` (``[rows, F]``) of another rank's group for the next :meth:`round`."""
+        self.outbox.setdefault(name, []).append(rows.float())
+
+    def round(self, status: int = ACTIVE) -> list:
+        """One exchange (class docstring): ``[(group, rows received)]`` for this rank's groups; whether every rank
+        is done is :attr:`all_done`."""
+        dist = _dist()
+        counts = [sum(t.shape[0] for t in self.outbox.get(n, ())) for n in self.names]
+        mine = torch.tensor([status] + counts, dtype=torch.int64, device=_reduce_device(self.group))
+        table = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(table, mine, group=self.group)
+        table = torch.stack(table).cpu()
+        self.rounds += 1
+        failed = [r for r in range(self.world) if int(table[r, 0]) == self.FAILED]
+        if failed and status != self.FAILED:
+            self.outbox.clear()
+            raise RankFailure(f"rank {failed[0]} failed in the statistics pass (its error is raised there)")
+        self.all_done = bool((table[:, 0] == self.DONE).all()) or bool(failed)
+        received = []
+        if failed:
+            return received
+        for j, name in enumerate(self.names):
+            owner = self.owners[name]
+            if self.rank == owner:
+                for r in range(self.world):
+                    rows = int(table[r, 1 + j])
+                    if r != owner and rows:
+                        buf = torch.empty(rows, self.features[name], dtype=torch.float32, device=self.device)
+                        dist.recv(buf, src=dist.get_global_rank(self.group, r), group=self.group)
+                        received.append((name, buf))
+            elif counts[j]:
+                rows = torch.cat(self.outbox[name]) if len(self.outbox[name]) > 1 else self.outbox[name][0]
+                dist.send(rows.contiguous(), dst=dist.get_global_rank(self.group, owner), group=self.group)
+                self.sent_bytes += rows.numel() * 4
+        self.outbox.clear()
+        return received
+
+    def drain(self, feed) -> None:
+        """Join rounds as "done", feeding what arrives to ``feed(group, rows)``, until every rank is done."""
+        self.all_done = False
+        while not self.all_done:
+            for name, rows in self.round(self.DONE):
+                feed(name, rows)
+
+    def abort(self) -> None:
+        """Tell the other ranks this one failed (one round with status "failed")."""
+        self.outbox.clear()
+        self.round(self.FAILED)
+
+
+def broadcast_group_stats(group: Any, owner: int, bundle: Optional[tuple], device: torch.device) -> tuple:
+    """``(float32 correlation [F, F] on the CPU, degenerate units [k], positions)`` of one group on every rank,
+    from its ``owner``, which passes ``bundle`` (the others pass None)."""
+    dist = _dist()
+    src = dist.get_global_rank(group, owner)
+    dev = _reduce_device(group) if device.type == "cpu" else device
+    if rank_of(group) == owner:
+        corr, dead, positions = bundle
+        head = torch.tensor([corr.shape[0], dead.numel(), positions], dtype=torch.int64, device=dev)
+    else:
+        head = torch.empty(3, dtype=torch.int64, device=dev)
+    dist.broadcast(head, src=src, group=group)
+    f, k, positions = (int(v) for v in head.tolist())
+    if rank_of(group) == owner:
+        corr_d, dead_d = corr.to(dev), dead.to(dev)
+    else:
+        corr_d = torch.empty(f, f, dtype=torch.float32, device=dev)
+        dead_d = torch.empty(k, dtype=torch.int64, device=dev)
+    dist.broadcast(corr_d, src=src, group=group)
+    if k:
+        dist.broadcast(dead_d, src=src, group=group)
+    return corr_d.cpu(), dead_d.cpu(), positions

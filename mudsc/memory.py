@@ -34,7 +34,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["MemoryPlan", "available_bytes", "format_bytes", "keep_bytes", "parse_bytes", "plan_passes",
+from .backends import choose
+
+__all__ = ["MemoryPlan", "available_bytes", "format_bytes", "keep_bytes", "parse_bytes", "plan_passes", "shard_groups",
            "SAFE_FRACTION", "KEEP_MAX_BYTES", "KEEP_DEFAULT_BYTES"]
 
 SAFE_FRACTION = 0.6
@@ -129,6 +131,9 @@ class MemoryPlan:
         peaks: estimated peak bytes of the statistics during each pass.
         group_bytes: per group, its moment's bytes.
         explicit: whether ``budget`` came from the caller.
+        owners: ``{group: rank}`` when the groups are sharded over the ranks of a process group
+            (:func:`shard_groups`; empty: every rank accumulates every group).
+        rank_peaks: with ``owners``, the estimated peak of each rank.
     """
 
     budget: int
@@ -136,6 +141,8 @@ class MemoryPlan:
     peaks: List[int]
     group_bytes: Dict[str, int] = field(default_factory=dict)
     explicit: bool = False
+    owners: Dict[str, int] = field(default_factory=dict)
+    rank_peaks: List[int] = field(default_factory=list)
 
     @property
     def passes(self) -> int:
@@ -146,7 +153,11 @@ class MemoryPlan:
         return {"budget_gib": self.budget / gib, "passes": self.passes,
                 "groups_per_pass": [len(c) for c in self.chunks],
                 "estimated_peak_gib": [p / gib for p in self.peaks],
-                "moments_gib": sum(self.group_bytes.values()) / gib}
+                "moments_gib": sum(self.group_bytes.values()) / gib,
+                "sharded": bool(self.owners),
+                "groups_per_rank": ([sum(1 for r in self.owners.values() if r == k) for k in range(len(self.rank_peaks))]
+                                    if self.owners else None),
+                "estimated_rank_peak_gib": [p / gib for p in self.rank_peaks] if self.owners else None}
 
 
 def plan_passes(coords: Sequence[Sequence[Tuple[str, int]]], keep_correlations: bool, budget: int,
@@ -199,3 +210,60 @@ def plan_passes(coords: Sequence[Sequence[Tuple[str, int]]], keep_correlations: 
     names = [[name for coord in chunk for name, _ in coord] for chunk in chunks]
     return MemoryPlan(budget=int(budget), chunks=names or [[]], peaks=peaks or [0],
                       group_bytes={n: moment_bytes(f, packed) for n, f in sizes.items()}, explicit=explicit)
+
+
+def shard_groups(coords: Sequence[Sequence[Tuple[str, int]]], keep_correlations: bool, budget: int, world: int,
+                 packed: bool = False) -> Optional[Tuple[Dict[str, int], List[int]]]:
+    """``({group: owner rank}, estimated peak per rank)`` when sharding ``coords`` over ``world`` ranks makes a
+    single pass fit ``budget`` on every rank, else None.
+
+    Each coordinate goes, in order, to the rank whose moments are smallest so far (ties: the lowest rank): a rank
+    holds the float64 moments of its own groups during the pass, then receives every group's float32 correlation
+    from its owner at finalisation, one at a time (``4·F²``, or the owner's finalisation), and keeps them all
+    when ``keep_correlations`` (a descent), as one process does."""
+    if world < 2:
+        return None
+    owners: Dict[str, int] = {}
+    moments = [0] * world
+    final = [0] * world
+    corr = 0
+    for coord in coords:
+        if not coord:
+            continue
+        rank = min(range(world), key=lambda r: (moments[r], r))
+        for name, f in coord:
+            owners[name] = rank
+            moments[rank] += moment_bytes(f, packed)
+            for r in range(world):
+                final[r] = max(final[r], finalize_bytes(f, packed) if r == rank else correlation_bytes(f))
+            corr += correlation_bytes(f)
+    peaks = [moments[r] + final[r] + (corr if keep_correlations else 0) for r in range(world)]
+    if not owners or max(peaks) > budget:
+        return None
+    return owners, peaks
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA or CPU allocator failure (``torch.OutOfMemoryError``, or the CPU allocator's RuntimeError)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def packed_moments(device: Union[str, torch.device], backend: str = "auto") -> bool:
+    """Whether the statistics on ``device`` keep packed float64 moments (the CPU with the native ops: half the
+    bytes of ``[F, F]``, the same sums; :class:`mudsc.CorrelationAccumulator`)."""
+    return torch.device(device).type == "cpu" and choose("statistics", backend, needs="ops") == "native"
+
+
+def accumulator_note(spec, num_models: int, packed: bool = False) -> str:
+    """The float64 moments of every tapped group of ``spec`` (a :class:`mudsc.PermSpec`; :func:`moment_bytes`),
+    totalled, with the largest."""
+    sizes = {g.name: moment_bytes(num_models * g.size, packed) for g in spec.groups if g.taps}
+    if not sizes:
+        return "no group is tapped"
+    largest = max(sizes, key=sizes.get)
+    return (f"the accumulators of {len(sizes)} groups hold {sum(sizes.values()) / 2**30:.2f} GiB of float64 moments "
+            f"(largest: group {largest!r}, {sizes[largest] / 2**30:.2f} GiB), besides the models and their "
+            "activations; use fewer or smaller batches, or a device with more memory")

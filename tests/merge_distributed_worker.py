@@ -18,8 +18,11 @@ NUM_BATCHES = 8
 SCENARIOS = {
     "zipit": ("zipit", {}, 4),
     "mudsc-zip": ("mudsc-zip", {"max_sweeps": 3}, 4),
-    "zipit-uneven-chunked": ("zipit", {"max_memory": "1MB"}, 3),  # several passes over the shards
+    "zipit-uneven-chunked": ("zipit", {"max_memory": "700KB"}, 3),  # several passes over the shards
     "mudsc-zip-uneven": ("mudsc-zip", {"max_sweeps": 3}, 6),
+    # budgets one process would need several passes for, but one pass fits with the groups sharded over 2 ranks
+    "zipit-sharded": ("zipit", {"max_memory": "1MB"}, 3),
+    "mudsc-zip-sharded": ("mudsc-zip", {"max_sweeps": 3, "max_memory": "2600KB"}, 5),
 }
 
 
@@ -39,7 +42,8 @@ def outcome(result) -> dict:
     return {"labels": {k: torch.as_tensor(v.labels) for k, v in result.plan.maps.items()},
             "state": {k: v.clone() for k, v in result.model.state_dict().items()},
             "num_batches": result.report["num_batches"], "bn_batches": result.report["samples"]["bn_batches"],
-            "distributed": result.report["distributed"], "passes": result.report["memory"]["passes"]}
+            "distributed": result.report["distributed"], "passes": result.report["memory"]["passes"],
+            "memory": result.report["memory"]}
 
 
 def main(argv: list) -> int:
@@ -61,12 +65,16 @@ def main(argv: list) -> int:
                 alone = mudsc.merge(models, batches, method=method, progress=False, process_group=False,
                                     adaptive=False, **kwargs)
                 out[name + "/one-process"] = outcome(alone)
-        # failures: rank 1 has no data; rank 1 merges different models
-        for name, (mine, mods) in {"empty-shard": (batches[:4] if rank == 0 else [], models),
-                                   "different-models": (batches[:4] if rank == 0 else batches[4:],
-                                                        models if rank == 0 else models[::-1])}.items():
+        # failures: rank 1 has no data; rank 1 merges different models; rank 1's second batch cannot run while
+        # rank 0 waits in the activation exchange of sharded statistics
+        bad = batches[4:5] + [torch.randn(32, 5, 32, 32)] + batches[5:]
+        failures = {"empty-shard": (batches[:4] if rank == 0 else [], models, {}),
+                    "different-models": (batches[:4] if rank == 0 else batches[4:], models if rank == 0 else
+                                         models[::-1], {}),
+                    "sharded-bad-batch": (batches[:4] if rank == 0 else bad, models, {"max_memory": "1MB"})}
+        for name, (mine, mods, kwargs) in failures.items():
             try:
-                mudsc.merge(mods, mine, method="zipit", progress=False)
+                mudsc.merge(mods, mine, method="zipit", progress=False, **kwargs)
                 out[name] = "no error"
             except (ValueError, RuntimeError) as exc:
                 out[name] = f"{type(exc).__name__}: {exc}"

@@ -68,7 +68,8 @@ def test_both_ranks_get_the_same_plan_and_weights(ranks, name):
     assert r0["state"].keys() == r1["state"].keys()
     for key in r0["state"]:
         assert torch.equal(r0["state"][key], r1["state"][key]), key
-    assert r0["distributed"] == {"world_size": 2, "rank": 0, "backend": "gloo"}
+    assert {k: r0["distributed"][k] for k in ("world_size", "rank", "backend")} == {
+        "world_size": 2, "rank": 0, "backend": "gloo"}
     assert r1["distributed"]["rank"] == 1
 
 
@@ -94,6 +95,23 @@ def test_the_plan_is_the_one_process_plan(ranks, name):
 def test_a_memory_plan_of_several_passes_runs_on_every_rank(ranks):
     assert ranks[0]["zipit-uneven-chunked"]["passes"] > 1
     assert ranks[1]["zipit-uneven-chunked"]["passes"] == ranks[0]["zipit-uneven-chunked"]["passes"]
+
+
+@pytest.mark.parametrize("name", ["zipit-sharded", "mudsc-zip-sharded"])
+def test_groups_sharded_over_the_ranks_when_one_pass_fits_only_so(ranks, name):
+    """A budget one process needs several passes for: each rank accumulates half of the groups in one pass
+    (its peak is reported by every rank); the plan is the one-process plan (checked above)."""
+    for r in range(2):
+        memory = ranks[r][name]["memory"]
+        assert memory["sharded"] and memory["passes"] == 1 and memory["groups_per_rank"] == [6, 6]
+        peaks = ranks[r][name]["distributed"]["rank_peaks"]
+        assert len(peaks) == 2 and all(p["peak_rss_gib"] > 0 for p in peaks)
+    assert ranks[0][name + "/one-process"]["passes"] > 1
+
+
+def test_a_rank_failing_in_the_activation_exchange_fails_every_rank(ranks):
+    assert ranks[1]["sharded-bad-batch"].startswith("ValueError: model 0 cannot run on batch 1")
+    assert ranks[0]["sharded-bad-batch"].startswith("RankFailure: rank 1 failed in the statistics pass")
 
 
 def test_a_rank_without_data_fails_every_rank(ranks):

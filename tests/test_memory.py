@@ -166,3 +166,21 @@ def test_the_report_gives_the_micro_batches_of_the_pass():
         mem = mudsc.merge(ms, _loader(), method="zipit", **FAST).report["memory"]
     assert mem["micro_batches"] == 1  # 16 small images: far under the CPU's cap
     assert 0 < mem["kept_per_sample_mib"] < 1
+
+
+def test_shard_groups_balances_the_moments_over_the_ranks_and_counts_what_every_rank_receives():
+    from mudsc.memory import correlation_bytes, finalize_bytes, moment_bytes, shard_groups
+
+    coords = [[("a", 100)], [("b", 100)], [("c", 50), ("d", 50)], [("e", 10)]]
+    owners, peaks = shard_groups(coords, keep_correlations=False, budget=10**9, world=2)
+    # in order, each coordinate to the rank with the fewest moment bytes so far (ties: the lower rank)
+    assert owners == {"a": 0, "b": 1, "c": 0, "d": 0, "e": 1}
+    m0 = moment_bytes(100) + 2 * moment_bytes(50)
+    m1 = moment_bytes(100) + moment_bytes(10)
+    assert peaks == [m0 + finalize_bytes(100), m1 + finalize_bytes(100)]
+    corr = sum(correlation_bytes(f) for f in (100, 100, 50, 50, 10))
+    _, kept = shard_groups(coords, keep_correlations=True, budget=10**9, world=2)
+    assert kept == [p + corr for p in peaks]
+    assert shard_groups(coords, False, budget=max(peaks) - 1, world=2) is None  # does not fit: no sharding
+    assert shard_groups(coords, False, budget=10**9, world=1) is None
+    assert shard_groups([[("a", 100)], [("b", 100)]], False, 10**9, world=3)[0] == {"a": 0, "b": 1}

@@ -14,10 +14,12 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ..collect import collect_stats, loader_length, packed_moments
-from ..distributed import Collective, broadcast_model, min_over_ranks, resolve_group, share_plan
+from ..backends import choose
+from ..collect import collect_stats, loader_length
+from ..distributed import Collective, broadcast_model, min_over_ranks, resolve_group, share_plan, world_of
 from ..inputs import check_device, check_finite_weights, check_max_batches, check_models, peek
-from ..memory import SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, keep_bytes, parse_bytes, plan_passes
+from ..memory import (SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, keep_bytes, moment_bytes,
+                      packed_moments, parse_bytes, plan_passes, shard_groups)
 from ..norm import recompute_bn
 from ..plan import MergePlan, fingerprint
 from ..probe import run_named
@@ -151,7 +153,7 @@ def merge(
     report = _report(method, len(models), spec, plan, stats, timing,
                      _samples_report(adaptive, loader_length(loader, max_batches), stats, rule, bn_batches),
                      _memory_report(memory, device if device is not None else _device_of(models[0]), stats))
-    report["distributed"] = _distributed_report(group)
+    report["distributed"] = _distributed_report(group, report["memory"])
     return MergeResult(model=model, plan=plan, report=report)
 
 
@@ -193,14 +195,19 @@ def _trace_and_probe(models, spec, example_inputs, first, info_m, reduce, timing
     return spec, probe_inputs
 
 
-def _distributed_report(group) -> Optional[dict]:
-    """``report["distributed"]``: the process group's ranks, this rank and its backend (None: one process)."""
+def _distributed_report(group, memory: dict) -> Optional[dict]:
+    """``report["distributed"]``: the process group's ranks, this rank, its backend and every rank's measured peak
+    (``peak_rss_gib`` / ``cuda_peak_allocated_gib`` of each rank's ``report["memory"]``, gathered); None: one
+    process."""
     if group is None:
         return None
     import torch.distributed as dist
 
+    peaks = [None] * dist.get_world_size(group)
+    dist.all_gather_object(peaks, {k: memory[k] for k in ("peak_rss_gib", "cuda_peak_allocated_gib") if k in memory},
+                           group=group)
     return {"world_size": dist.get_world_size(group), "rank": dist.get_rank(group),
-            "backend": str(dist.get_backend(group))}
+            "backend": str(dist.get_backend(group)), "rank_peaks": peaks}
 
 
 def _check_arguments(models, spec, max_batches, adaptive, sample_tol, max_memory, device) -> Optional[torch.device]:
@@ -242,13 +249,29 @@ def _memory_plan(models, spec: PermSpec, info_m, dev: torch.device, max_memory, 
                  backend: str, group=None) -> MemoryPlan:
     """The passes of the statistics (:mod:`mudsc.memory`) on ``dev`` for ``max_memory`` bytes (None: a safe
     fraction of what it has free, the least over the ranks of ``group``, so that every rank plans the same
-    passes); ValueError when several passes are needed but the loader is one-shot."""
+    passes). Under a process group, when one process would need several passes (or could not fit a group at all)
+    and sharding the groups over the ranks fits one pass, the groups are sharded
+    (:func:`mudsc.memory.shard_groups`). ValueError when several passes are needed but the loader is one-shot."""
     budget = parse_bytes(max_memory) if max_memory is not None else min_over_ranks(
         int(SAFE_FRACTION * available_bytes(dev)), group)
     n = len(models)
     coords = [[(g.name, n * g.size) for g in coord if g.taps] for coord in coordinates(spec)]
-    memory = plan_passes(coords, keep_correlations=info_m.descent, budget=budget, explicit=max_memory is not None,
-                         packed=packed_moments(dev, backend))
+    packed = packed_moments(dev, backend)
+    try:
+        memory = plan_passes(coords, keep_correlations=info_m.descent, budget=budget, explicit=max_memory is not None,
+                             packed=packed)
+    except MemoryError:
+        memory = None  # sharding the groups over the ranks may still fit
+    if (memory is None or memory.passes > 1) and group is not None and choose("statistics", backend, needs="ops") == "native":
+        sharded = shard_groups(coords, info_m.descent, budget, world_of(group), packed)
+        if sharded is not None:  # one pass, each rank holding the moments of its own groups
+            names = [name for coord in coords for name, _ in coord]
+            return MemoryPlan(budget=budget, chunks=[names], peaks=[max(sharded[1])], explicit=max_memory is not None,
+                              group_bytes={name: moment_bytes(f, packed) for coord in coords for name, f in coord},
+                              owners=sharded[0], rank_peaks=sharded[1])
+    if memory is None:
+        return plan_passes(coords, keep_correlations=info_m.descent, budget=budget, explicit=max_memory is not None,
+                           packed=packed)  # raises the MemoryError naming the group that does not fit
     if memory.passes > 1 and one_shot:
         raise ValueError(f"the statistics need {memory.passes} passes over the loader to fit "
                          f"{format_bytes(budget)} (float64 moments of {format_bytes(sum(memory.group_bytes.values()))}"
@@ -286,7 +309,7 @@ def _statistics(models, spec: PermSpec, info_m, loader, one_shot, max_memory, ma
     def collect(names):
         return collect_stats(models, spec, loader, max_batches=max_batches, device=device, backend=backend,
                              progress=progress, transient=True, groups=names, keep_bytes=keep_bytes(dev), stop=rule,
-                             process_group=group if group is not None else False)
+                             process_group=group if group is not None else False, owners=memory.owners or None)
 
     stats = collect(memory.chunks[0] if memory.passes > 1 else None)
     if memory.passes > 1:
