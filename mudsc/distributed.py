@@ -93,14 +93,16 @@ def world_of(group: Optional[Any]) -> int:
     return 1 if group is None else _dist().get_world_size(group)
 
 
-def check_device(group: Optional[Any], device: torch.device) -> None:
-    """ValueError when ``group``'s backend cannot reduce tensors on ``device`` (NCCL needs CUDA tensors)."""
+def check_device(group: Optional[Any], device: torch.device, what: str = "the statistics") -> None:
+    """ValueError when ``group``'s backend cannot reduce tensors on ``device``, where ``what`` lives (NCCL needs
+    CUDA tensors)."""
     if group is None:
         return
     backend = str(_dist().get_backend(group)).lower()
     if backend == "nccl" and device.type != "cuda":
-        raise ValueError(f"the process group's backend is NCCL, which reduces CUDA tensors only, but the statistics "
-                         f"run on {device}: pass device='cuda:<local rank>' or use a gloo group")
+        raise ValueError(f"the process group's backend is NCCL, which reduces CUDA tensors only, but {what} are on "
+                         f"{device}: move the models to cuda:<local rank> (and pass device= there), or use a gloo "
+                         "group")
 
 
 class Collective:

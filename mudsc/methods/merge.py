@@ -17,6 +17,7 @@ import torch.nn as nn
 from ..backends import choose
 from ..collect import collect_stats, loader_length
 from ..distributed import Collective, broadcast_model, min_over_ranks, resolve_group, share_plan, world_of
+from ..distributed import check_device as check_group_device
 from ..inputs import check_device, check_finite_weights, check_max_batches, check_models, peek
 from ..memory import (SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, keep_bytes, moment_bytes,
                       packed_moments, parse_bytes, plan_passes, shard_groups)
@@ -126,6 +127,7 @@ def merge(
     with Collective(group, "the checks and the trace") as step:  # a failure on one rank raises on every rank
         info_m = check_method(method)
         models = check_models(models)
+        check_group_device(group, _device_of(models[0]), "the models")
         reduce = default_reduce(len(models)) if reduce is None else reduce
         hyper = (balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay)
         check_hyperparameters(*hyper)
@@ -133,7 +135,7 @@ def merge(
         first, loader, one_shot = _peek_loader(loader, info_m.activations, method)
         timing["checks"] = time.perf_counter() - t_start
         spec, probe_inputs = _trace_and_probe(models, spec, example_inputs, first, info_m, reduce, timing)
-        step.share(models=[fingerprint(m) for m in models] if group is not None else None, spec=spec.to_dict(),
+        step.share(models=[_rounded(fingerprint(m)) for m in models] if group is not None else None, spec=spec.to_dict(),
                    arguments=[method, hyper, max_batches, max_memory, backend, reset_bn_stats, one_shot])
     adaptive = adaptive and group is None  # stopping decisions would need the global statistics
     rule = _stopping_rule(spec, len(models), info_m.solver, (reduce, alpha, beta, zip_decay), backend,
@@ -193,6 +195,12 @@ def _trace_and_probe(models, spec, example_inputs, first, info_m, reduce, timing
         check_widths(models, spec, info_m, reduce, probe_inputs)
         timing["width_probe"] = time.perf_counter() - t0
     return spec, probe_inputs
+
+
+def _rounded(fp: dict) -> dict:
+    """A :func:`mudsc.plan.fingerprint` with its sums at 10 significant digits: what ranks compare (their last bits
+    may differ between CPU types for the same weights)."""
+    return {k: [shape, dtype] + [float(f"{x:.10g}") for x in sums] for k, (shape, dtype, *sums) in fp.items()}
 
 
 def _distributed_report(group, memory: dict) -> Optional[dict]:
