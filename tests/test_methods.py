@@ -85,7 +85,7 @@ def test_report_stages_add_up_to_the_total(method):
     timing = dict(r.report["timing"])
     total = timing.pop("total")
     assert {"checks", "trace", "width_probe", "forward", "stats", "similarity", "solve", "matching_other", "apply",
-            "final_check", "reset_bn"} == set(timing)
+            "final_check", "reset_bn", "repair"} == set(timing)
     assert all(v >= 0 for v in timing.values()), timing
     assert abs(sum(timing.values()) - total) <= 0.02 * total + 1e-3, (sum(timing.values()), total)
 

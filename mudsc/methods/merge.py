@@ -24,6 +24,7 @@ from ..memory import (SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, 
 from ..norm import recompute_bn
 from ..plan import MergePlan, fingerprint
 from ..probe import run_named
+from ..repair import repair as repair_model
 from ..sampling import MATCH_TOL, NORM_TOL, StableMatching, check_tolerance
 from ..spec import PermSpec, SpecTraceError, trace
 from .coordinates import coordinates, solve_group
@@ -47,10 +48,11 @@ class MergeResult:
             ``trace``, ``width_probe``, ``forward`` (the models' forward passes of the statistics pass),
             ``stats`` (the rest of that pass), ``similarity`` and ``solve`` (of the matching), ``matching_other``
             (the rest of it: correlations, bookkeeping, fingerprints), ``apply``, ``final_check`` (the merged
-            model's forward pass) and ``reset_bn``. ``samples``: what the passes read (:mod:`mudsc.sampling`):
-            ``{"adaptive", "loader_batches", "stats_batches", "group_batches", "stopped_early": {group: batches},
+            model's forward pass), ``reset_bn`` and ``repair``. ``samples``: what the passes read
+            (:mod:`mudsc.sampling`): ``{"adaptive", "loader_batches", "stats_batches", "group_batches", "stopped_early": {group: batches},
             "solves", "rule_seconds", "bn_batches"}``; ``memory``: the memory plan and the measured peaks;
-            ``distributed``: ``{"world_size", "rank", "backend"}`` under a process group, else None.
+            ``distributed``: ``{"world_size", "rank", "backend", "rank_peaks"}`` under a process group, else None;
+            ``repair``: REPAIR's ``{"modules", "batches", "max_scale", "seconds"}``, None when it did not run.
     """
 
     model: nn.Module
@@ -77,6 +79,7 @@ def merge(
     progress: bool = True,
     axis_rule: str = "merge",
     reset_bn_stats: bool = True,
+    repair: Optional[bool] = None,
     zip_decay: str = "same-model",
     max_memory: Optional[Union[int, str]] = None,
     adaptive: bool = True,
@@ -91,11 +94,9 @@ def merge(
             to recompute BatchNorm statistics of the result (``reset_bn_stats``); must be re-iterable for that.
         method: one of ``mudsc.METHODS`` (default ``"mudsc-zip"``).
         spec: the models' :class:`mudsc.PermSpec` (default: ``mudsc.trace(models[0], example_inputs)``). For a
-            model ``torch.fx`` cannot trace (data-dependent control flow such as ``if x.sum() > 0:``) or whose
-            constructs the tracer does not support, write it by hand (``PermSpec([Group(name, size, [Member(tensor
-            name, axis, "output" | "input"), ...], taps=[Tap(module, kind, channel_dim)])])``, from ``mudsc.spec``,
-            or :meth:`mudsc.PermSpec.from_dict`), check it with :func:`mudsc.check_spec`, and pass it here. ``avg``
-            needs none: it then traces nothing and averages every tensor (no groups in the plan or the report).
+            model ``torch.fx`` cannot trace (data-dependent control flow) or with constructs the tracer does not
+            support, write one (``mudsc.spec.Group/Member/Tap`` or :meth:`mudsc.PermSpec.from_dict`), check it with
+            :func:`mudsc.check_spec` and pass it here. ``avg`` needs none: it averages every tensor.
         example_inputs: inputs for tracing (default: two samples of the loader's first batch; unused by ``"avg"``).
         balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay: see :func:`match` (``reduce``
             defaults to ``1 - 1/N``, which keeps the input widths; one that changes them is accepted only when the
@@ -108,6 +109,9 @@ def merge(
         backend: ``"auto"`` | ``"native"`` | ``"reference"`` for every solver, statistic and similarity.
         progress: tqdm bars on the data pass and the sweeps.
         reset_bn_stats: recompute BatchNorm running statistics of the merged model (needs a loader).
+        repair: REPAIR the merged units' activation statistics (:mod:`mudsc.repair`; N + 1 more passes over the
+            loader). None (default): for models without BatchNorm (GroupNorm, LayerNorm, none), whose BatchNorm
+            reset does nothing, when the loader can be read again; True: also with BatchNorm (after its reset).
         max_memory: bytes (or ``"16GB"``) the statistics may take (default: a safe fraction of what the device has
             free); more groups than fit are split over several passes, same plan (:mod:`mudsc.memory`).
         process_group: merge across the ranks of a ``torch.distributed`` group (:mod:`mudsc.distributed`): every
@@ -125,18 +129,16 @@ def merge(
     group = resolve_group(process_group)
     timing = dict.fromkeys(STAGES, 0.0)
     with Collective(group, "the checks and the trace") as step:  # a failure on one rank raises on every rank
-        info_m = check_method(method)
-        models = check_models(models)
-        check_group_device(group, _device_of(models[0]), "the models")
-        reduce = default_reduce(len(models)) if reduce is None else reduce
-        hyper = (balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay)
-        check_hyperparameters(*hyper)
-        device = _check_arguments(models, spec, max_batches, adaptive, sample_tol, max_memory, device)
+        info_m, models, hyper, device = _check_all(method, models, group, (balance, reduce, alpha, beta, max_sweeps,
+                                                   patience, seed, axis_rule, zip_decay), spec, max_batches, adaptive,
+                                                   sample_tol, max_memory, device)
+        reduce = hyper[1]
         first, loader, one_shot = _peek_loader(loader, info_m.activations, method)
         timing["checks"] = time.perf_counter() - t_start
         spec, probe_inputs = _trace_and_probe(models, spec, example_inputs, first, info_m, reduce, timing)
         step.share(models=[_rounded(fingerprint(m)) for m in models] if group is not None else None, spec=spec.to_dict(),
-                   arguments=[method, hyper, max_batches, max_memory, backend, reset_bn_stats, one_shot])
+                   arguments=[method, hyper, max_batches, max_memory, backend, reset_bn_stats, one_shot, repair])
+        repair = _wants_repair(repair, models[0], loader, one_shot)
     adaptive = adaptive and group is None  # stopping decisions would need the global statistics
     rule = _stopping_rule(spec, len(models), info_m.solver, (reduce, alpha, beta, zip_decay), backend,
                           sample_tol if adaptive else None)
@@ -149,25 +151,27 @@ def merge(
                                    seed, backend, progress, axis_rule, zip_decay=zip_decay, workers=SOLVE_WORKERS),
                       group)
     _matching_timing(timing, plan, stats, stats_wall, time.perf_counter() - t0)
-    model, bn_batches = _build(models, plan, probe_inputs, loader if reset_bn_stats else None,
-                               one_shot and info_m.activations, max_batches, device, adaptive, group, timing)
+    model, bn_batches, repaired = _build(models, plan, probe_inputs, loader if reset_bn_stats else None,
+                                         one_shot and info_m.activations, max_batches, device, adaptive, group,
+                                         timing, loader if repair else None)
     timing["total"] = time.perf_counter() - t_start
     report = _report(method, len(models), spec, plan, stats, timing,
                      _samples_report(adaptive, loader_length(loader, max_batches), stats, rule, bn_batches),
                      _memory_report(memory, device if device is not None else _device_of(models[0]), stats))
-    report["distributed"] = _distributed_report(group, report["memory"])
+    report["distributed"], report["repair"] = _distributed_report(group, report["memory"]), repaired
     return MergeResult(model=model, plan=plan, report=report)
 
 
 STAGES = ("checks", "trace", "width_probe", "forward", "stats", "similarity", "solve", "matching_other", "apply",
-          "final_check", "reset_bn")  # report["timing"]'s stages, in order; they add up to its "total"
+          "final_check", "reset_bn", "repair")  # report["timing"]'s stages, in order; they add up to its "total"
 
 
 def _build(models, plan: MergePlan, probe_inputs, bn_loader, consumed: bool, max_batches, device, adaptive: bool,
-           group, timing: Dict[str, float]) -> tuple:
-    """``(merged model, BN reset batches or None)``: the plan applied, the result run on the probe inputs (an
-    error names the module), its BatchNorm statistics reset on ``bn_loader`` (None: not), and under a process
-    group rank 0's weights on every rank (they are computed identically everywhere); seconds go in ``timing``."""
+           group, timing: Dict[str, float], repair_loader=None) -> tuple:
+    """``(merged model, BN reset batches or None, REPAIR's summary or None)``: the plan applied, the result run on
+    the probe inputs (an error names the module), its BatchNorm statistics reset on ``bn_loader`` (None: not),
+    REPAIR on ``repair_loader`` (None: not), and under a process group rank 0's weights on every rank (they are
+    computed identically everywhere); seconds go in ``timing``."""
     t0 = time.perf_counter()
     model = plan.apply(models, check=False)
     timing["apply"] = time.perf_counter() - t0
@@ -177,8 +181,28 @@ def _build(models, plan: MergePlan, probe_inputs, bn_loader, consumed: bool, max
         timing["final_check"] = time.perf_counter() - t0
     timing["reset_bn"], bn_batches = _reset_bn(model, bn_loader, consumed, max_batches, device,
                                                NORM_TOL if adaptive else None, group)
+    repaired = None
+    if repair_loader is not None:
+        t0 = time.perf_counter()
+        repaired = repair_model(model, models, plan.spec, plan.maps, repair_loader, max_batches, device,
+                                process_group=group if group is not None else False)
+        timing["repair"] = repaired["seconds"] = time.perf_counter() - t0
     broadcast_model(model, group)
-    return model, bn_batches
+    return model, bn_batches, repaired
+
+
+def _wants_repair(repair: Optional[bool], model: nn.Module, loader, one_shot: bool) -> bool:
+    """Whether :func:`merge` runs REPAIR (its ``repair`` argument); ValueError for ``repair=True`` without a
+    loader that can be read again."""
+    if repair is not None and not isinstance(repair, bool):
+        raise TypeError(f"repair must be True, False or None, got {repair!r}")
+    if repair and (loader is None or one_shot):
+        raise ValueError("repair=True needs a loader that can be read again (a list, a DataLoader): REPAIR reads it "
+                         "once per model and once more for the merged model")
+    if repair is None:
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        return loader is not None and not one_shot and not has_bn
+    return repair
 
 
 def _trace_and_probe(models, spec, example_inputs, first, info_m, reduce, timing) -> tuple:
@@ -216,6 +240,20 @@ def _distributed_report(group, memory: dict) -> Optional[dict]:
                            group=group)
     return {"world_size": dist.get_world_size(group), "rank": dist.get_rank(group),
             "backend": str(dist.get_backend(group)), "rank_peaks": peaks}
+
+
+def _check_all(method, models, group, hyper: tuple, spec, max_batches, adaptive, sample_tol, max_memory,
+               device) -> tuple:
+    """``(method info, models, hyperparameters with the default reduce filled in, device)``, every argument of
+    :func:`merge` checked before any data moves."""
+    info_m = check_method(method)
+    models = check_models(models)
+    check_group_device(group, _device_of(models[0]), "the models")
+    if hyper[1] is None:
+        hyper = (hyper[0], default_reduce(len(models))) + hyper[2:]
+    check_hyperparameters(*hyper)
+    return info_m, models, hyper, _check_arguments(models, spec, max_batches, adaptive, sample_tol, max_memory,
+                                                   device)
 
 
 def _check_arguments(models, spec, max_batches, adaptive, sample_tol, max_memory, device) -> Optional[torch.device]:
