@@ -9,7 +9,7 @@ module's momentum and train/eval flag are restored.
 
 Deviation from the original: it resets only modules whose type is exactly ``nn.BatchNorm2d``; this resets every
 ``torch.nn.modules.batchnorm._BatchNorm`` (BatchNorm1d/2d/3d, SyncBatchNorm, subclasses), and runs in the
-model's own precision rather than under fp16 autocast. REPAIR's rescaling is not applied.
+model's own precision rather than under fp16 autocast. REPAIR's rescaling is :mod:`mudsc.repair`.
 
 Under ``torch.distributed`` each rank reads its shard and the statistics are summed over the ranks
 (``process_group=``, :mod:`mudsc.distributed`).
