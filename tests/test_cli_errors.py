@@ -123,6 +123,20 @@ def test_full_pass_turns_the_adaptive_sample_count_off(flag, adaptive, tmp_path,
     assert seen == {"adaptive": adaptive}
 
 
+@pytest.mark.parametrize("flag, repair", [((), None), (("--repair", "on"), True), (("--repair", "off"), False)])
+def test_repair_flag_reaches_merge(flag, repair, tmp_path, checkpoints, monkeypatch, capsys):
+    seen = {}
+    real = mudsc.merge
+
+    def spy(*args, **kwargs):
+        seen["repair"] = kwargs.get("repair")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mudsc, "merge", spy)
+    assert main(_argv(checkpoints, "--out", str(tmp_path / "merged.pt"), *flag)) == 0
+    assert seen == {"repair": repair}
+
+
 def test_an_os_error_while_writing_is_one_line(tmp_path, checkpoints, monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

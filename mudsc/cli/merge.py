@@ -98,6 +98,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--full-pass", action="store_true",
                    help="read every batch (up to --max-batches) in the statistics pass and the BatchNorm reset, "
                         "instead of stopping once more data stops changing the result (mudsc.sampling)")
+    p.add_argument("--repair", choices=("auto", "on", "off"), default="auto",
+                   help="REPAIR the merged units' statistics (mudsc.repair): auto repairs models without BatchNorm")
     p.add_argument("--device", default=None,
                    help="where the statistics pass runs (cpu, cuda, cuda:N, ...; default: the models' device, "
                         "cpu); refused before the models load when this machine does not have it")
@@ -326,7 +328,8 @@ def _merge(args, loaded, loader, device):
                        reduce=args.reduce, alpha=args.alpha, beta=args.beta, zip_decay=args.zip_decay,
                        max_sweeps=args.max_sweeps,
                        patience=args.patience, seed=args.seed, max_batches=args.max_batches, device=device,
-                       backend=args.backend, progress=not args.no_progress, adaptive=not args.full_pass)
+                       backend=args.backend, progress=not args.no_progress, adaptive=not args.full_pass,
+                       repair={"auto": None, "on": True, "off": False}[args.repair])
 
 
 def run(args) -> int:
