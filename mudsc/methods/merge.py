@@ -41,7 +41,7 @@ class MergeResult:
 
     Attributes:
         model: the merged ``nn.Module`` (BatchNorm statistics recomputed when a loader was given).
-        plan: the :class:`mudsc.MergePlan` (``plan.apply(models)`` rebuilds ``model`` before the BN reset).
+        plan: the :class:`mudsc.MergePlan` (``plan.apply(models)`` rebuilds ``model`` before the BN reset and REPAIR).
         report: ``{"method", "num_models", "groups": {name: {"size", "num_outputs", "merge_value", "positions"}},
             "merge_value", "history", "sweeps", "fallback_groups", "num_batches", "timing"}``. ``timing`` (seconds)
             has one entry per stage, which add up to ``total``: ``checks`` (arguments, weight scan, loader peek),
