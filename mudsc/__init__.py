@@ -17,6 +17,8 @@ Public API:
 - :func:`merge` (-> :class:`MergeResult`), :func:`collect_stats`, :func:`match` (-> :class:`MergePlan`),
   :func:`reset_bn`, ``METHODS`` - the merge methods (avg, rebasin, act-align, zipit, wzip, mudsc-align,
   mudsc-zip) and their stages.
+- :func:`partial_merge` (-> :class:`PartialMerge`) - partial zipping: merged up to a module, each model's own
+  layers after it (also ``merge(..., stop_at=...)``).
 - :mod:`mudsc.models` - small reference architectures (ResNet-20, VGG-11, ViT, MLP).
 """
 
@@ -33,6 +35,7 @@ from .similarity import weight_similarity
 from .collect import ActivationStats, collect_stats
 from .methods import METHODS, MergeResult, match, merge
 from .norm import reset_bn
+from .partial import PartialMerge, partial_merge
 from .plan import MergePlan
 from .spec import PermSpec, SpecCheckError, SpecTraceError, apply_maps, check_spec, permute_model, trace
 
@@ -45,6 +48,8 @@ __all__ = [
     "match",
     "merge",
     "reset_bn",
+    "PartialMerge",
+    "partial_merge",
     "AxisMap",
     "CorrelationAccumulator",
     "PieceCache",

@@ -9,7 +9,7 @@ import resource
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -22,11 +22,13 @@ from ..inputs import check_device, check_finite_weights, check_max_batches, chec
 from ..memory import (SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, keep_bytes, moment_bytes,
                       packed_moments, parse_bytes, plan_passes, shard_groups)
 from ..norm import recompute_bn
+from ..partial import check_combine, partial_merge
 from ..plan import MergePlan, fingerprint
 from ..probe import run_named
 from ..repair import repair as repair_model
 from ..sampling import MATCH_TOL, NORM_TOL, StableMatching, check_tolerance
 from ..spec import PermSpec, SpecTraceError, trace
+from ..spec.cut import find_cut
 from .coordinates import coordinates, solve_group
 from .descent import run_matching
 from .registry import check_hyperparameters, check_method
@@ -40,7 +42,8 @@ class MergeResult:
     """What :func:`merge` returns.
 
     Attributes:
-        model: the merged ``nn.Module`` (BatchNorm statistics recomputed when a loader was given).
+        model: the merged ``nn.Module`` (BatchNorm statistics recomputed when a loader was given); with ``stop_at``
+            a :class:`mudsc.PartialMerge`.
         plan: the :class:`mudsc.MergePlan` (``plan.apply(models)`` rebuilds ``model`` before the BN reset and REPAIR).
         report: ``{"method", "num_models", "groups": {name: {"size", "num_outputs", "merge_value", "positions"}},
             "merge_value", "history", "sweeps", "fallback_groups", "num_batches", "timing"}``. ``timing`` (seconds)
@@ -52,7 +55,8 @@ class MergeResult:
             (:mod:`mudsc.sampling`): ``{"adaptive", "loader_batches", "stats_batches", "group_batches", "stopped_early": {group: batches},
             "solves", "rule_seconds", "bn_batches"}``; ``memory``: the memory plan and the measured peaks;
             ``distributed``: ``{"world_size", "rank", "backend", "rank_peaks"}`` under a process group, else None;
-            ``repair``: REPAIR's ``{"modules", "batches", "max_scale", "seconds"}``, None when it did not run.
+            ``repair``: REPAIR's ``{"modules", "batches", "max_scale", "seconds"}``, None when it did not run;
+            ``partial``: ``{"stop_at", "parameters", "models_parameters"}`` of a partial merge, else None.
     """
 
     model: nn.Module
@@ -85,6 +89,7 @@ def merge(
     adaptive: bool = True,
     sample_tol: float = MATCH_TOL,
     process_group: Any = None,
+    stop_at: Optional[str] = None, combine: Union[str, Callable] = "mean",
 ) -> MergeResult:
     """Merge N models of one architecture into one, without training.
 
@@ -93,10 +98,9 @@ def merge(
         loader: yields ``Tensor[B, ...]`` or ``(inputs, targets)``; needed by the activation methods, and used
             to recompute BatchNorm statistics of the result (``reset_bn_stats``); must be re-iterable for that.
         method: one of ``mudsc.METHODS`` (default ``"mudsc-zip"``).
-        spec: the models' :class:`mudsc.PermSpec` (default: ``mudsc.trace(models[0], example_inputs)``). For a
-            model ``torch.fx`` cannot trace (data-dependent control flow) or with constructs the tracer does not
-            support, write one (``mudsc.spec.Group/Member/Tap`` or :meth:`mudsc.PermSpec.from_dict`), check it with
-            :func:`mudsc.check_spec` and pass it here. ``avg`` needs none: it averages every tensor.
+        spec: the models' :class:`mudsc.PermSpec` (default: ``mudsc.trace(models[0], example_inputs)``); one
+            written by hand (:mod:`mudsc.spec`, checked with :func:`mudsc.check_spec`) for models the tracer cannot
+            follow. ``avg`` needs none: it averages every tensor.
         example_inputs: inputs for tracing (default: two samples of the loader's first batch; unused by ``"avg"``).
         balance, reduce, alpha, beta, max_sweeps, patience, seed, axis_rule, zip_decay: see :func:`match` (``reduce``
             defaults to ``1 - 1/N``, which keeps the input widths; one that changes them is accepted only when the
@@ -114,16 +118,17 @@ def merge(
             reset does nothing, when the loader can be read again; True: also with BatchNorm (after its reset).
         max_memory: bytes (or ``"16GB"``) the statistics may take (default: a safe fraction of what the device has
             free); more groups than fit are split over several passes, same plan (:mod:`mudsc.memory`).
-        process_group: merge across the ranks of a ``torch.distributed`` group (:mod:`mudsc.distributed`): every
-            rank passes the same models and arguments and its own shard of the data as ``loader``; the statistics
-            and the BatchNorm reset are summed over the ranks, and every rank returns the same plan and merged
-            model (``adaptive`` is then off: each rank reads its whole shard). None (default): the default group
-            when ``torch.distributed`` is initialized with several ranks, else one process; False: one process.
+        process_group: merge across the ranks of a ``torch.distributed`` group (:mod:`mudsc.distributed`; each
+            rank passes the same models and arguments and its own shard of the data; the same plan and model on
+            every rank; ``adaptive`` off). None (default): the default group when one is initialized with several
+            ranks; False: one process.
+        stop_at, combine: partial zipping (:mod:`mudsc.partial`): merge the layers before module ``stop_at``
+            (``"layer3"``), keep each model's own from it on; the result is a :class:`mudsc.PartialMerge` combining
+            the branches' outputs by ``combine``. The plan is the full merge's (:func:`mudsc.partial_merge`).
 
-    Every argument is checked (methods, N, shapes, dtypes and devices of the models, NaN/Inf in their weights,
-    hyperparameters, the device, an empty loader, a first batch the models cannot run, merged widths the model
-    cannot run with) before the statistics pass or the descent start. The merged model is run once on the
-    example inputs at the end; a failure raises, naming the module, instead of returning a broken model.
+    Every argument is checked (models: N, shapes, dtypes, devices, NaN/Inf; hyperparameters, device, loader, a first
+    batch the models cannot run, merged widths they cannot run with) before the statistics pass. The merged model is
+    run once on the example inputs at the end: a failure raises, naming the module, instead of returning it broken.
     """
     t_start = time.perf_counter()
     group = resolve_group(process_group)
@@ -132,33 +137,32 @@ def merge(
         info_m, models, hyper, device = _check_all(method, models, group, (balance, reduce, alpha, beta, max_sweeps,
                                                    patience, seed, axis_rule, zip_decay), spec, max_batches, adaptive,
                                                    sample_tol, max_memory, device)
-        reduce = hyper[1]
         first, loader, one_shot = _peek_loader(loader, info_m.activations, method)
         timing["checks"] = time.perf_counter() - t_start
-        spec, probe_inputs = _trace_and_probe(models, spec, example_inputs, first, info_m, reduce, timing)
+        spec, probe_inputs = _trace_and_probe(models, spec, example_inputs, first, info_m, hyper[1], timing)
+        cut = _cut(models[0], stop_at, combine, probe_inputs, timing)
         step.share(models=[_rounded(fingerprint(m)) for m in models] if group is not None else None, spec=spec.to_dict(),
-                   arguments=[method, hyper, max_batches, max_memory, backend, reset_bn_stats, one_shot, repair])
+                   arguments=[method, hyper, max_batches, max_memory, backend, reset_bn_stats, one_shot, repair, stop_at])
         repair = _wants_repair(repair, models[0], loader, one_shot)
     adaptive = adaptive and group is None  # stopping decisions would need the global statistics
-    rule = _stopping_rule(spec, len(models), info_m.solver, (reduce, alpha, beta, zip_decay), backend,
+    rule = _stopping_rule(spec, len(models), info_m.solver, (hyper[1], alpha, beta, zip_decay), backend,
                           sample_tol if adaptive else None)
     stats, memory, stats_wall = (_statistics(models, spec, info_m, loader, one_shot, max_memory, max_batches, device,
-                                             backend, progress, rule, group) if info_m.activations
-                                 else (None, None, 0.0))
-    # the models, weights and hyperparameters were checked above, before the statistics pass
-    t0 = time.perf_counter()
-    plan = share_plan(run_matching(models, spec, info_m, stats, balance, reduce, alpha, beta, max_sweeps, patience,
+                                             backend, progress, rule, group) if info_m.activations else (None,) * 2 + (0.0,))
+    t0 = time.perf_counter()  # the models, weights and hyperparameters were checked above
+    plan = share_plan(run_matching(models, spec, info_m, stats, balance, hyper[1], alpha, beta, max_sweeps, patience,
                                    seed, backend, progress, axis_rule, zip_decay=zip_decay, workers=SOLVE_WORKERS),
                       group)
     _matching_timing(timing, plan, stats, stats_wall, time.perf_counter() - t0)
     model, bn_batches, repaired = _build(models, plan, probe_inputs, loader if reset_bn_stats else None,
                                          one_shot and info_m.activations, max_batches, device, adaptive, group,
-                                         timing, loader if repair else None)
+                                         timing, loader if repair else None, (cut, combine))
     timing["total"] = time.perf_counter() - t_start
     report = _report(method, len(models), spec, plan, stats, timing,
                      _samples_report(adaptive, loader_length(loader, max_batches), stats, rule, bn_batches),
                      _memory_report(memory, device if device is not None else _device_of(models[0]), stats))
-    report["distributed"], report["repair"] = _distributed_report(group, report["memory"]), repaired
+    report.update(distributed=_distributed_report(group, report["memory"]), repair=repaired,
+                  partial=_partial_report(model, models, stop_at))
     return MergeResult(model=model, plan=plan, report=report)
 
 
@@ -167,13 +171,16 @@ STAGES = ("checks", "trace", "width_probe", "forward", "stats", "similarity", "s
 
 
 def _build(models, plan: MergePlan, probe_inputs, bn_loader, consumed: bool, max_batches, device, adaptive: bool,
-           group, timing: Dict[str, float], repair_loader=None) -> tuple:
+           group, timing: Dict[str, float], repair_loader=None, partial=(None, "mean")) -> tuple:
     """``(merged model, BN reset batches or None, REPAIR's summary or None)``: the plan applied, the result run on
     the probe inputs (an error names the module), its BatchNorm statistics reset on ``bn_loader`` (None: not),
     REPAIR on ``repair_loader`` (None: not), and under a process group rank 0's weights on every rank (they are
-    computed identically everywhere); seconds go in ``timing``."""
+    computed identically everywhere); seconds go in ``timing``. ``partial = (cut, combine)``: with a cut
+    (:func:`mudsc.spec.cut.find_cut`) the result is the :class:`mudsc.PartialMerge` there, REPAIR on its prefix."""
     t0 = time.perf_counter()
-    model = plan.apply(models, check=False)
+    cut, combine = partial
+    model = plan.apply(models, check=False) if cut is None else partial_merge(
+        models, plan, cut.stop_at, probe_inputs, combine, check=False, cut=cut)
     timing["apply"] = time.perf_counter() - t0
     if probe_inputs is not None:
         t0 = time.perf_counter()
@@ -184,11 +191,34 @@ def _build(models, plan: MergePlan, probe_inputs, bn_loader, consumed: bool, max
     repaired = None
     if repair_loader is not None:
         t0 = time.perf_counter()
-        repaired = repair_model(model, models, plan.spec, plan.maps, repair_loader, max_batches, device,
+        repaired = repair_model(model if cut is None else model.prefix, models, plan.spec, plan.maps, repair_loader, max_batches, device,
                                 process_group=group if group is not None else False)
         timing["repair"] = repaired["seconds"] = time.perf_counter() - t0
     broadcast_model(model, group)
     return model, bn_batches, repaired
+
+
+def _cut(model: nn.Module, stop_at: Optional[str], combine, probe_inputs, timing: Dict[str, float]):
+    """The graph of ``model`` cut before ``stop_at`` for partial zipping (None without ``stop_at``), found on the
+    probe inputs before any data pass; its seconds count as ``trace``."""
+    if stop_at is None:
+        return None
+    check_combine(combine)
+    if probe_inputs is None:
+        raise ValueError("stop_at needs example inputs to cut the graph on: pass a loader or example_inputs")
+    t0 = time.perf_counter()
+    cut = find_cut(model, probe_inputs, stop_at)
+    timing["trace"] += time.perf_counter() - t0
+    return cut
+
+
+def _partial_report(model: nn.Module, models, stop_at: Optional[str]) -> Optional[dict]:
+    """``report["partial"]``: ``{"stop_at", "parameters": {"prefix", "branches", "total"}, "models_parameters"}``
+    (element counts; the N models' together) for a partial merge, else None."""
+    if stop_at is None:
+        return None
+    return {"stop_at": stop_at, "parameters": model.parameter_counts(),
+            "models_parameters": sum(p.numel() for m in models for p in m.parameters())}
 
 
 def _wants_repair(repair: Optional[bool], model: nn.Module, loader, one_shot: bool) -> bool:
