@@ -11,7 +11,8 @@
    (:mod:`mudsc.demo.merges`); a rerun re-applies them unless ``recompute``.
 4. Evaluation on the test digits: joint accuracy (argmax over 10 classes) and per-task accuracy (argmax over the
    5 classes of the sample's task) of the endpoints, their ensemble (mean of the two softmaxes) and each merged
-   model; the ordering MuDSC >= ZipIt >= Re-Basin >= averaging (reported, not forced); a table per
+   model, and of partial zipping (mudsc-zip's plan merged up to the last stage, :func:`partial_row`); the ordering
+   MuDSC >= ZipIt >= Re-Basin >= averaging (reported, not forced); a table per
    architecture, a bar chart (PNG) and the numbers (JSON next to it).
 
 Exit status of :func:`run_demo`: 1 when a native plan differs from its reference twin, else 0. The quick run
@@ -30,7 +31,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .. import METHODS, __version__, trace
+from .. import METHODS, __version__, partial_merge, reset_bn, trace
+from ..repair import repair
 from .._io import write_json
 from . import mnist
 from .endpoints import ArchConfig, cache_root, cached_digits, checkpoint_key, default_archs, load_or_train, quick_archs
@@ -135,6 +137,43 @@ def merge_rows(endpoints, names: Sequence[str], loader, spec, x_test, data: Demo
     return rows
 
 
+PARTIAL_METHOD = "mudsc-zip"  # the plan the partial-zipping row cuts
+
+
+def partial_cut(model: torch.nn.Module) -> str:
+    """Where the demo's partial zipping cuts: before the last stage (ResNet ``layer3``, the VGG convolutions after
+    the next-to-last pooling, the ViT's last block)."""
+    if hasattr(model, "layer3"):
+        return "layer3"
+    if hasattr(model, "blocks"):
+        return f"blocks.{len(model.blocks) - 1}"
+    pools = [i for i, m in enumerate(model.features) if isinstance(m, torch.nn.MaxPool2d)]
+    return f"features.{pools[-2] + 1}"
+
+
+def partial_row(endpoints, plan, loader, x_test, data: DemoData) -> tuple:
+    """``(row name, row)``: :data:`PARTIAL_METHOD`'s plan applied up to :func:`partial_cut` (each endpoint keeps
+    its own layers after it), BatchNorm reset (models with BatchNorm) or REPAIR of the merged layers (without),
+    scored on the mean of the branches' softmaxes as the ensemble; ``row["parameters"]``: its share of the two
+    endpoints' parameters."""
+    t0 = time.perf_counter()
+    cut = partial_cut(endpoints[0])
+    model = partial_merge(endpoints, plan, cut, x_test[:2])
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        reset_bn(model, loader)
+    else:
+        repair(model.prefix, endpoints, plan.spec, plan.maps, loader)
+    model.eval()
+
+    def mean_softmax(x):
+        return sum(o.softmax(1) for o in model.branch_outputs(x)) / len(model.branches)
+
+    row = accuracies(predict(mean_softmax, x_test), data.y_test)
+    row["timing"] = {"total": time.perf_counter() - t0}
+    row["parameters"] = model.parameter_counts()["total"] / sum(p.numel() for e in endpoints for p in e.parameters())
+    return f"{PARTIAL_METHOD} @{cut}", row
+
+
 def run_arch(arch: ArchConfig, data: DemoData, methods: Sequence[str], recompute: bool, log: Log) -> dict:
     """Endpoints, merges and evaluation of one architecture; prints its table; ``{"arch", "rows", "ordering*"}``."""
     images = data.images(arch.image_size)
@@ -146,8 +185,16 @@ def run_arch(arch: ArchConfig, data: DemoData, methods: Sequence[str], recompute
     rows = endpoint_rows(endpoints, names, all_cached, x_test, data)
     spec = trace(endpoints[0], images[:2])
     rows.update(merge_rows(endpoints, names, loader, spec, x_test, data, methods, recompute, log))
+    if PARTIAL_METHOD in methods:
+        plan = merge_or_load(endpoints, loader, PARTIAL_METHOD, spec, "native", data.cache, names, len(data.mix),
+                             False, log)[1]
+        key, rows[key] = partial_row(endpoints, plan, loader, x_test, data)
     holds, text = ordering_check(rows)
     print_arch_table(arch.name, rows, log)
+    for key, row in rows.items():
+        if "parameters" in row:
+            log(f"  {key}: partial zipping, merged before {key.split('@')[1]}, each model's own layers after it "
+                f"({100 * row['parameters']:.0f}% of the two models' parameters; mean of the branches' softmaxes)")
     verdict = "holds" if holds else "n/a" if holds is None else "does NOT hold"
     log(f"  MuDSC >= ZipIt >= Re-Basin >= averaging (joint acc): {verdict} ({text})")
     return {"arch": arch.name, "rows": rows, "ordering_holds": holds, "ordering": text}

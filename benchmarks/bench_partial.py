@@ -1,0 +1,119 @@
+"""Partial zipping on trained pairs: joint accuracy against the ensemble and the parameters kept, per cut depth.
+
+Pairs (trained here on MNIST digits 0-4 and 5-9 with the demo's settings and cached in the demo's cache; no
+downloads): ResNet-20x2 with BatchNorm (the demo's BN configuration at width 2), the demo's GroupNorm
+ResNet-20x4 and its LayerNorm ViT, merged on the demo's merge loader (512 images in batches of 64). For every
+method and cut: the default call ``mudsc.merge(models, loader, method=m, stop_at=s)`` (BN reset, and REPAIR on the
+merged layers of the models without BatchNorm, as the defaults do), the full merge (no cut) and the ensemble. The
+joint accuracy (argmax over the 10 classes) on 1,000 held-out digits is computed from the mean of the branches'
+softmaxes, as for the ensemble; parameters are the partial model's over the two models'. Every full merge is loaded
+strictly into a fresh instance of its architecture; every partial model runs.
+
+    python benchmarks/bench_partial.py [--archs bn2 gn vit] [--methods ...] [--threads 2] [--out path.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+
+
+def _threads(argv=None) -> int:
+    for i, a in enumerate(argv or []):
+        if a == "--threads":
+            return int(argv[i + 1])
+    return 2
+
+
+if __name__ == "__main__":  # thread variables before torch loads
+    import sys
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads(sys.argv)))
+
+import common  # noqa: E402  (puts the checkout first on sys.path, imports torch)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import mudsc  # noqa: E402
+from mudsc.demo import mnist  # noqa: E402
+from mudsc.demo.endpoints import cache_root, cached_digits, default_archs, load_or_train  # noqa: E402
+from mudsc.demo.evaluation import accuracies, predict  # noqa: E402
+
+TASK_SEEDS = ((0, 1), (1, 2))  # (task, seed) of model A and model B, as the demo
+# name: (resnet width of default_archs, index into it, cuts from shallow to deep)
+ARCHS = {"bn2": (2, 0, ("layer2", "layer3", "linear")), "gn": (4, 1, ("layer2", "layer3", "linear")),
+         "vit": (4, 3, ("blocks.2", "blocks.3", "head"))}
+
+
+def _pair(arch, cache):
+    images, labels = cached_digits(cache, arch.image_size)
+    train_idx, test_idx = mnist.stratified_split(labels, test_per_class=100)
+    task_idx = [mnist.task_subset(labels, train_idx, t) for t in range(2)]
+    ends = [load_or_train(arch, images[task_idx[t]], labels[task_idx[t]], s, t, cache, print)[0]
+            for t, s in TASK_SEEDS]
+    mix = np.random.default_rng(0).permutation(np.concatenate(task_idx))[:512]
+    loader = [images[mix[i:i + 64]] for i in range(0, len(mix), 64)]
+    return ends, loader, images[test_idx], labels[test_idx]
+
+
+def _merge(ends, loader, method, stop_at):
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = mudsc.merge(ends, loader, method=method, progress=False, stop_at=stop_at)
+    return res, time.perf_counter() - t0
+
+
+def _softmax_mean(partial, x):
+    partial.eval()
+    with torch.no_grad():
+        outs = [torch.cat(parts) for parts in zip(*(partial.branch_outputs(b) for b in x.split(250)))]
+    return sum(o.softmax(1) for o in outs) / len(outs)
+
+
+def _arch_rows(key, methods, cache):
+    width, index, cuts = ARCHS[key]
+    arch = default_archs(resnet_width=width)[index]
+    ends, loader, x_test, y_test = _pair(arch, cache)
+    la, lb = predict(ends[0], x_test), predict(ends[1], x_test)
+    ensemble = accuracies((la.softmax(1) + lb.softmax(1)) / 2, y_test)["joint"]
+    two = 2 * sum(p.numel() for p in ends[0].parameters())
+    rows = []
+    for method in methods:
+        res, wall = _merge(ends, loader, method, None)
+        fresh = arch.build()
+        fresh.load_state_dict(res.model.state_dict(), strict=True)
+        row = {"arch": arch.name, "method": method, "ensemble": ensemble,
+               "full": {"joint": accuracies(predict(fresh, x_test), y_test)["joint"], "wall_s": wall}}
+        for cut in cuts:
+            res, wall = _merge(ends, loader, method, cut)
+            joint = accuracies(_softmax_mean(res.model, x_test), y_test)["joint"]
+            row[cut] = {"joint": joint, "wall_s": wall, "below_ensemble_points": 100 * (ensemble - joint),
+                        "parameters_vs_two_models": res.report["partial"]["parameters"]["total"] / two}
+        rows.append(row)
+        cells = "  ".join(f"@{c} {100 * row[c]['joint']:5.1f} ({row[c]['parameters_vs_two_models']:.2f}x)"
+                          for c in cuts)
+        print(f"{arch.name:20s} {method:12s} full {100 * row['full']['joint']:5.1f}  {cells}  ensemble "
+              f"{100 * ensemble:5.1f}", flush=True)
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    p.add_argument("--methods", nargs="+", default=sorted(mudsc.METHODS), choices=sorted(mudsc.METHODS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(common.RESULTS / "partial_cpu.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = [r for key in args.archs for r in _arch_rows(key, args.methods, cache_root())]
+    common.write_json(args.out, {"device": common.device_name("cpu"), "threads": args.threads,
+                                 "torch": torch.__version__, "mudsc": mudsc.__version__,
+                                 "cuts": {k: v[2] for k, v in ARCHS.items()}, "rows": rows})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
