@@ -1,15 +1,17 @@
 """``trace(model, example_inputs)``: discover a model's permutation spec with torch.fx.
 
-Method. The model is symbolically traced (``torch.fx``) and the graph is run once on ``example_inputs`` by an
-interpreter that, next to every real value, carries a description of each tensor axis (a *dim* of factors, see
-``factors.py``): which channel index space it holds, possibly split into blocks (heads) or fused slices. Handlers
-per op state the constraints (a ``Linear`` identifies its weight's column space with the input's last axis and
-creates a new space for its rows; ``add`` identifies the axes of its operands; a reshape splits or joins factors
-using the concrete shapes; ``unbind`` of a fused ``qkv`` partitions its row space; ``q @ kᵀ`` identifies the
-head-dim spaces of q and k and ties their head digits...). Model inputs and outputs fix whatever they touch.
-At the end every non-fixed leaf space becomes a :class:`~mudsc.spec.data.Group`; parameters/buffers whose axes
-hold that space become its members. A tensor reached under several names (tied weights) is one tensor under the
-model's first name for it, so its axes carry the constraints of every use (``state.py``).
+Method. The model is symbolically traced (``torch.fx``) in eval mode, so that ``if self.training:`` branches
+(stochastic depth, dropout written by hand) are recorded as at inference, and the graph is run once on
+``example_inputs`` by an interpreter that, next to every real value, carries a description of each tensor axis (a
+*dim* of factors, see ``factors.py``): which channel index space it holds, possibly split into blocks (heads) or
+fused slices. Handlers per op state the constraints (a ``Linear`` identifies its weight's column space with the
+input's last axis and creates a new space for its rows; ``add`` identifies the axes of its operands; a reshape
+splits or joins factors using the concrete shapes; ``unbind`` of a fused ``qkv`` partitions its row space;
+``q @ kᵀ`` identifies the head-dim spaces of q and k and ties their head digits...). Model inputs and outputs fix
+whatever they touch. At the end every non-fixed leaf space becomes a :class:`~mudsc.spec.data.Group`;
+parameters/buffers whose axes hold that space become its members. A tensor reached under several names (tied
+weights) is one tensor under the model's first name for it, so its axes carry the constraints of every use
+(``state.py``).
 
 Layout. This module is the interpreter loop: per fx node it builds a :class:`~mudsc.spec.state.Call` (real
 arguments and result, and the same arguments as tensor infos) and hands it to
@@ -28,11 +30,12 @@ the ways around it (a hand-written spec among them). Every traced spec is then v
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import traceback
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 import torch.fx as fx
@@ -127,17 +130,25 @@ def _to_graph(model: nn.Module, tracer: Optional[fx.Tracer]) -> fx.GraphModule:
             "mudsc.merge / mudsc.match") from e
 
 
-def _interpret(model: nn.Module, gm: fx.GraphModule, example_inputs: tuple, strict: bool) -> TraceState:
-    """Run ``gm`` once on the inputs in eval mode without grad (``model``'s train flags restored after)."""
-    flags = {m: m.training for m in model.modules()}
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` and all its submodules in eval mode inside the block; every module's own ``training`` flag is
+    restored on exit, also when the block raises (a model may mix train and eval submodules)."""
+    flags = [(m, m.training) for m in model.modules()]
     try:
-        gm.eval()
-        interp = _SpecInterpreter(gm, strict, model)
-        with torch.no_grad():
-            interp.run(*example_inputs)
+        model.eval()
+        yield
     finally:
-        for m, flag in flags.items():
+        for m, flag in flags:
             m.training = flag
+
+
+def _interpret(model: nn.Module, gm: fx.GraphModule, example_inputs: tuple, strict: bool) -> TraceState:
+    """Run ``gm`` once on the inputs in eval mode without grad (the caller restores the train flags)."""
+    gm.eval()
+    interp = _SpecInterpreter(gm, strict, model)
+    with torch.no_grad():
+        interp.run(*example_inputs)
     return interp.state
 
 
@@ -155,8 +166,9 @@ def trace(
 
     Args:
         model: any ``nn.Module`` that ``torch.fx`` can trace symbolically.
-        example_inputs: a tensor or a tuple of positional inputs (e.g. ``torch.randn(1, 3, 32, 32)``); one forward
-            pass runs on them in eval mode under ``no_grad`` (the model's train/eval flags are restored).
+        example_inputs: a tensor or a tuple of positional inputs (e.g. ``torch.randn(1, 3, 32, 32)``); the model is
+            traced in eval mode and one forward pass runs on them under ``no_grad`` (every submodule's train/eval
+            flag is restored afterwards, also on error).
         strict: raise :class:`SpecTraceError` on unsupported constructs (naming the fx node) instead of dropping
             the groups they touch with a warning.
         check: run :func:`mudsc.check_spec` on the result (random permutations of every group, float64).
@@ -175,7 +187,10 @@ def trace(
     if is_tensor(example_inputs):
         example_inputs = (example_inputs,)
     example_inputs = tuple(example_inputs)
-    state = _interpret(model, _to_graph(model, tracer), example_inputs, strict)
+    # fx records the branch a module's ``if self.training:`` takes at trace time (timm's DropPath would record its
+    # random mask), so the graph is built in eval mode too, not only run in it
+    with _eval_mode(model):
+        state = _interpret(model, _to_graph(model, tracer), example_inputs, strict)
     spec = build_spec(state, strict)
     if check:
         check_spec(model, spec, example_inputs if check_inputs is None else check_inputs, rtol=rtol)
