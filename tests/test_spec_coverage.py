@@ -104,3 +104,48 @@ def test_timm_vit_with_drop_path_traces_in_train_mode_and_merges():
     with torch.no_grad():
         out = result.model.eval()(loader[0])
     assert out.shape == (4, 5) and torch.isfinite(out).all()
+
+
+# -- torchvision's stochastic_depth ------------------------------------------------------------------------------
+def _unpermuted_rows(model: nn.Module, spec):
+    """Names of the parameters whose axis 0 is in no group, and the share of parameter entries whose axis 0 is."""
+    rows = {m.name for g in spec.groups for m in g.members if m.axis == 0}
+    params = dict(model.named_parameters())
+    permuted = sum(p.numel() for name, p in params.items() if name in rows)
+    return {name for name in params if name not in rows}, permuted / sum(p.numel() for p in params.values())
+
+
+def _efficientnet_b0_sizes():
+    """Group sizes of torchvision's efficientnet_b0, from its stage table (expand ratio, input and output channels,
+    blocks): the stem (32), each stage's output stream, the head conv (1280); per block the expanded units (when
+    the ratio is not 1) and the squeeze-excitation's max(1, input // 4) units."""
+    stages = [(1, 32, 16, 1), (6, 16, 24, 2), (6, 24, 40, 2), (6, 40, 80, 3), (6, 80, 112, 3), (6, 112, 192, 4),
+              (6, 192, 320, 1)]
+    sizes = [32, 1280]
+    for expand, cin, cout, blocks in stages:
+        sizes.append(cout)
+        for i in range(blocks):
+            width = cin if i == 0 else cout
+            sizes += ([width * expand] if expand != 1 else []) + [max(1, width // 4)]
+    return sorted(sizes)
+
+
+# convnext_tiny: 4 stage streams, and per block (3, 3, 9, 3 of them) the MLP's 4 x width hidden units
+_CONVNEXT_TINY_SIZES = sorted([96, 192, 384, 768] + [384] * 3 + [768] * 3 + [1536] * 9 + [3072] * 3)
+
+
+@pytest.mark.parametrize("name,sizes,head", [
+    ("convnext_tiny", _CONVNEXT_TINY_SIZES, "classifier.2"),
+    ("efficientnet_b0", _efficientnet_b0_sizes(), "classifier.1"),
+])
+def test_torchvision_stochastic_depth_models_trace_strictly(name, sizes, head):
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(tv.models, name)(weights=None, num_classes=10).train()
+    nodes = [n.target for n in torch.fx.symbolic_trace(model).graph.nodes if n.op == "call_function"]
+    assert tv.ops.stochastic_depth in nodes  # the op this test is about is in the graph
+    spec = trace(model, torch.randn(1, 3, 64, 64))  # strict, checked by random permutations
+    assert sorted(g.size for g in spec.groups) == sizes
+    unpermuted, share = _unpermuted_rows(model, spec)
+    assert unpermuted == {head + ".weight", head + ".bias"}  # only the class logits keep their order
+    assert share >= 0.95

@@ -11,9 +11,10 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mudsc.spec.handlers import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS, module_handler
+from mudsc.spec.handlers import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS, NAMED_FUNCTION_HANDLERS, \
+    module_handler
 from mudsc.spec.handlers import attention, layers, shape
-from mudsc.spec.handlers.dispatch import _table
+from mudsc.spec.handlers.dispatch import _table, qualified_name
 from mudsc.spec.taps import mutated_in_place, unique
 from mudsc.spec import Tap
 
@@ -25,6 +26,31 @@ def test_registries_map_ops_to_their_handlers():
     assert METHOD_HANDLERS["view"] is shape.reshape and METHOD_HANDLERS["unbind"] is shape.unbind
     assert METHOD_HANDLERS["size"] is shape.no_info
     assert MODULE_HANDLERS[nn.Linear] is layers.linear and MODULE_HANDLERS[nn.Conv2d] is layers.conv
+
+
+def test_optional_library_functions_are_found_by_name():
+    tv = pytest.importorskip("torchvision")
+    assert NAMED_FUNCTION_HANDLERS[qualified_name(tv.ops.stochastic_depth)] is shape.stochastic_depth
+    assert qualified_name(torch.roll) not in NAMED_FUNCTION_HANDLERS
+
+
+def test_stochastic_depth_in_training_keeps_the_channels():
+    tv = pytest.importorskip("torchvision")
+    from mudsc import trace
+
+    class AlwaysTraining(tv.ops.StochasticDepth):
+        """Stays in training mode (ignores ``eval()``), so the graph holds ``stochastic_depth(..., True)``."""
+
+        def train(self, mode=True):
+            return self
+
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), AlwaysTraining(0.5, "row"), nn.Linear(8, 3))
+    calls = [n for n in fx.symbolic_trace(net.eval()).graph.nodes if n.target is tv.ops.stochastic_depth]
+    assert len(calls) == 1 and calls[0].args[-1] is True
+    # check=False: the op is random here, so two forward passes differ whatever the permutation
+    spec = trace(net, torch.randn(6, 4), check=False)
+    assert [g.size for g in spec.groups] == [8]
+    assert {(m.name, m.axis) for m in spec.groups[0].members} == {("0.weight", 0), ("0.bias", 0), ("3.weight", 1)}
 
 
 def test_module_lookup_follows_the_mro():
@@ -40,7 +66,7 @@ def test_module_lookup_follows_the_mro():
 
 
 def test_every_handler_has_a_one_line_docstring():
-    for table in (FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS):
+    for table in (FUNCTION_HANDLERS, NAMED_FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS):
         for op, handler in table.items():
             doc = (handler.__doc__ or "").strip()
             assert doc and "\n" not in doc, (op, handler)

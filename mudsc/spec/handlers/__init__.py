@@ -11,6 +11,8 @@ Layout: ``shape.py`` (elementwise, reshapes, transposes, pools, reductions, cat/
 name and module type, and :func:`handle_node`).
 """
 
-from .dispatch import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS, handle_node, module_handler
+from .dispatch import (FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS, NAMED_FUNCTION_HANDLERS, handle_node,
+                       module_handler)
 
-__all__ = ["FUNCTION_HANDLERS", "METHOD_HANDLERS", "MODULE_HANDLERS", "handle_node", "module_handler"]
+__all__ = ["FUNCTION_HANDLERS", "METHOD_HANDLERS", "MODULE_HANDLERS", "NAMED_FUNCTION_HANDLERS", "handle_node",
+           "module_handler"]

@@ -4,6 +4,8 @@ Layout. Three registries map an op to a handler ``handler(state, call) -> tensor
 
 - :data:`FUNCTION_HANDLERS`: ``call_function`` targets (``{operator.add: elementwise, torch.cat: cat,
   F.linear: linear_function, ...}``), looked up by identity;
+- :data:`NAMED_FUNCTION_HANDLERS`: functions of optional libraries (torchvision's ``stochastic_depth``), keyed by
+  ``"module.qualname"`` so that the library need not be imported; looked up when the identity lookup fails;
 - :data:`METHOD_HANDLERS`: tensor method names (``{"view": reshape, "unbind": unbind, ...}``);
 - :data:`MODULE_HANDLERS`: leaf module types (``{nn.Linear: linear, nn.Conv2d: conv, ...}``), looked up along the
   module's MRO, so the most specific registered class wins (``nn.UpsamplingNearest2d`` before ``nn.Upsample``,
@@ -32,7 +34,7 @@ from .layers import (batch_norm, batch_norm_function, conv, elementwise_module, 
                      group_norm, group_norm_function, layer_norm, layer_norm_function, linear, linear_function, pool,
                      prelu, upsample)
 from .shape import (cat, elementwise, expand, getitem, interpolate, matrix_transpose, no_info, permute_function,
-                    permute_method, reduce, reshape, spatial, split, stack, transpose, unbind)
+                    permute_method, reduce, reshape, spatial, split, stack, stochastic_depth, transpose, unbind)
 
 Handler = Callable[[TraceState, Call], Any]
 
@@ -101,6 +103,10 @@ FUNCTION_HANDLERS: Dict[Any, Handler] = _table(
     {F.interpolate: interpolate},
     _all((torch.mean, torch.sum, torch.amax, torch.amin), reduce),
     _all((F.conv2d, F.conv1d), functional_conv),
+)
+
+NAMED_FUNCTION_HANDLERS: Dict[str, Handler] = _table(
+    {"torchvision.ops.stochastic_depth.stochastic_depth": stochastic_depth},
 )
 
 METHOD_HANDLERS: Dict[str, Handler] = _table(
@@ -180,12 +186,17 @@ def _touches_tensors(c: Call) -> bool:
     return any(_has_tensor(a) for a in list(c.args) + list(c.kwargs.values())) or _has_tensor(c.result)
 
 
+def qualified_name(fn) -> str:
+    """``"module.qualname"`` of a function (the key of :data:`NAMED_FUNCTION_HANDLERS`)."""
+    return f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', getattr(fn, '__name__', fn))}"
+
+
 def _call_function(s: TraceState, c: Call):
     """A ``call_function`` node: the handler registered for its target."""
     if not _touches_tensors(c):
         return None
     fn = c.node.target
-    handler = FUNCTION_HANDLERS.get(fn)
+    handler = FUNCTION_HANDLERS.get(fn) or NAMED_FUNCTION_HANDLERS.get(qualified_name(fn))
     if handler is None:
         raise Unsupported(f"no handler for function {getattr(fn, '__module__', '')}.{getattr(fn, '__name__', fn)}")
     return handler(s, c)

@@ -190,6 +190,14 @@ def elementwise(s: TraceState, c: Call) -> TensorInfo:
     return broadcast(s.sp, pairs, c.result.shape)
 
 
+def stochastic_depth(s: TraceState, c: Call) -> TensorInfo:
+    """torchvision's ``stochastic_depth(x, p, mode, training)``: x, or x times per-sample noise: x's info."""
+    # the noise (training only) has shape [N, 1, ...] ("row") or [1, ...] ("batch"): it never mixes channels
+    if not is_tensor(c.result) or c.result.shape != c.args[0].shape:
+        raise Unsupported("stochastic_depth changed its input's shape")
+    return c.iargs[0]
+
+
 def reshape(s: TraceState, c: Call) -> TensorInfo:
     """``view``/``reshape``/``flatten``/``squeeze``... (and ``nn.Flatten``): regroup the input's factors."""
     return reshape_info(s, c.iargs[0], c.result)
