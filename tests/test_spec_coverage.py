@@ -149,3 +149,150 @@ def test_torchvision_stochastic_depth_models_trace_strictly(name, sizes, head):
     unpermuted, share = _unpermuted_rows(model, spec)
     assert unpermuted == {head + ".weight", head + ".bias"}  # only the class logits keep their order
     assert share >= 0.95
+
+
+# -- torch.nn transformer modules --------------------------------------------------------------------------------
+def _causal(n: int) -> torch.Tensor:
+    return torch.triu(torch.full((n, n), float("-inf")), diagonal=1)
+
+
+def _transformer_cases():
+    """(name, module, inputs) for every class SpecTracer opens, post- and pre-norm, with and without masks."""
+    torch.manual_seed(0)
+    pad = torch.zeros(3, 7)
+    pad[0, 5:] = float("-inf")  # the last two source tokens of the first sequence are padding
+    src, tgt = torch.randn(3, 7, 16), torch.randn(3, 5, 16)
+
+    def enc_layer(norm_first, **kw):
+        return nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=norm_first, **kw)
+
+    def dec_layer(norm_first, **kw):
+        return nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=norm_first, **kw)
+
+    return [
+        ("encoder-layer", enc_layer(False), (src,), {}),
+        ("encoder-layer-prenorm-gelu", enc_layer(True, activation="gelu"), (src,), {"src_mask": _causal(7)}),
+        ("encoder-masks", nn.TransformerEncoder(enc_layer(False), 2, norm=nn.LayerNorm(16),
+                                                enable_nested_tensor=False),
+         (src,), {"mask": _causal(7), "src_key_padding_mask": pad}),
+        ("decoder-layer", dec_layer(False), (tgt, src), {"tgt_mask": _causal(5), "tgt_is_causal": True}),
+        ("decoder-prenorm", nn.TransformerDecoder(dec_layer(True, activation=nn.GELU()), 2),
+         (tgt, src), {"memory_key_padding_mask": pad}),
+        ("transformer", nn.Transformer(16, 4, 2, 1, 32, dropout=0.0, batch_first=True),
+         (src, tgt), {"tgt_mask": _causal(5)}),
+    ]
+
+
+class _Apply(nn.Module):
+    """``module(*inputs, **options)`` as a model: SpecTracer opens submodules (the root's forward is traced as it
+    is), and the tensor options are buffers, so that the graph reads them."""
+
+    def __init__(self, module: nn.Module, num_inputs: int, options: dict):
+        super().__init__()
+        self.module, self.num_inputs = module, num_inputs
+        self.flags = {k: v for k, v in options.items() if not torch.is_tensor(v)}
+        self.keys = [k for k, v in options.items() if torch.is_tensor(v)]
+        for k in self.keys:
+            self.register_buffer(k, options[k])
+
+    def forward(self, a, b=None):
+        inputs = (a,) if self.num_inputs == 1 else (a, b)
+        return self.module(*inputs, **{k: getattr(self, k) for k in self.keys}, **self.flags)
+
+
+@pytest.mark.parametrize("case", _transformer_cases(), ids=lambda case: case[0])
+def test_spec_tracer_graphs_compute_what_the_modules_compute(case):
+    """The graph SpecTracer records computes torch's own forward: in training mode (dropout 0, no fast path) and
+    in eval mode (where the layers may take the fused fast path)."""
+    from mudsc.spec import SpecTracer
+
+    _, module, args, kwargs = case
+    model = _Apply(module, len(args), kwargs)
+    gm = torch.fx.GraphModule(model, SpecTracer().trace(model))
+    targets = {type(gm.get_submodule(n.target)) for n in gm.graph.nodes if n.op == "call_module"}
+    assert nn.MultiheadAttention in targets and nn.Linear in targets  # opened up, not a leaf
+    assert not targets & {nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder}
+    with torch.no_grad():
+        for mode in (True, False):
+            model.train(mode)
+            gm.train(mode)
+            torch.testing.assert_close(gm(*args), module(*args, **kwargs), rtol=1e-5, atol=1e-5)
+
+
+class _TextClassifier(nn.Module):
+    """Token ids -> embedding -> 2-layer transformer encoder -> mean over tokens -> class logits."""
+
+    def __init__(self, vocab=50, width=32, classes=5):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 64, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens)).mean(1))
+
+
+def test_text_transformer_encoder_traces_strictly_and_merges():
+    torch.manual_seed(0)
+    a, b = _TextClassifier().eval(), _TextClassifier().eval()
+    spec = trace(a, torch.randint(0, 50, (2, 7)))
+    # the residual stream, then per layer q/k and v/o (4 heads of 8, tied to each other) and the 64 hidden units
+    assert [(g.size, g.num_blocks) for g in spec.groups] == [(32, 1)] + [(32, 4), (32, 4), (64, 1)] * 2
+    stream = spec.groups[0]
+    assert ("embed.weight", 1) in {(m.name, m.axis) for m in stream.members}
+    unpermuted, share = _unpermuted_rows(a, spec)
+    assert unpermuted == {"embed.weight", "head.weight", "head.bias"}  # token rows and class rows
+    # per layer: in_proj 3*32*32+96, out_proj 32*32+32, linear1 32*64+64, linear2 64*32+32, two norms 4*32
+    layer = 3 * 32 * 32 + 96 + 32 * 32 + 32 + 32 * 64 + 64 + 64 * 32 + 32 + 4 * 32
+    total = 2 * layer + 50 * 32 + 32 * 5 + 5
+    assert share == pytest.approx(2 * layer / total)  # ~0.906: the embedding's channels are its axis 1
+    assert (2 * layer + 50 * 32) / total >= 0.95  # counting the embedding by its channel axis
+    gen = torch.Generator().manual_seed(1)
+    loader = [torch.randint(0, 50, (8, 7), generator=gen) for _ in range(3)]
+    result = merge([a, b], loader, method="zipit", progress=False)
+    fresh = _TextClassifier()
+    fresh.load_state_dict(result.model.state_dict(), strict=True)
+    with torch.no_grad():
+        out = result.model.eval()(loader[0])
+        assert out.shape == (8, 5) and torch.isfinite(out).all()
+        torch.testing.assert_close(fresh.eval()(loader[0]), out)
+
+
+class _Seq2Seq(nn.Module):
+    """Token ids -> a shared embedding -> nn.Transformer (2 encoder layers, 1 decoder layer) -> vocabulary logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(40, 16)
+        self.transformer = nn.Transformer(16, 2, 2, 1, 24, batch_first=True)
+        self.head = nn.Linear(16, 40)
+
+    def forward(self, src, tgt, tgt_mask):
+        return self.head(self.transformer(self.embed(src), self.embed(tgt), tgt_mask=tgt_mask))
+
+
+def test_seq2seq_transformer_groups():
+    """One stream (the decoder's cross-attention reads the encoder's output with the same projection columns),
+    3 groups per encoder layer, 5 per decoder layer (self- and cross-attention q/k and v/o, hidden units)."""
+    spec = trace(_Seq2Seq().eval(), (torch.randint(0, 40, (2, 6)), torch.randint(0, 40, (2, 4)), _causal(4)))
+    encoder = [(16, 2), (16, 2), (24, 1)]
+    decoder = [(16, 2)] * 4 + [(24, 1)]
+    assert [(g.size, g.num_blocks) for g in spec.groups] == [(16, 1)] + encoder * 2 + decoder
+
+
+def test_only_the_exact_torch_classes_are_opened():
+    """A subclass may have its own forward: it is traced like any module of its own (here torch's fast-path test
+    stops torch.fx), and a tracer= that is a plain fx.Tracer keeps the torch classes as leaves."""
+    from mudsc.spec.traceable import traceable_forward
+
+    class MyLayer(nn.TransformerEncoderLayer):
+        pass
+
+    assert traceable_forward(MyLayer(8, 2, 16)) is None
+    assert traceable_forward(nn.TransformerEncoderLayer(8, 2, 16)) is not None
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(SpecTraceError, match="torch.fx could not trace"):
+        trace(nn.Sequential(MyLayer(8, 2, 16, batch_first=True)), x)
+    with pytest.raises(SpecTraceError, match="no handler for leaf module type TransformerEncoderLayer"):
+        trace(nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)), x, tracer=torch.fx.Tracer())

@@ -49,6 +49,7 @@ from .handlers import handle_node
 from .resolve import build_spec
 from .spaces import SpaceError
 from .state import Call, SpecTraceError, TraceState, is_tensor
+from .traceable import SpecTracer
 
 __all__ = ["SpecTraceError", "trace"]
 
@@ -112,12 +113,11 @@ def _user_frame(exc: BaseException) -> Optional[str]:
 
 
 def _to_graph(model: nn.Module, tracer: Optional[fx.Tracer]) -> fx.GraphModule:
-    """``model`` traced symbolically (with ``tracer`` if given); torch.fx failures become :class:`SpecTraceError`
-    naming the model code torch.fx stopped at and the ways around it."""
+    """``model`` traced symbolically with ``tracer`` (default: a :class:`~mudsc.spec.traceable.SpecTracer`); torch.fx
+    failures become :class:`SpecTraceError` naming the model code torch.fx stopped at and the ways around it."""
+    tracer = SpecTracer() if tracer is None else tracer
     try:
-        if tracer is None:
-            return fx.symbolic_trace(model)
-        return fx.GraphModule(model, tracer.trace(model))
+        return fx.GraphModule(model, tracer.trace(model), type(model).__name__)
     except Exception as e:  # torch.fx raises many types (TraceError, TypeError, NotImplementedError...)
         where = _user_frame(e)
         raise SpecTraceError(
@@ -125,9 +125,9 @@ def _to_graph(model: nn.Module, tracer: Optional[fx.Tracer]) -> fx.GraphModule:
             + (f" (at {where})" if where else "")
             + ". torch.fx runs the code on symbolic values, so it cannot follow what needs real ones (Python control "
             "flow on a tensor: if/while on it, bool()/int() of it, data-dependent shapes); make that code "
-            "traceable, make the submodule holding it a leaf of a custom tracer= (with strict=False its channels "
-            "are then left unpermuted), or write the model's mudsc.PermSpec by hand and pass it as spec= to "
-            "mudsc.merge / mudsc.match") from e
+            "traceable, make the submodule holding it a leaf of a custom tracer= (a subclass of "
+            "mudsc.spec.SpecTracer; with strict=False its channels are then left unpermuted), or write the model's "
+            "mudsc.PermSpec by hand and pass it as spec= to mudsc.merge / mudsc.match") from e
 
 
 @contextlib.contextmanager
@@ -173,7 +173,9 @@ def trace(
             the groups they touch with a warning.
         check: run :func:`mudsc.check_spec` on the result (random permutations of every group, float64).
         rtol: tolerance of that check.
-        tracer: an ``fx.Tracer`` instance to trace with (e.g. one with custom leaf modules).
+        tracer: an ``fx.Tracer`` instance to trace with (e.g. one with custom leaf modules); default a
+            :class:`~mudsc.spec.traceable.SpecTracer`, which also traces into ``nn.TransformerEncoder`` & co. (subclass
+            it to keep that).
         share_heads: True (default): q/k and v/o groups of one attention layer carry the same ``block_tie``, so
             one head permutation serves both. False reproduces the original MuDSC (ALGORITHM.md §1.7, §8.1.12):
             the ties are removed and the heads of q/k and v/o are matched independently; such a spec is not
