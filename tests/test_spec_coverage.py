@@ -1,6 +1,6 @@
 """Graph coverage of the tracer: models are traced in eval mode (train-only branches are not recorded, every
-module's train flag comes back), torchvision's ``stochastic_depth``, and the ``nn.Transformer*`` containers that
-torch.fx keeps as leaves.
+module's train flag comes back), torchvision's ``stochastic_depth``, the ``nn.Transformer*`` modules that torch.fx
+keeps as leaves; and ``permuted_share`` (``mudsc/spec/coverage.py``).
 
 The expected groups and shares are derived by hand from each architecture (which layer produces which units), not
 read back from the tracer."""
@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from mudsc import merge, trace
-from mudsc.spec import SpecTraceError
+from mudsc.spec import Group, Member, PermSpec, SpecTraceError, permuted_share
 
 torch.set_num_threads(2)
 
@@ -148,7 +148,7 @@ def test_torchvision_stochastic_depth_models_trace_strictly(name, sizes, head):
     assert sorted(g.size for g in spec.groups) == sizes
     unpermuted, share = _unpermuted_rows(model, spec)
     assert unpermuted == {head + ".weight", head + ".bias"}  # only the class logits keep their order
-    assert share >= 0.95
+    assert share >= 0.95 and permuted_share(model, spec) == pytest.approx(share)
 
 
 # -- torch.nn transformer modules --------------------------------------------------------------------------------
@@ -247,6 +247,7 @@ def test_text_transformer_encoder_traces_strictly_and_merges():
     layer = 3 * 32 * 32 + 96 + 32 * 32 + 32 + 32 * 64 + 64 + 64 * 32 + 32 + 4 * 32
     total = 2 * layer + 50 * 32 + 32 * 5 + 5
     assert share == pytest.approx(2 * layer / total)  # ~0.906: the embedding's channels are its axis 1
+    assert permuted_share(a, spec) == pytest.approx(share)
     assert (2 * layer + 50 * 32) / total >= 0.95  # counting the embedding by its channel axis
     gen = torch.Generator().manual_seed(1)
     loader = [torch.randint(0, 50, (8, 7), generator=gen) for _ in range(3)]
@@ -296,3 +297,31 @@ def test_only_the_exact_torch_classes_are_opened():
         trace(nn.Sequential(MyLayer(8, 2, 16, batch_first=True)), x)
     with pytest.raises(SpecTraceError, match="no handler for leaf module type TransformerEncoderLayer"):
         trace(nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)), x, tracer=torch.fx.Tracer())
+
+
+# -- permuted_share ----------------------------------------------------------------------------------------------
+def test_permuted_share_of_an_mlp_counts_produced_rows():
+    model = _TrainOnlyNoise()  # Linear(4, 8) -> Linear(8, 3): the 8 hidden units are the only group
+    spec = trace(model, torch.randn(2, 4))
+    assert permuted_share(model, spec) == pytest.approx((8 * 4 + 8) / (8 * 4 + 8 + 3 * 8 + 3))
+    assert permuted_share(model, PermSpec([])) == 0.0
+
+
+def test_permuted_share_counts_the_rows_a_member_covers():
+    """A hand-written group that holds rows 2..5 of a Linear(4, 6) (a fused slice) covers 4 of its 6 rows."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 2))
+    members = [Member("0.weight", 0, "output", offset=2), Member("0.bias", 0, "output", offset=2),
+               Member("1.weight", 1, "input", offset=2)]
+    spec = PermSpec([Group("part", 4, members)])
+    assert permuted_share(model, spec) == pytest.approx((24 + 6) * 4 / 6 / (24 + 6 + 12 + 2))
+
+
+def test_permuted_share_refuses_a_spec_of_another_model():
+    spec = PermSpec([Group("h", 8, [Member("fc.weight", 0, "output")])])
+    with pytest.raises(ValueError, match="'fc.weight'.*not a parameter or buffer of Linear"):
+        permuted_share(nn.Linear(4, 8), spec)
+    too_long = PermSpec([Group("h", 9, [Member("weight", 0, "output")])])
+    with pytest.raises(ValueError, match="reaches index 8.*8 rows"):
+        permuted_share(nn.Linear(4, 8), too_long)
+    with pytest.raises(ValueError, match="no parameter entries"):
+        permuted_share(nn.ReLU(), PermSpec([]))
