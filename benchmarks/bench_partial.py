@@ -33,29 +33,16 @@ if __name__ == "__main__":  # thread variables before torch loads
     os.environ.setdefault("OMP_NUM_THREADS", str(_threads(sys.argv)))
 
 import common  # noqa: E402  (puts the checkout first on sys.path, imports torch)
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import mudsc  # noqa: E402
-from mudsc.demo import mnist  # noqa: E402
-from mudsc.demo.endpoints import cache_root, cached_digits, default_archs, load_or_train  # noqa: E402
+from bench_repair import _pair  # noqa: E402  (the demo's endpoints, merge loader and test digits)
+from mudsc.demo.endpoints import cache_root, default_archs  # noqa: E402
 from mudsc.demo.evaluation import accuracies, predict  # noqa: E402
 
-TASK_SEEDS = ((0, 1), (1, 2))  # (task, seed) of model A and model B, as the demo
 # name: (resnet width of default_archs, index into it, cuts from shallow to deep)
 ARCHS = {"bn2": (2, 0, ("layer2", "layer3", "linear")), "gn": (4, 1, ("layer2", "layer3", "linear")),
          "vit": (4, 3, ("blocks.2", "blocks.3", "head"))}
-
-
-def _pair(arch, cache):
-    images, labels = cached_digits(cache, arch.image_size)
-    train_idx, test_idx = mnist.stratified_split(labels, test_per_class=100)
-    task_idx = [mnist.task_subset(labels, train_idx, t) for t in range(2)]
-    ends = [load_or_train(arch, images[task_idx[t]], labels[task_idx[t]], s, t, cache, print)[0]
-            for t, s in TASK_SEEDS]
-    mix = np.random.default_rng(0).permutation(np.concatenate(task_idx))[:512]
-    loader = [images[mix[i:i + 64]] for i in range(0, len(mix), 64)]
-    return ends, loader, images[test_idx], labels[test_idx]
 
 
 def _merge(ends, loader, method, stop_at):
