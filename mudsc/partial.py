@@ -29,6 +29,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .maps import AxisMap
 from .plan import MergePlan
 from .spec.cut import Cut, CutError, check_groups, find_cut
 
@@ -141,11 +142,8 @@ def _gathers(cut: Cut, plan: MergePlan, num_models: int) -> tuple:
     crossing value, ``{axis: merged length}``."""
     gathers, lengths = [], []
     for i in range(num_models):
-        labels = {}
-        for name, result in plan.maps.items():
-            lab = torch.as_tensor(result.labels).long().numpy()
-            om = lab.shape[0] // num_models
-            labels[name] = (lab[i * om:(i + 1) * om], int(result.num_outputs))
+        maps = {name: AxisMap.unmerge(result, i, num_models) for name, result in plan.maps.items()}
+        labels = {name: (m.labels.numpy(), m.size) for name, m in maps.items()}
         rows = [[(layout.axis, layout.unmerge_index(labels)) for layout in c.layouts] for c in cut.crossing]
         gathers.append([[(axis, index) for axis, (_, index) in row] for row in rows])
         lengths = [{axis: length for axis, (length, _) in row} for row in rows]
