@@ -59,6 +59,7 @@ from ._io import atomic_path
 from ._version import __version__
 from .maps import MatchResult
 from .spec import PermSpec, apply_maps
+from .spec.views import dense_shape
 
 __all__ = ["MergePlan", "UnverifiedPlanWarning", "fingerprint", "check_fingerprint"]
 
@@ -206,6 +207,8 @@ def _check_fingerprints(spec: PermSpec, fingerprints, num_models: int) -> None:
                 raise ValueError(f"group {g.name!r}: member {m.name!r} is not a parameter or buffer of the "
                                  "fingerprinted models")
             shape = ref[m.name][0]
+            view = spec.views.get(m.name)
+            shape = dense_shape(shape, view, m.name) if view is not None else shape
             if m.axis >= len(shape) or m.extent(g.size) > shape[m.axis]:
                 raise ValueError(f"group {g.name!r}: member {m.name!r} axis {m.axis} (extent {m.extent(g.size)} "
                                  f"for group size {g.size}) does not fit its fingerprinted shape {shape}")

@@ -285,12 +285,36 @@ def test_non_strict_drops_groups_with_a_warning():
     assert [g.name for g in spec.groups] == ["b"]
 
 
-def test_grouped_convolution_is_left_unpermuted_with_a_warning():
-    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 4, 1), nn.Flatten(),
+def test_grouped_convolution_ties_the_blocks_of_its_input_and_output():
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 3, groups=2), nn.Conv2d(6, 4, 1), nn.Flatten(),
                         nn.Linear(4 * 2 * 2, 2))
+    spec = trace(net, torch.randn(1, 3, 4, 4))
+    assert [(g.size, g.num_blocks) for g in spec.groups] == [(8, 2), (6, 2), (4, 1)]
+    assert spec.groups[0].block_tie is not None and spec.groups[0].block_tie == spec.groups[1].block_tie
+    assert _has(spec.groups[0], "1.weight", 1, "input")  # the dense form's columns
+    assert spec.views["1.weight"].kind == "grouped" and spec.views["1.weight"].blocks == 2
+
+
+class _ChannelShuffle(nn.Module):
+    """A grouped convolution after a channel shuffle (ShuffleNet): its input channel axis is structured."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 8, 1, groups=2)
+        self.c = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, _, h, w = y.shape
+        y = y.view(n, 2, 4, h, w).transpose(1, 2).reshape(n, 8, h, w)
+        return self.c(self.b(y))
+
+
+def test_grouped_convolution_over_a_shuffled_axis_is_left_unpermuted_with_a_warning():
     with pytest.warns(UserWarning, match="grouped convolution"):
-        spec = trace(net, torch.randn(1, 3, 4, 4))
-    assert [g.size for g in spec.groups] == [4]
+        spec = trace(_ChannelShuffle(), torch.randn(1, 3, 4, 4))
+    assert [g.name for g in spec.groups] == []
 
 
 # -- hand-written specs and the check ----------------------------------------------------------------------------

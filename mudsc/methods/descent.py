@@ -40,6 +40,7 @@ from ..piece_cache import PieceCache
 from ..plan import MergePlan, fingerprint
 from ..similarity import weight_moments, weight_similarity
 from ..spec import Group, PermSpec
+from ..spec.views import dense_tensors
 from .coordinates import coordinates, solve_coordinate
 from .registry import MethodInfo, check_hyperparameters, check_method
 from .weights import MapState
@@ -103,7 +104,8 @@ class Descent:
         self.tie_break = float(tie_break)
         self.zip_decay = zip_decay
         self.workers = max(1, int(workers))
-        self.tensors = [named_tensors(m) for m in models]
+        # tensors with a view (grouped convolutions, per-head tables) in the dense form the members address
+        self.tensors = [dense_tensors(named_tensors(m), spec.views) for m in models]
         self.state = MapState(spec, self.n, axis_rule)
         self.coords = coordinates(spec)
         self.values: Dict[str, float] = {}

@@ -17,6 +17,10 @@ contiguous blocks of ``size / b``; only block-respecting permutations are allowe
 freely inside each block). Groups with the same ``block_tie`` must use one block permutation (q/k and v/o of one
 attention layer share the head permutation).
 
+Views. ``PermSpec.views`` (``{tensor name: View}``, see ``views.py``) lists tensors stored compactly (a grouped
+convolution's weight, a per-head table): members address their *dense* form, which every stage reads and writes
+through ``views.expand`` / ``views.compact``.
+
 Roles. ``"output"``: the axis carries the group's units as produced values (weight rows, biases, norm
 parameters, running statistics, ``cls_token``); merging averages them. ``"input"``: the axis consumes the units
 (weight columns); merging sums the columns of units merged together.
@@ -35,9 +39,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
+
+from .views import View
 
 ROLES = ("output", "input")
 TAP_KINDS = ("input", "output")
@@ -121,7 +127,7 @@ class Group:
 class PermSpec:
     """An ordered collection of :class:`Group` s, with lookups by group and by tensor name."""
 
-    def __init__(self, groups: List[Group]):
+    def __init__(self, groups: List[Group], views: Optional[Mapping[str, View]] = None):
         names = [g.name for g in groups]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -129,6 +135,10 @@ class PermSpec:
         for g in groups:
             _validate_group(g)
         self.groups: List[Group] = list(groups)
+        self.views: Dict[str, View] = dict(views or {})
+        for name, view in self.views.items():
+            if not isinstance(view, View):
+                raise TypeError(f"views[{name!r}] must be a mudsc.spec.views.View, got {type(view).__name__}")
         self._by_name = {g.name: g for g in self.groups}
         self._by_tensor: Dict[str, List[Tuple[Member, Group]]] = {}
         for g in self.groups:
@@ -214,7 +224,10 @@ class PermSpec:
                     "taps": [_tap_to_dict(t) for t in g.taps],
                 }
             )
-        return {"version": 1, "groups": groups}
+        out = {"version": 1, "groups": groups}
+        if self.views:  # absent when empty, so specs without views serialise as before
+            out["views"] = {name: view.to_dict() for name, view in sorted(self.views.items())}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "PermSpec":
@@ -257,7 +270,13 @@ class PermSpec:
                     taps=taps,
                 )
             )
-        return cls(groups)
+        views = {}
+        for name, vd in (data.get("views") or {}).items():
+            try:
+                views[name] = View(**vd)
+            except TypeError as e:
+                raise ValueError(f"view of {name!r} must be {{kind, axis, blocks, repeats}}, got {vd!r}") from e
+        return cls(groups, views)
 
     def to_json(self, **kwargs) -> str:
         """``json.dumps(self.to_dict())``."""

@@ -70,7 +70,8 @@ def _build_once(state: TraceState) -> PermSpec:
         tied = tie_classes[leaf]
         tie = names[tied[0]] if len(tied) > 1 and entry.num_blocks > 1 else None
         groups.append(Group(names[leaf], entry.size, entry.members, entry.num_blocks, tie, taps[leaf]))
-    return PermSpec(groups)
+    members = {m.name for g in groups for m in g.members}
+    return PermSpec(groups, {name: view for name, view in state.views.items() if name in members})
 
 
 def _check_alignment(sp: Spaces) -> None:

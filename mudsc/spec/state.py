@@ -7,6 +7,7 @@ produced units, "input" for consumed ones) and the order in which tensors were f
 and member order follow it). Tap candidates are :class:`ModuleTap` entries (a leaf module's first tensor input
 and its output, with their tensor infos) and :class:`SpecialTap` entries (taps a handler builds itself, such as
 the q/k/v projections inside ``nn.MultiheadAttention``). :class:`SpecTraceError` is the public error of a trace.
+``views`` names the tensors whose dims describe a dense form (``views.py``: a grouped convolution's weight).
 
 Tied tensors. A parameter or buffer reachable under several names (``self.dec.weight = self.emb.weight``, or one
 module registered twice) is one tensor: every name of it is read as its *canonical* name, the first one the
@@ -31,6 +32,7 @@ import torch.nn as nn
 from .data import Tap
 from .factors import Dim, TensorInfo, Unsupported, dim_size, looks_like_factor, none_dim, space_dim, union_dims
 from .spaces import Spaces
+from .views import View, dense_shape
 
 
 class SpecTraceError(ValueError):
@@ -107,6 +109,7 @@ class TraceState:
         self.node: Optional[fx.Node] = None  # the node being handled (names the spaces it creates)
         self.aliases = tensor_aliases(gm if root is None else root)
         self.tensors: Dict[str, torch.Tensor] = {}
+        self.views: Dict[str, View] = {}  # tensors described in a dense layout (grouped convolutions)
         for name, t in _all_named_tensors(gm):
             self.tensors.setdefault(self.canonical(name), t)
 
@@ -137,13 +140,27 @@ class TraceState:
                     self.fix_all(v)
 
     # -- parameters ------------------------------------------------------------------------------------------
+    def shape(self, name: str) -> tuple:
+        """The shape of parameter/buffer ``name`` as its dims describe it: the dense shape when it has a view."""
+        name = self.canonical(name)
+        view = self.views.get(name)
+        shape = tuple(self.tensors[name].shape)
+        return dense_shape(shape, view, name) if view is not None else shape
+
+    def set_view(self, name: str, view: View) -> None:
+        """Describe ``name`` by the dense form of ``view`` (``views.py``); before any op binds its axes."""
+        name = self.canonical(name)
+        if name in self.param_dims and self.views.get(name) != view:
+            raise Unsupported(f"{name} is used both as a grouped/compact tensor and as a plain one")
+        self.views[name] = view
+
     def register(self, name: str) -> List[Optional[Dim]]:
         """The per-axis dims of parameter/buffer ``name`` (registered on first use under its canonical name)."""
         name = self.canonical(name)
         if name not in self.param_dims:
             if name not in self.tensors:
                 raise Unsupported(f"{name!r} is not a parameter or buffer of the model")
-            self.param_dims[name] = [None] * self.tensors[name].dim()
+            self.param_dims[name] = [None] * len(self.shape(name))
             self.param_order.append(name)
         return self.param_dims[name]
 
@@ -152,7 +169,7 @@ class TraceState:
         name = self.canonical(name)
         dims = self.register(name)
         if dims[axis] is None:
-            size = self.tensors[name].shape[axis]
+            size = self.shape(name)[axis]
             dims[axis] = space_dim(self.sp.new(size, self.node.name), size)
         self.param_roles.setdefault((name, axis), role)
         return dims[axis]
@@ -163,8 +180,8 @@ class TraceState:
         dims = self.register(name)
         self.param_roles.setdefault((name, axis), role)
         if dims[axis] is None:
-            if dim_size(dim) != self.tensors[name].shape[axis]:
-                raise Unsupported(f"{name} axis {axis} has length {self.tensors[name].shape[axis]}, "
+            if dim_size(dim) != self.shape(name)[axis]:
+                raise Unsupported(f"{name} axis {axis} has length {self.shape(name)[axis]}, "
                                   f"but the tensor it meets has {dim_size(dim)}")
             dims[axis] = dim
         else:
@@ -174,13 +191,15 @@ class TraceState:
     def param_info(self, name: str) -> TensorInfo:
         """The info of parameter/buffer ``name`` read by a ``get_attr`` node (fresh spaces where unmet)."""
         name = self.canonical(name)
-        return tuple(self.fresh(name, a) for a in range(self.tensors[name].dim()))
+        if name in self.views:
+            raise Unsupported(f"{name} is read directly as well as by its grouped convolution")
+        return tuple(self.fresh(name, a) for a in range(len(self.shape(name))))
 
     def set_role(self, arg, axis: int, role: str) -> None:
         """Set the role of ``axis`` of the parameter that fx argument ``arg`` reads (if it reads one)."""
         if isinstance(arg, fx.Node) and arg.op == "get_attr" and self.canonical(arg.target) in self.tensors:
             name = self.canonical(arg.target)
-            ndim = self.tensors[name].dim()
+            ndim = len(self.shape(name))
             self.param_roles[(name, axis % ndim)] = role
 
     def has_tensor(self, name: str) -> bool:

@@ -197,5 +197,5 @@ def trace(
     if check:
         check_spec(model, spec, example_inputs if check_inputs is None else check_inputs, rtol=rtol)
     if not share_heads:
-        spec = PermSpec([dataclasses.replace(g, block_tie=None) for g in spec.groups])
+        spec = PermSpec([dataclasses.replace(g, block_tie=None) for g in spec.groups], spec.views)
     return spec

@@ -13,6 +13,9 @@ are averaged. Deviation from the original: ``eps`` defaults to 0 (the original k
 shrink per output axis; pass ``merge_eps=1e-5`` for parity) so that exact permutation maps recover a model
 exactly. Module attributes (features, channels, normalized_shape, heads' ``head_dim`` ...) follow the new widths.
 
+Tensors with a view (``spec.views``: a grouped convolution's weight, a per-head table) are transformed in their
+dense form and stored back compactly (``views.py``).
+
 Tied tensors (one parameter under several names, ``dec.weight = emb.weight``) are transformed once, under the name
 ``named_parameters()`` gives, and stay one tensor in the result: ``permute_model`` permutes a deep copy in place,
 ``apply_maps`` puts each merged tensor at every place that held the original.
@@ -29,6 +32,7 @@ import torch.nn as nn
 
 from ..maps import merge_scale
 from .data import Group, Member, PermSpec
+from .views import compact, dense_shape, expand
 
 
 def _named_tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -70,14 +74,20 @@ def _set_tensor(model: nn.Module, name: str, value: torch.Tensor, slots=None) ->
 
 
 def _check_members(spec: PermSpec, tensors: Dict[str, torch.Tensor], what: str) -> None:
+    """Raise unless every member names a tensor of ``what`` whose (dense, for a view) shape holds it."""
+    for name in spec.views:
+        if name not in tensors:
+            raise ValueError(f"the spec has a view of {name!r}, which is not a parameter or buffer of {what}")
     for g in spec.groups:
         for m in g.members:
             if m.name not in tensors:
                 raise ValueError(f"group {g.name!r} names {m.name!r}, which is not a parameter or buffer of {what}")
-            t = tensors[m.name]
-            if m.axis >= t.dim() or m.extent(g.size) > t.shape[m.axis]:
+            view = spec.views.get(m.name)
+            shape = tuple(tensors[m.name].shape)
+            shape = dense_shape(shape, view, m.name) if view is not None else shape
+            if m.axis >= len(shape) or m.extent(g.size) > shape[m.axis]:
                 raise ValueError(f"group {g.name!r}: member {m.name} axis {m.axis} (layout {m}) does not fit the "
-                                 f"tensor's shape {tuple(t.shape)} with group size {g.size}")
+                                 f"tensor's {'dense ' if view else ''}shape {shape} with group size {g.size}")
 
 
 def permute_model(model: nn.Module, spec: PermSpec, permutations: Mapping[str, torch.Tensor],
@@ -107,7 +117,8 @@ def permute_model(model: nn.Module, spec: PermSpec, permutations: Mapping[str, t
     scratch: Dict[tuple, torch.Tensor] = {}  # per (dtype, device): one buffer the gathers write into
     with torch.no_grad():
         for name in spec.tensor_names():
-            t = tensors[name]
+            stored, view = tensors[name], spec.views.get(name)
+            t = expand(stored, view, name) if view is not None else stored
             index: Dict[int, torch.Tensor] = {}
             for member, group in spec.members_of(name):
                 if group.name not in perms:
@@ -122,6 +133,8 @@ def permute_model(model: nn.Module, spec: PermSpec, permutations: Mapping[str, t
                 gathered = scratch[key][:t.numel()].view(t.shape)
                 torch.index_select(t, axis, idx.to(t.device), out=gathered)
                 t.copy_(gathered)
+            if view is not None and index:
+                stored.copy_(compact(t, view, name))
     return new
 
 
@@ -235,10 +248,11 @@ def apply_maps(models: Sequence[nn.Module], spec: PermSpec, maps: Mapping[str, o
             if not by_axis:  # in no group: a plain average
                 _set_tensor(merged, name, _average([named[i][name] for i in range(num_models)]), slots)
                 continue
-            total = None
+            total, view = None, spec.views.get(name)
             for i in range(num_models):
                 source = named[i][name]
                 t = source.double()
+                t = expand(t, view, name) if view is not None else t
                 for axis, ms in sorted(by_axis.items()):
                     t = _transform_axis(t, axis, ms, i, labels, counts, num_models, merge_eps)
                 if total is None:  # the running sum must not be a float64 model's own storage
@@ -246,7 +260,9 @@ def apply_maps(models: Sequence[nn.Module], spec: PermSpec, maps: Mapping[str, o
                     total = t.clone() if shared else t
                 else:
                     total.add_(t)
-            _set_tensor(merged, name, total.div_(num_models).to(ref.dtype), slots)
+            total = total.div_(num_models)
+            total = compact(total, view, name) if view is not None else total
+            _set_tensor(merged, name, total.to(ref.dtype), slots)
     _check_fused_widths(spec, merged)
     update_module_attributes(merged)
     return merged

@@ -12,6 +12,7 @@ import warnings
 
 from ..factors import Factor, TensorInfo, Unsupported, is_permutable, none_dim, normalize, union_dims
 from ..state import Call, TraceState, is_tensor
+from ..views import View
 from .shape import spatial_info
 
 
@@ -105,8 +106,23 @@ def _depthwise_out(s: TraceState, channels, mult: int):
     return out
 
 
+def _grouped(s: TraceState, c: Call, channels):
+    """A grouped convolution (``1 < groups < in_channels``): its weight is described by its block-diagonal dense
+    form (``views.py``), so the input channels are a member on axis 1; input and output channels split into
+    ``groups`` blocks whose block permutations are tied (a group's outputs read only that group's inputs)."""
+    m, p = c.module, c.prefix
+    s.set_view(p + "weight", View("grouped", 1, m.groups))
+    s.bind(p + "weight", 1, channels, "input")
+    out = s.fresh(p + "weight", 0, "output")
+    s.sp.add_stride(channels[0].space, m.in_channels // m.groups)
+    s.sp.add_stride(out[0].space, m.out_channels // m.groups)
+    s.sp.tie(channels[0].space, out[0].space)
+    return out
+
+
 def conv(s: TraceState, c: Call) -> TensorInfo:
-    """``nn.Conv1d/2d/3d``: dense and depthwise convolutions; other grouped ones fix their channels."""
+    """``nn.Conv1d/2d/3d``: dense, depthwise and grouped (block-tied) convolutions."""
+    # a grouped convolution over a structured channel axis (after a channel shuffle) fixes its channels, warning
     m, p, x, ix, n = c.module, c.prefix, c.args[0], c.iargs[0], c.node
     k = len(m.kernel_size)
     axis = x.dim() - 1 - k
@@ -117,11 +133,14 @@ def conv(s: TraceState, c: Call) -> TensorInfo:
     elif m.groups == m.in_channels:
         out = _depthwise_out(s, channels, m.out_channels // m.in_channels)
         s.bind(p + "weight", 0, out, "output")
+    elif len(channels) == 1 and is_permutable(channels) and channels[0].stride == 1 and \
+            s.sp.size[s.sp.find(channels[0].space)] == m.in_channels:
+        out = _grouped(s, c, channels)
     else:
         warnings.warn(
             f"fx node {n.name!r}: grouped convolution {n.target} (groups={m.groups}, "
-            f"{m.in_channels}->{m.out_channels} channels) is traced conservatively: its input and output "
-            "channels are left unpermuted", stacklevel=4)
+            f"{m.in_channels}->{m.out_channels} channels) over a structured channel axis is traced "
+            "conservatively: its input and output channels are left unpermuted", stacklevel=4)
         s.fix_all(channels)
         s.bind(p + "weight", 0, none_dim(m.out_channels), "output")
         out = none_dim(m.out_channels)
