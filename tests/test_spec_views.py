@@ -143,3 +143,50 @@ def test_every_method_merges_three_grouped_models_into_a_loadable_model():
         fresh = _Grouped()
         fresh.load_state_dict(merged.state_dict(), strict=True)
         assert torch.isfinite(fresh.eval()(x[:4])).all(), method
+
+
+# -- per-head tables (repeat views) ---------------------------------------------------------------------------------
+class _HeadTables(nn.Module):
+    """Attention whose logits get a per-head scale ``[heads, 1, 1]`` and a per-head bias ``[heads, N, N]`` (the
+    tables of Swin v2 / Swin's relative-position bias, without the index)."""
+
+    def __init__(self, dim=8, heads=2, tokens=4):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 3)
+        self.scale = nn.Parameter(torch.rand(heads, 1, 1) + 0.5)
+        self.bias = nn.Parameter(torch.randn(heads, tokens, tokens))
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1)) * self.scale + self.bias
+        y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c)
+        return self.out(self.proj(y).mean(1))
+
+
+def test_per_head_tables_follow_the_head_permutation():
+    torch.manual_seed(0)
+    model = _HeadTables().eval()
+    x = torch.randn(16, 4, 8)
+    spec = trace(model, x[:2])
+    assert spec.views == {"scale": View("repeat", 0, 2, 4), "bias": View("repeat", 0, 2, 4)}
+    qk = spec.groups[0]
+    assert qk.num_blocks == 2 and {m.name for m in qk.members} >= {"scale", "bias"}
+    perms = spec.random_permutations(seed=1)
+    permuted = permute_model(model, spec, perms)
+    heads = perms[qk.name].view(2, 4)[:, 0] // 4  # the old head each new head comes from
+    assert torch.equal(permuted.bias, model.bias[heads]) and torch.equal(permuted.scale, model.scale[heads])
+    assert torch.allclose(permuted(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["rebasin", "act-align", "zipit", "mudsc-zip"])
+def test_merging_a_head_permuted_copy_recovers_the_model(method):
+    torch.manual_seed(0)
+    model = _HeadTables().eval()
+    x = torch.randn(16, 4, 8)
+    spec = trace(model, x[:2])
+    other = permute_model(model, spec, spec.random_permutations(seed=3))
+    result = mudsc.merge([model, other], [(x,)], method=method, progress=False)
+    assert torch.allclose(result.plan.apply([model, other])(x), model(x), atol=1e-5)

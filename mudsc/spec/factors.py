@@ -176,7 +176,8 @@ def refine(sp: Spaces, factors: Sequence[Factor], sizes: Sequence[int]) -> List[
 
 
 def union_factors(sp: Spaces, f: Factor, g: Factor) -> None:
-    """Identify two digits of equal size: whole spaces are unioned, block digits tied, within-block digits unioned."""
+    """Identify two digits of equal size: whole spaces are unioned, block digits tied, within-block digits unioned,
+    a whole space and a block digit aliased (``Spaces.alias_block``)."""
     (a, n, sa), (b, m, sb) = f, g
     if n != m:
         raise Unsupported(f"axes of sizes {n} and {m} are identified")
@@ -191,6 +192,10 @@ def union_factors(sp: Spaces, f: Factor, g: Factor) -> None:
         sp.union(a, b)
     elif ra == rb and sa == sb:
         return
+    elif sa == 1 and n == na and sb > 1 and sb * m == nb:
+        sp.alias_block(a, b, sb)  # a whole space of one entry per block of b (a per-head table)
+    elif sb == 1 and m == nb and sa > 1 and sa * n == na:
+        sp.alias_block(b, a, sa)
     elif sa > 1 and sb > 1 and sa * n == na and sb * m == nb and sa == sb:
         sp.add_stride(a, sa)
         sp.add_stride(b, sb)

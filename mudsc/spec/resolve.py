@@ -7,6 +7,10 @@ becomes a :class:`~mudsc.spec.data.Group`, in the order parameters were first me
 groups); its ``block_tie`` from the ties between block digits, grouped with a second
 :class:`~mudsc.spec.spaces.Spaces` store over the groups' block indices; its taps from ``taps.py``.
 
+A parameter axis holding a space aliased to the block digit of another (``Spaces.alias_block``: a table with one
+entry per head, added to attention logits) is read through a ``"repeat"`` view (``views.py``): a member of the
+head-structured group, each entry standing for its block's units.
+
 An axis or space that has no such form (a product of two permutable factors, a lone head digit, nested blocks,
 a fused part straddling blocks, a head-tied partner that is fixed) is a :class:`~mudsc.spec.factors.ResolveProblem`:
 with ``strict`` it raises :class:`SpecTraceError`; otherwise its spaces are fixed with a warning and resolution
@@ -17,13 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .data import Group, Member, PermSpec
-from .factors import ResolveProblem, pieces
+from .factors import Dim, Factor, ResolveProblem, normalize, pieces
 from .spaces import Spaces
 from .state import SpecTraceError, TraceState
 from .taps import collect_taps
+from .views import View
 
 _SIMILARITY_EXCLUDED_SUFFIXES = ("running_mean", "running_var")
 _MAX_RESTARTS = 100
@@ -60,7 +65,8 @@ def build_spec(state: TraceState, strict: bool) -> PermSpec:
 def _build_once(state: TraceState) -> PermSpec:
     """One resolution attempt (raises :class:`ResolveProblem` naming the spaces to fix)."""
     _check_alignment(state.sp)
-    found = _collect_members(state)
+    param_dims, views = dense_dims(state)
+    found = _collect_members(state, param_dims)
     _count_blocks(state.sp, found)
     tie_classes = _tie_classes(state.sp, found)
     names = _group_names(found)
@@ -71,7 +77,7 @@ def _build_once(state: TraceState) -> PermSpec:
         tie = names[tied[0]] if len(tied) > 1 and entry.num_blocks > 1 else None
         groups.append(Group(names[leaf], entry.size, entry.members, entry.num_blocks, tie, taps[leaf]))
     members = {m.name for g in groups for m in g.members}
-    return PermSpec(groups, {name: view for name, view in state.views.items() if name in members})
+    return PermSpec(groups, {name: view for name, view in views.items() if name in members})
 
 
 def _check_alignment(sp: Spaces) -> None:
@@ -82,11 +88,51 @@ def _check_alignment(sp: Spaces) -> None:
                                  "channels (e.g. GroupNorm groups across a concatenation)", [space])
 
 
-def _collect_members(state: TraceState) -> Dict[int, _Candidate]:
-    """Per leaf space (in order of first appearance): the parameter axes holding it, as members."""
+def _block_aliases(sp: Spaces) -> Dict[int, Tuple[int, int]]:
+    """``{root of a: (root of b, stride)}`` of ``sp.block_aliases``; one table aliased to the blocks of two spaces
+    ties their block digits (both index the same heads)."""
+    out: Dict[int, Tuple[int, int]] = {}
+    for a, b, stride in sp.block_aliases:
+        ra, rb = sp.find(a), sp.find(b)
+        if ra in out and out[ra][0] != rb:
+            sp.tie(out[ra][0], rb)
+        out.setdefault(ra, (rb, stride))
+    return out
+
+
+def dense_dims(state: TraceState) -> Tuple[Dict[str, List[Optional[Dim]]], Dict[str, View]]:
+    """The parameter dims the members are read from, and the views they need (``views.py``): an axis that holds
+    only a space aliased to the block digit of another (a per-head table) becomes that space, repeated per block."""
+    sp = state.sp
+    aliases = _block_aliases(sp)
+    views = dict(state.views)
+    out: Dict[str, List[Optional[Dim]]] = {}
+    for name in state.param_order:
+        dims = list(state.param_dims[name])
+        for axis, dim in enumerate(dims):
+            hits = [f for f in (dim or ()) if f.space is not None and sp.find(f.space) in aliases]
+            if not hits:
+                continue
+            real = [f for f in normalize(sp, dim) if f.space is not None]
+            root = sp.find(hits[0].space)
+            target, stride = aliases[root]
+            if len(normalize(sp, dim)) != 1 or name in views:
+                raise ResolveProblem(f"{name} axis {axis} holds a per-block table with other entries", [root, target])
+            if sp.fixed[root] and not sp.fixed[target]:
+                raise ResolveProblem(f"{name} axis {axis} is a per-block table that must keep its order", [target])
+            dims[axis] = (Factor(target, real[0].size * stride, 1),)
+            views[name] = View("repeat", axis, real[0].size, stride)
+        out[name] = dims
+    return out, views
+
+
+def _collect_members(state: TraceState, param_dims=None) -> Dict[int, _Candidate]:
+    """Per leaf space (in order of first appearance): the parameter axes holding it, as members (``param_dims``:
+    :func:`dense_dims`'s, computed when not given)."""
+    param_dims = dense_dims(state)[0] if param_dims is None else param_dims
     found: Dict[int, _Candidate] = {}
     for name in state.param_order:
-        for axis, dim in enumerate(state.param_dims[name]):
+        for axis, dim in enumerate(param_dims[name]):
             if dim is None:
                 continue
             try:

@@ -7,12 +7,14 @@ and dims) is ``factors.py``; this module only stores the constraints between spa
 - ``fix(a)``: the space must keep the identity (it touches a model input/output, or an unknown op);
 - ``add_stride(a, st)``: the space is split into blocks of ``st`` channels (only block-respecting permutations);
 - ``tie(a, b)``: the block digits of a and b are one index (shared head permutation);
-- ``partition(a, cuts)``: the space is a concatenation of independent child spaces (fused qkv, ``torch.cat``).
+- ``partition(a, cuts)``: the space is a concatenation of independent child spaces (fused qkv, ``torch.cat``);
+- ``alias_block(a, b, st)``: space a is the block digit of b (a per-head table indexed like b's heads).
 
 Layout. Parallel lists indexed by space id: ``parent`` (the union-find forest), and at each root ``size``,
 ``fixed``, ``strides`` (block sizes), ``children`` (``[(start, stop, child)]`` once partitioned) and ``origin``
-(the fx node that created the space, for messages); ``ties`` lists tied pairs, ``misaligned`` the children that
-straddle a block boundary of their parent (filled by ``propagate``).
+(the fx node that created the space, for messages); ``ties`` lists tied pairs, ``block_aliases`` the
+``(a, b, stride)`` of ``alias_block``, ``misaligned`` the children that straddle a block boundary of their parent
+(filled by ``propagate``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Spaces:
         self.children: List[Optional[List[Tuple[int, int, int]]]] = []
         self.origin: List[str] = []
         self.ties: List[Tuple[int, int]] = []
+        self.block_aliases: List[Tuple[int, int, int]] = []
         self.misaligned: Set[Tuple[int, int]] = set()
 
     def new(self, size: int, origin: str) -> int:
@@ -67,6 +70,12 @@ class Spaces:
     def tie(self, a: int, b: int) -> None:
         """The block digits of ``a`` and ``b`` must be permuted together."""
         self.ties.append((a, b))
+
+    def alias_block(self, a: int, b: int, stride: int) -> None:
+        """Space ``a`` (whole) indexes the blocks of ``stride`` channels of ``b``: a tensor axis holding ``a`` has one
+        entry per block of ``b`` (a relative-position-bias table's heads); resolution reads it as ``b`` repeated."""
+        self.add_stride(b, stride)
+        self.block_aliases.append((a, b, int(stride)))
 
     def union(self, a: int, b: int) -> None:
         """Make ``a`` and ``b`` one space (equal sizes required); partitions are aligned and unioned pairwise."""
