@@ -39,6 +39,7 @@ import mudsc  # noqa: E402
 from bench_repair import _pair  # noqa: E402  (the demo's endpoints, merge loader and test digits)
 from mudsc.demo.endpoints import cache_root, default_archs  # noqa: E402
 from mudsc.demo.evaluation import accuracies, predict  # noqa: E402
+from mudsc.demo.prototypes import class_logits  # noqa: E402
 
 # name: (resnet width of default_archs, index into it, cuts from shallow to deep)
 ARCHS = {"bn2": (2, 0, ("layer2", "layer3", "linear")), "gn": (4, 1, ("layer2", "layer3", "linear")),
@@ -57,7 +58,7 @@ def _softmax_mean(partial, x):
     partial.eval()
     with torch.no_grad():
         outs = [torch.cat(parts) for parts in zip(*(partial.branch_outputs(b) for b in x.split(250)))]
-    return sum(o.softmax(1) for o in outs) / len(outs)
+    return sum(class_logits(o).softmax(1) for o in outs) / len(outs)
 
 
 def _arch_rows(key, methods, cache):

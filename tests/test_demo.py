@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import mudsc
 from mudsc import demo
 from mudsc.cli import main
 from mudsc.demo import mnist
@@ -228,3 +229,54 @@ def test_trained_endpoint_is_float32_contiguous_and_learns(monkeypatch, bf16):
         assert p.is_contiguous(), name
     acc = demo.accuracies(demo.predict(model, images[test]), labels[test])
     assert acc["joint"] > 0.6, acc  # 1,000 images, 2 epochs: far above the 10% of chance
+
+
+# -- the prototype head (the paper's protocol) and the spread over merge sets -------------------------------------
+def test_prototypes_are_fixed_unit_norm_and_scored_by_cosine():
+    from mudsc.demo import prototypes as pr
+
+    p = pr.class_prototypes()
+    assert p.shape == (10, pr.EMBED_DIM) and torch.allclose(p.norm(dim=1), torch.ones(10))
+    assert torch.equal(p, pr.class_prototypes())  # seeded, not redrawn
+    emb = torch.stack([3.0 * p[7], -p[2] + 0.0 * p[0]])
+    logits = pr.class_logits(emb)
+    # cosine to its own prototype is 1 (and -1 for the negated one), times the logit scale
+    assert torch.isclose(logits[0, 7], torch.tensor(pr.LOGIT_SCALE), atol=1e-5)
+    assert torch.isclose(logits[1, 2], torch.tensor(-pr.LOGIT_SCALE), atol=1e-5)
+    assert logits[0].argmax() == 7
+    with pytest.raises(ValueError, match="embeddings must be"):
+        pr.class_logits(torch.zeros(2, 10))
+
+
+def test_task_loss_is_the_cross_entropy_over_the_own_prototypes():
+    from mudsc.demo import prototypes as pr
+
+    torch.manual_seed(0)
+    emb, labels = torch.randn(4, pr.EMBED_DIM), torch.tensor([5, 9, 7, 5])
+    cos = torch.nn.functional.normalize(emb, dim=1) @ pr.class_prototypes()[5:].T
+    by_hand = -torch.log_softmax(pr.LOGIT_SCALE * cos, dim=1)[torch.arange(4), labels - 5].mean()
+    assert torch.isclose(pr.task_loss(emb, labels, (5, 6, 7, 8, 9)), by_hand, atol=1e-5)
+    with pytest.raises(ValueError, match="outside the task"):
+        pr.task_loss(emb, torch.tensor([0, 5, 5, 5]), (5, 6, 7, 8, 9))
+
+
+def test_ordering_spread_merges_every_set_and_counts_where_the_ordering_holds(tmp_path):
+    from mudsc.demo import job
+
+    data = job.prepare_data(tmp_path, quick=True)
+    pool = np.concatenate(data.task_idx)
+    data.mix_sets = [pool[::4][:64], pool[1::4][:64]]
+    arch = demo.quick_archs()[0]
+    ends, names, _ = job.train_endpoints(arch, data, lambda s: None)
+    images = data.images(arch.image_size)
+    x_test = images[data.test_idx]
+    spec = mudsc.trace(ends[0], images[:2])
+    rows = {"avg": {"joint": 0.3}, "zipit": {"joint": 0.1}}  # set 0's rows, as run_arch passes them
+    lines = []
+    out = job.ordering_spread(ends, names, spec, images, x_test, data, rows, ["avg", "zipit"], False, lines.append)
+    assert [len(v) for v in out["joint"].values()] == [2, 2] and out["joint"]["avg"][0] == 0.3
+    assert out["per_set"][0] is False  # ZipIt 0.1 below avg 0.3 on set 0
+    assert "holds on" in "\n".join(lines) and "of 2 merge sets" in "\n".join(lines)
+    data.mix_sets = data.mix_sets[:1]
+    assert job.ordering_spread(ends, names, spec, images, x_test, data, rows, ["avg", "zipit"], False,
+                               lines.append) is None

@@ -2,7 +2,8 @@
 
 - :class:`ArchConfig`, :func:`default_archs`, :func:`quick_archs`: the architectures and training settings.
 - :func:`train_endpoint`: SGD (momentum 0.9, Nesterov) or AdamW with a one-cycle learning rate, from
-  ``torch.manual_seed(seed)``; channels-last and bfloat16 autocast where :func:`bf16_training` says so.
+  ``torch.manual_seed(seed)``, on the cross-entropy over the prototypes of the endpoint's own classes
+  (:mod:`mudsc.demo.prototypes`); channels-last and bfloat16 autocast where :func:`bf16_training` says so.
 - :func:`load_or_train`: the cached checkpoint ``<cache>/<checkpoint_key>`` if it loads, else a freshly trained
   (and saved) endpoint. The key digests everything that determines the weights, :data:`DEMO_VERSION` included.
 - :func:`cached_digits`: :func:`mudsc.demo.mnist.load_digits` through ``<cache>/digits-<size>-v<version>.npz``.
@@ -16,22 +17,22 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import models
 from .._io import atomic_path
 from . import mnist
+from .prototypes import EMBED_DIM, task_loss
 
 __all__ = ["DEMO_VERSION", "ArchConfig", "bf16_training", "cache_root", "cached_digits", "checkpoint_key",
            "default_archs", "load_or_train", "quick_archs", "train_endpoint"]
 
 # Bump when training code or data preparation changes, so stale cached checkpoints are not reused.
-DEMO_VERSION = "2"
+DEMO_VERSION = "3"  # 3: the prototype head (prototypes.py)
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,9 @@ class ArchConfig:
     image_size: int = 32          # input side: 32 (28x28 digits zero-padded) or smaller (resized, antialiased)
 
     def build(self) -> nn.Module:
-        """A fresh 10-class, 1-channel model of this architecture (``mudsc.models.<builder>``)."""
-        return getattr(models, self.builder)(num_classes=10, in_channels=1, **self.kwargs)
+        """A fresh 1-channel model of this architecture (``mudsc.models.<builder>``) whose last layer outputs the
+        :data:`~mudsc.demo.prototypes.EMBED_DIM`-dimensional embedding the prototype head scores."""
+        return getattr(models, self.builder)(num_classes=EMBED_DIM, in_channels=1, **self.kwargs)
 
 
 def default_archs(resnet_width: int = 4, resnet_image_size: int = 16) -> List[ArchConfig]:
@@ -113,12 +115,15 @@ def _optimizer(arch: ArchConfig, model: nn.Module, steps: int) -> Tuple[torch.op
     return opt, torch.optim.lr_scheduler.OneCycleLR(opt, arch.lr, total_steps=steps, pct_start=0.25)
 
 
-def train_endpoint(arch: ArchConfig, images: torch.Tensor, labels: torch.Tensor, seed: int) -> nn.Module:
-    """Train ``arch`` from ``torch.manual_seed(seed)`` on ``images[n, 1, S, S]`` / ``labels[n]`` (one-cycle LR).
+def train_endpoint(arch: ArchConfig, images: torch.Tensor, labels: torch.Tensor, seed: int,
+                   classes: Optional[Sequence[int]] = None) -> nn.Module:
+    """Train ``arch`` from ``torch.manual_seed(seed)`` on ``images[n, 1, S, S]`` / ``labels[n]`` (one-cycle LR), with
+    the cross-entropy over the prototypes of ``classes`` (default: the labels present; :func:`task_loss`).
 
     Convolutional models train in channels-last layout, and under bfloat16 autocast where :func:`bf16_training`
     says so; the returned model is float32 in the default (contiguous) layout, in eval mode.
     """
+    classes = sorted({int(v) for v in labels.tolist()}) if classes is None else list(classes)
     torch.manual_seed(seed)
     model = arch.build()
     bf16 = bf16_training()
@@ -135,7 +140,7 @@ def train_endpoint(arch: ArchConfig, images: torch.Tensor, labels: torch.Tensor,
         for i in range(0, n, bs):
             b = order[i:i + bs]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(model(images[b]).float(), labels[b])
+                loss = task_loss(model(images[b]).float(), labels[b], classes)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -157,7 +162,7 @@ def load_or_train(arch: ArchConfig, images, labels, seed: int, task: int, cache:
         except (RuntimeError, OSError, EOFError) as exc:  # a truncated or stale file: retrain
             log(f"  cached {path.name} unreadable ({exc}); retraining")
     t0 = time.perf_counter()
-    model = train_endpoint(arch, images, labels, seed)
+    model = train_endpoint(arch, images, labels, seed, mnist.TASKS[task])
     seconds = time.perf_counter() - t0
     cache.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

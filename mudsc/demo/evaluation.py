@@ -15,16 +15,20 @@ import torch
 import torch.nn as nn
 
 from . import mnist
+from .prototypes import class_logits
 
 __all__ = ["accuracies", "differing_groups", "ordering_check", "predict"]
 
 
 @torch.no_grad()
-def predict(model_or_fn, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
-    """``float32[n, 10]`` outputs of a model (eval mode) or of any callable, in batches."""
+def predict(model_or_fn, images: torch.Tensor, batch_size: int = 250, head: bool = True) -> torch.Tensor:
+    """``float32[n, 10]`` class scores of a model (eval mode) or of any callable, in batches: with ``head`` the
+    outputs are embeddings scored by the prototype head (:func:`mudsc.demo.prototypes.class_logits`), else they
+    are class scores already (a callable that averages branch softmaxes)."""
     if isinstance(model_or_fn, nn.Module):
         model_or_fn.eval()
-    return torch.cat([model_or_fn(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    outs = [model_or_fn(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return torch.cat([class_logits(o) if head else o for o in outs])
 
 
 def accuracies(logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:

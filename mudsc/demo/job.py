@@ -4,7 +4,8 @@
    deterministic); task A = digits 0-4, task B = digits 5-9. The merge data are a fixed, shuffled mix of both
    tasks' training images (activation statistics, and the BatchNorm reset of BN models).
 2. Endpoints (:func:`train_endpoints`): per architecture, model A (seed 1) trained on task A's training images
-   only and model B (seed 2) on task B's, both with the same 10-way linear head; cached
+   only and model B (seed 2) on task B's; each outputs a 64-d embedding scored against fixed, shared class
+   prototypes (:mod:`mudsc.demo.prototypes`, the paper's protocol), trained on its own 5 prototypes; cached
    (:mod:`mudsc.demo.endpoints`).
 3. Merges (:func:`merge_rows`): ``mudsc.merge([A, B], loader, method=m)`` for every ``m`` in ``mudsc.METHODS``;
    mudsc-zip also runs with ``backend="reference"`` and the two plans are compared. Plans are cached
@@ -12,8 +13,9 @@
 4. Evaluation on the test digits: joint accuracy (argmax over 10 classes) and per-task accuracy (argmax over the
    5 classes of the sample's task) of the endpoints, their ensemble (mean of the two softmaxes) and each merged
    model, and of partial zipping (mudsc-zip's plan merged up to the last stage, :func:`partial_row`); the ordering
-   MuDSC >= ZipIt >= Re-Basin >= averaging (reported, not forced); a table per
-   architecture, a bar chart (PNG) and the numbers (JSON next to it).
+   MuDSC >= ZipIt >= Re-Basin >= averaging (reported, not forced), on merge set 0 and, with its spread, over
+   :data:`SPREAD_SETS` disjoint merge sets (:func:`ordering_spread`); a table per architecture, a bar chart (PNG)
+   and the numbers (JSON next to it).
 
 Exit status of :func:`run_demo`: 1 when a native plan differs from its reference twin, else 0. The quick run
 only reports such a difference unless asked to fail on it (:func:`identical_plans_required`).
@@ -38,6 +40,7 @@ from . import mnist
 from .endpoints import ArchConfig, cache_root, cached_digits, checkpoint_key, default_archs, load_or_train, quick_archs
 from .evaluation import accuracies, differing_groups, ordering_check, predict
 from .merges import merge_or_load, read_json
+from .prototypes import class_logits
 from .report import print_arch_table, save_chart, save_numbers
 from .solver_table import run_solver_table
 
@@ -45,6 +48,8 @@ __all__ = ["DemoData", "identical_plans_required", "prepare_data", "run_demo", "
 
 Log = Callable[[str], None]
 TASK_SEEDS = ((0, 1), (1, 2))  # (task, seed) of model A and model B
+SPREAD_SETS = 3  # disjoint merge sets the ordering is measured on (the full run)
+ORDERING_METHODS = ("avg", "rebasin", "zipit", "mudsc-align", "mudsc-zip")  # the methods ordering_check compares
 
 
 @dataclass
@@ -56,6 +61,7 @@ class DemoData:
     task_idx: List[np.ndarray]    # training images of task A, task B
     test_idx: np.ndarray
     mix: np.ndarray               # merge data: both tasks' training images, shuffled
+    mix_sets: List[np.ndarray] = field(default_factory=list)  # disjoint merge sets for the spread; [0] is mix
     _images: Dict[int, torch.Tensor] = field(default_factory=dict)
 
     def images(self, size: int) -> torch.Tensor:
@@ -77,8 +83,10 @@ def prepare_data(cache: Path, quick: bool) -> DemoData:
     task_idx = [mnist.task_subset(labels, train_idx, t)[:per_task] for t in range(2)]
     test_idx = test_idx[::5] if quick else test_idx
     # The original's activation loader is the training data of the two tasks: a fixed, shuffled mix of them.
-    mix = np.random.default_rng(0).permutation(np.concatenate(task_idx))[: (128 if quick else 512)]
-    return DemoData(cache, labels, task_idx, test_idx, mix, {32: images32})
+    pool = np.random.default_rng(0).permutation(np.concatenate(task_idx))
+    size, sets = (128, 1) if quick else (512, SPREAD_SETS)
+    mix_sets = [pool[k * size:(k + 1) * size] for k in range(sets)]
+    return DemoData(cache, labels, task_idx, test_idx, mix_sets[0], mix_sets, {32: images32})
 
 
 def train_endpoints(arch: ArchConfig, data: DemoData, log: Log) -> tuple:
@@ -166,12 +174,38 @@ def partial_row(endpoints, plan, loader, x_test, data: DemoData) -> tuple:
     model.eval()
 
     def mean_softmax(x):
-        return sum(o.softmax(1) for o in model.branch_outputs(x)) / len(model.branches)
+        return sum(class_logits(o).softmax(1) for o in model.branch_outputs(x)) / len(model.branches)
 
-    row = accuracies(predict(mean_softmax, x_test), data.y_test)
+    row = accuracies(predict(mean_softmax, x_test, head=False), data.y_test)
     row["timing"] = {"total": time.perf_counter() - t0}
     row["parameters"] = model.parameter_counts()["total"] / sum(p.numel() for e in endpoints for p in e.parameters())
     return f"{PARTIAL_METHOD} @{cut}", row
+
+
+def ordering_spread(endpoints, names: Sequence[str], spec, images, x_test, data: DemoData, rows: Dict[str, Dict],
+                    methods: Sequence[str], recompute: bool, log: Log) -> Optional[dict]:
+    """The ordering's methods merged on every merge set of ``data.mix_sets`` (set 0's rows are ``rows``): per method
+    its joint accuracies; per set whether the ordering holds; whether it holds on the means. None with one set."""
+    picked = [m for m in ORDERING_METHODS if m in methods]
+    if len(data.mix_sets) < 2 or len(picked) < 2:
+        return None
+    joint = {m: [rows[m]["joint"]] for m in picked}
+    for k, idx in enumerate(data.mix_sets[1:], 1):
+        merge_set = torch.utils.data.TensorDataset(images[idx], data.labels[idx])
+        loader = torch.utils.data.DataLoader(merge_set, batch_size=64, shuffle=False)
+        for m in picked:
+            acc = merge_or_load(endpoints, loader, m, spec, "native", data.cache, names, len(idx), recompute, log,
+                                lambda model: accuracies(predict(model, x_test), data.y_test), merge_set=k)[0]
+            joint[m].append(acc["joint"])
+    per_set = [ordering_check({m: {"joint": j[k]} for m, j in joint.items()})[0] for k in range(len(data.mix_sets))]
+    means = {m: {"joint": float(np.mean(j))} for m, j in joint.items()}
+    holds, text = ordering_check(means)
+    for m, j in joint.items():
+        log(f"  {m}: joint over {len(j)} merge sets: mean {100 * np.mean(j):.1f}, range {100 * min(j):.1f}-"
+            f"{100 * max(j):.1f}")
+    log(f"  ordering on the means: {'holds' if holds else 'does NOT hold'} ({text}); holds on "
+        f"{sum(bool(h) for h in per_set)} of {len(per_set)} merge sets")
+    return {"joint": joint, "per_set": per_set, "means_hold": holds, "means": text}
 
 
 def run_arch(arch: ArchConfig, data: DemoData, methods: Sequence[str], recompute: bool, log: Log) -> dict:
@@ -196,8 +230,9 @@ def run_arch(arch: ArchConfig, data: DemoData, methods: Sequence[str], recompute
             log(f"  {key}: partial zipping, merged before {key.split('@')[1]}, each model's own layers after it "
                 f"({100 * row['parameters']:.0f}% of the two models' parameters; mean of the branches' softmaxes)")
     verdict = "holds" if holds else "n/a" if holds is None else "does NOT hold"
-    log(f"  MuDSC >= ZipIt >= Re-Basin >= averaging (joint acc): {verdict} ({text})")
-    return {"arch": arch.name, "rows": rows, "ordering_holds": holds, "ordering": text}
+    log(f"  MuDSC >= ZipIt >= Re-Basin >= averaging (joint acc, merge set 0): {verdict} ({text})")
+    spread = ordering_spread(endpoints, names, spec, images, x_test, data, rows, methods, recompute, log)
+    return {"arch": arch.name, "rows": rows, "ordering_holds": holds, "ordering": text, "spread": spread}
 
 
 def plans_differing_from_reference(results: List[dict]) -> List[str]:

@@ -3,7 +3,7 @@
 Cache layout, under the demo's cache folder: ``merges/<method>-<backend>-<digest>.safetensors`` (the
 :class:`mudsc.MergePlan`) and ``merges/<same stem>.json`` (``{"timing", "sweeps", "accuracy"}`` of the run that
 computed it). The digest covers the endpoints' checkpoint names, the method, the backend, the number of merge
-images, the library version and :data:`mudsc.demo.endpoints.DEMO_VERSION`.
+images and which set they are, the library version and :data:`mudsc.demo.endpoints.DEMO_VERSION`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ def read_json(path: Path):
         return None
 
 
-def plan_paths(cache: Path, names: Sequence[str], method: str, backend: str, merge_images: int) -> tuple:
+def plan_paths(cache: Path, names: Sequence[str], method: str, backend: str, merge_images: int,
+               merge_set: int = 0) -> tuple:
     """``(plan path, metadata path)`` of one cached merge (layout in the module docstring)."""
     blob = json.dumps({"endpoints": list(names), "method": method, "backend": backend, "images": merge_images,
-                       "mudsc": __version__, "demo": DEMO_VERSION}, sort_keys=True)
+                       "set": merge_set, "mudsc": __version__, "demo": DEMO_VERSION}, sort_keys=True)
     stem = f"{method}-{backend}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
     folder = cache / "merges"
     return folder / f"{stem}.safetensors", folder / f"{stem}.json"
@@ -58,15 +59,16 @@ def _load_cached(plan_path: Path, meta_path: Path, endpoints, want_accuracy: boo
 
 def merge_or_load(endpoints, loader, method: str, spec, backend: str, cache: Path, names: Sequence[str],
                   merge_images: int, recompute: bool, log: Callable[[str], None],
-                  evaluate: Optional[Callable[[nn.Module], Dict[str, float]]] = None) -> tuple:
+                  evaluate: Optional[Callable[[nn.Module], Dict[str, float]]] = None, merge_set: int = 0) -> tuple:
     """``(accuracies or None, plan, timing, sweeps, from_cache)`` of one demo merge.
 
     The plan is cached next to the endpoints (:meth:`mudsc.MergePlan.save`), with the timing of the run that
     computed it and ``evaluate(merged model)``, keyed as :func:`plan_paths` says. A cached plan is loaded and
     applied to the endpoints again, which checks it against their fingerprints; its accuracies and times are
-    the stored ones. ``recompute`` ignores the cache.
+    the stored ones. ``recompute`` ignores the cache. ``merge_set`` numbers the merge data (the demo's spread
+    over several sets of merge images).
     """
-    plan_path, meta_path = plan_paths(cache, names, method, backend, merge_images)
+    plan_path, meta_path = plan_paths(cache, names, method, backend, merge_images, merge_set)
     if not recompute:
         cached = _load_cached(plan_path, meta_path, endpoints, evaluate is not None, log)
         if cached is not None:

@@ -79,5 +79,6 @@ def save_chart(results: List[dict], path: Path, methods: Sequence[str]) -> None:
 
 
 def save_numbers(path: Path, results: List[dict], threads: int, quick: bool) -> None:
-    """The results as JSON: ``{"threads", "quick", "results": [{"arch", "rows", "ordering_holds", "ordering"}]}``."""
+    """The results as JSON: ``{"threads", "quick", "results": [{"arch", "rows", "ordering_holds", "ordering",
+    "spread"}]}`` (``spread``: :func:`mudsc.demo.job.ordering_spread`'s, None in the quick run)."""
     write_json(path, {"threads": threads, "quick": quick, "results": results}, indent=1)
