@@ -8,7 +8,8 @@ of a model that merging can align is the share of parameter entries whose axis-0
 over the model's parameters (``named_parameters()``, a tied tensor once; buffers are not counted). A member that
 covers part of axis 0 (the v third of a fused ``qkv`` whose q/k were left unpermuted) counts its part; a
 0-dimensional parameter counts as unpermuted. Tensors whose units sit on another axis are counted as they are:
-an ``nn.Embedding`` table's axis 0 is its vocabulary and axis 1 its channels, so it lowers the share.
+an ``nn.Embedding`` table's axis 0 is its vocabulary and axis 1 its channels, so it lowers the share. A tensor
+with a view (``views.py``) counts its stored rows: a per-head table's row is permuted when its head is.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ def _covered_rows(model: nn.Module, spec: PermSpec) -> dict:
             if m.axis != 0 or m.name not in params:
                 continue
             rows = params[m.name].shape[0] if params[m.name].dim() > 0 else 0
-            if m.extent(group.size) > rows:
+            view = spec.views.get(m.name)
+            repeats = view.repeats if view is not None and view.axis == 0 else 1  # a per-head table's dense rows
+            if m.extent(group.size) > rows * repeats:
                 raise ValueError(f"spec member {m.name!r} axis 0 reaches index {m.extent(group.size) - 1} (group "
-                                 f"{group.name!r}), but the tensor has {rows} rows")
+                                 f"{group.name!r}), but the tensor has {rows * repeats} (dense) rows")
             mask = covered.setdefault(m.name, torch.zeros(rows, dtype=torch.bool))
-            mask[m.indices(group.size).flatten()] = True
+            mask[m.indices(group.size).flatten() // repeats] = True
     return covered
 
 
