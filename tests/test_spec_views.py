@@ -190,3 +190,12 @@ def test_merging_a_head_permuted_copy_recovers_the_model(method):
     other = permute_model(model, spec, spec.random_permutations(seed=3))
     result = mudsc.merge([model, other], [(x,)], method=method, progress=False)
     assert torch.allclose(result.plan.apply([model, other])(x), model(x), atol=1e-5)
+
+
+def test_permuted_share_counts_the_stored_rows_of_a_per_head_table():
+    model = _HeadTables()
+    spec = trace(model, torch.randn(2, 4, 8))
+    # every parameter but the classifier ``out`` (3x8 + 3, its rows are the model's outputs) is permuted on axis 0:
+    # qkv 24x8 + 24, proj 8x8 + 8, scale 2, bias 2x4x4
+    permuted = 24 * 8 + 24 + 8 * 8 + 8 + 2 + 32
+    assert mudsc.spec.permuted_share(model, spec) == pytest.approx(permuted / (permuted + 3 * 8 + 3))
