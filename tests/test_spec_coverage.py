@@ -50,8 +50,8 @@ def test_train_only_branches_are_not_traced_and_flags_come_back():
 
 
 class _TrainOnlyRoll(nn.Module):
-    """In training, a ``torch.roll`` (no handler) on the hidden units; in eval mode, a ``torch.roll`` too: the
-    trace fails either way, and the flags must come back after the error."""
+    """In training, a ``torch.roll`` of the hidden units (a channel axis: refused); in eval mode, the same roll:
+    the trace fails either way, and the flags must come back after the error."""
 
     def __init__(self):
         super().__init__()

@@ -78,7 +78,12 @@ def test_an_op_registered_twice_is_refused():
 
 
 def test_unknown_ops_are_unsupported():
-    assert torch.roll not in FUNCTION_HANDLERS and "roll" not in METHOD_HANDLERS
+    assert torch.cumsum not in FUNCTION_HANDLERS and "cumsum" not in METHOD_HANDLERS
+
+
+def test_swin_ops_are_registered():
+    assert FUNCTION_HANDLERS[torch.roll] is shape.roll and METHOD_HANDLERS["roll"] is shape.roll
+    assert FUNCTION_HANDLERS[F.pad] is shape.pad
 
 
 class _InPlace(nn.Module):

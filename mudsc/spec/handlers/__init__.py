@@ -5,8 +5,8 @@ tensor infos (:class:`~mudsc.spec.state.Call`), records identities, block stride
 bindings in the :class:`~mudsc.spec.state.TraceState`, and returns the result's info (see ``factors.py``); it
 raises :class:`~mudsc.spec.factors.Unsupported` for what it cannot prove permutation-invariant.
 
-Layout: ``shape.py`` (elementwise, reshapes, transposes, pools, reductions, cat/stack, splits, indexing),
-``layers.py`` (Linear, convolutions, norms, Embedding, PReLU, parameter-free leaf modules), ``attention.py``
+Layout: ``shape.py`` (elementwise, reshapes, transposes, pools, reductions, cat/stack, splits, indexing, pad,
+roll), ``layers.py`` (Linear, convolutions, norms, Embedding, PReLU, parameter-free leaf modules), ``attention.py``
 (matmul, scaled-dot-product and multi-head attention), ``dispatch.py`` (the registries keyed by function, method
 name and module type, and :func:`handle_node`).
 """

@@ -33,8 +33,8 @@ from .attention import matmul, multihead_attention, scaled_dot_product_attention
 from .layers import (batch_norm, batch_norm_function, conv, elementwise_module, embedding, functional_conv,
                      group_norm, group_norm_function, layer_norm, layer_norm_function, linear, linear_function, pool,
                      prelu, upsample)
-from .shape import (cat, elementwise, expand, getitem, interpolate, matrix_transpose, no_info, permute_function,
-                    permute_method, reduce, reshape, spatial, split, stack, stochastic_depth, transpose, unbind)
+from .shape import (cat, elementwise, expand, getitem, interpolate, matrix_transpose, no_info, pad, permute_function,
+                    permute_method, reduce, reshape, roll, spatial, split, stack, stochastic_depth, transpose, unbind)
 
 Handler = Callable[[TraceState, Call], Any]
 
@@ -100,7 +100,7 @@ FUNCTION_HANDLERS: Dict[Any, Handler] = _table(
     {F.linear: linear_function, F.layer_norm: layer_norm_function,
      F.group_norm: group_norm_function, F.batch_norm: batch_norm_function},
     {fn: spatial(k) for fn, k in POOL_FUNCTIONS.items()},
-    {F.interpolate: interpolate},
+    {F.interpolate: interpolate, F.pad: pad, torch.roll: roll},
     _all((torch.mean, torch.sum, torch.amax, torch.amin), reduce),
     _all((F.conv2d, F.conv1d), functional_conv),
 )
@@ -114,7 +114,7 @@ METHOD_HANDLERS: Dict[str, Handler] = _table(
     _all(ELEMENTWISE_METHODS, elementwise),
     _all(RESHAPE_METHODS, reshape),
     _all(("transpose", "swapaxes"), transpose),
-    {"permute": permute_method, "t": matrix_transpose, "unbind": unbind},
+    {"permute": permute_method, "t": matrix_transpose, "unbind": unbind, "roll": roll},
     _all(("expand", "expand_as", "broadcast_to"), expand),
     _all(("chunk", "split", "tensor_split"), split),
     _all(REDUCTION_METHODS, reduce),

@@ -1,5 +1,5 @@
 """Handlers of ops that move channels between axes without mixing them: elementwise, reshapes, transposes,
-expands, pools, reductions, concatenation, stacking, splitting and indexing.
+expands, pools, reductions, concatenation, stacking, splitting, indexing, padding and rolling.
 
 Each handler maps a :class:`~mudsc.spec.state.Call` (real arguments, their tensor infos, the real result) to the
 result's tensor info, recording identities in the trace state (``s.sp``): an elementwise op identifies its
@@ -10,6 +10,8 @@ partitioned into its operands' spaces, slicing a fused axis picks a child space 
 from __future__ import annotations
 
 from typing import List
+
+import torch
 
 from ..factors import Factor, TensorInfo, Unsupported, broadcast, dim_size, is_permutable, none_dim, refine, \
     running_sums, space_dim, union_dims
@@ -135,12 +137,55 @@ def _expand_index(index, ndim: int) -> list:
     return expanded
 
 
+def _tensor_positions(index) -> List[int]:
+    """The positions of the tensor entries of an index (``x[idx]`` or ``x[a, idx, ...]``)."""
+    entries = index if isinstance(index, tuple) else (index,)
+    return [j for j, i in enumerate(entries) if is_tensor(i)]
+
+
+def advanced_index_info(s: TraceState, x, ix: TensorInfo, index) -> TensorInfo:
+    """``x[..., idx, ...]``: one integer tensor (or boolean mask) among slices and ``...``. The axis an integer
+    tensor indexes is gathered at fixed positions, so its spaces are fixed and the index's axes (no channels) take
+    its place; a mask must cover axes without channels and leaves one axis of its ``True`` count. The sliced axes
+    are handled as in basic indexing."""
+    entries = index if isinstance(index, tuple) else (index,)
+    where = _tensor_positions(index)
+    if len(where) > 1:
+        raise Unsupported(f"indexing with {len(where)} tensor indices")
+    if not all(i is Ellipsis or isinstance(i, slice) or is_tensor(i) for i in entries):
+        raise Unsupported("a tensor index combined with integer or None indices")
+    t = entries[where[0]]
+    mask = t.dtype == torch.bool
+    if t.dtype.is_floating_point or t.dtype.is_complex or (mask and t.dim() == 0):
+        raise Unsupported(f"a {t.dim()}-d tensor index of dtype {t.dtype}")
+    width = t.dim() if mask else 1
+    before, after = entries[: where[0]], entries[where[0] + 1:]
+    if any(i is Ellipsis for i in before):
+        start = x.dim() - width - sum(1 for i in after if i is not Ellipsis)
+    else:
+        start = len(before)
+    info = getitem_info(s, x, ix, before + (slice(None),) * width + after)
+    indexed = info[start: start + width]
+    if mask:
+        if any(is_permutable(d) for d in indexed):
+            raise Unsupported(f"a boolean mask indexes axes {start}..{start + width - 1} of a tensor, which hold "
+                              "channels")
+        new = (none_dim(int(t.sum())),)
+    else:
+        s.fix_all(indexed)
+        new = tuple(none_dim(n) for n in t.shape)
+    return tuple(info[:start]) + new + tuple(info[start + width:])
+
+
 def getitem_info(s: TraceState, x, ix, index):
-    """``x[index]``: basic indexing of a tensor (ints, slices, None, ...), or an item of a tuple of infos."""
+    """``x[index]``: basic indexing of a tensor (ints, slices, None, ...), one tensor index (see
+    :func:`advanced_index_info`), or an item of a tuple of infos."""
     if not is_tensor(x):
         if isinstance(ix, (tuple, list)) and isinstance(index, (int, slice)):
             return ix[index]
         return None
+    if _tensor_positions(index):
+        return advanced_index_info(s, x, ix, index)
     info = list(ix)
     d = 0  # position in the current (partially indexed) info
     src = 0  # axis of x
@@ -244,6 +289,20 @@ def reduce(s: TraceState, c: Call) -> TensorInfo:
     return reduce_info(c.args[0], c.iargs[0], c.arg(1, "dim"), c.kwargs.get("keepdim", False))
 
 
+def joined_dim(s: TraceState, parts, sizes, total: int):
+    """The dim of an axis joining ``parts`` (dims of lengths ``sizes``) end to end: a new space partitioned into
+    one child per part, each identified with its part (none if no part holds channels)."""
+    if not any(is_permutable(part) for part in parts):
+        return none_dim(total)
+    space = s.sp.new(total, s.node.name)
+    cuts = list(running_sums(sizes))[:-1]
+    children = s.sp.partition(space, cuts)
+    nonempty = [pt for pt, size in zip(parts, sizes) if size > 0]
+    for (lo, hi, child), part in zip(children, nonempty):
+        union_dims(s.sp, space_dim(child, hi - lo), part)
+    return (Factor(space, total, 1),)
+
+
 def cat(s: TraceState, c: Call) -> TensorInfo:
     """``torch.cat``: other axes are identified; the joined axis is a new space partitioned into the parts."""
     tensors, infos, result = c.args[0], c.iargs[0], c.result
@@ -254,19 +313,8 @@ def cat(s: TraceState, c: Call) -> TensorInfo:
         base = infos[0][j]
         for info in infos[1:]:
             base = union_dims(s.sp, base, info[j])
-    parts = [info[dim] for info in infos]
-    if not any(is_permutable(part) for part in parts):
-        cat_dim = none_dim(result.shape[dim])
-    else:
-        total = result.shape[dim]
-        space = s.sp.new(total, s.node.name)
-        sizes = [t.shape[dim] for t in tensors]
-        cuts = list(running_sums(sizes))[:-1]
-        children = s.sp.partition(space, cuts)
-        nonempty = [pt for pt, size in zip(parts, sizes) if size > 0]
-        for (lo, hi, child), part in zip(children, nonempty):
-            union_dims(s.sp, space_dim(child, hi - lo), part)
-        cat_dim = (Factor(space, total, 1),)
+    sizes = [t.shape[dim] for t in tensors]
+    cat_dim = joined_dim(s, [info[dim] for info in infos], sizes, result.shape[dim])
     return tuple(cat_dim if j == dim else infos[0][j] for j in range(result.dim()))
 
 
@@ -295,8 +343,45 @@ def split(s: TraceState, c: Call):
 
 
 def getitem(s: TraceState, c: Call):
-    """``operator.getitem``: basic tensor indexing, or an item of a tuple result."""
-    return getitem_info(s, c.args[0], c.iargs[0], c.args[1])
+    """``operator.getitem``: tensor indexing (basic, or by one index tensor), or an item of a tuple result."""
+    out = getitem_info(s, c.args[0], c.iargs[0], c.args[1])
+    if is_tensor(c.args[0]):
+        iindex = c.iargs[1] if isinstance(c.args[1], tuple) else (c.iargs[1],)
+        for j in _tensor_positions(c.args[1]):
+            s.fix_all(iindex[j])  # the index's entries are positions: permuting them would move the gather
+    return out
+
+
+def pad(s: TraceState, c: Call) -> TensorInfo:
+    """``F.pad``: padded (or cropped) axes carry no channels (a padded channel axis is refused); others are kept."""
+    x, ix, amounts = c.args[0], c.iargs[0], c.arg(1, "pad")
+    out = list(ix)
+    for k in range(len(amounts) // 2):
+        axis = x.dim() - 1 - k
+        lo, hi = int(amounts[2 * k]), int(amounts[2 * k + 1])
+        if lo == 0 and hi == 0:
+            continue
+        if is_permutable(ix[axis]):
+            raise Unsupported(f"F.pad pads axis {axis}, which holds channels, by ({lo}, {hi})")
+        out[axis] = none_dim(c.result.shape[axis])
+    return tuple(out)
+
+
+def roll(s: TraceState, c: Call) -> TensorInfo:
+    """``torch.roll``/``x.roll``: rolled axes (all without ``dims``) must carry no channels; every axis is kept."""
+    # without dims the flattened tensor is rolled, which moves entries across every axis
+    x, ix = c.args[0], c.iargs[0]
+    shifts, dims = c.arg(1, "shifts"), c.arg(2, "dims")
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    if dims is None or (isinstance(dims, (tuple, list)) and not dims):
+        rolled = list(range(x.dim())) if x.numel() and any(int(t) % x.numel() for t in shifts) else []
+    else:
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        rolled = [d % x.dim() for t, d in zip(shifts, dims) if int(t) % x.shape[d]]
+    for d in rolled:
+        if is_permutable(ix[d]):
+            raise Unsupported(f"torch.roll rolls axis {d}, which holds channels")
+    return ix
 
 
 def spatial(k: int):
