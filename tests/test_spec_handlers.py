@@ -84,6 +84,10 @@ def test_unknown_ops_are_unsupported():
 def test_swin_ops_are_registered():
     assert FUNCTION_HANDLERS[torch.roll] is shape.roll and METHOD_HANDLERS["roll"] is shape.roll
     assert FUNCTION_HANDLERS[F.pad] is shape.pad
+    tv = pytest.importorskip("torchvision")
+    st = tv.models.swin_transformer
+    for fn in (st._patch_merging_pad, st._get_relative_position_bias, st.shifted_window_attention):
+        assert NAMED_FUNCTION_HANDLERS[qualified_name(fn)].__module__ == "mudsc.spec.handlers.swin"
 
 
 class _InPlace(nn.Module):

@@ -7,8 +7,8 @@ raises :class:`~mudsc.spec.factors.Unsupported` for what it cannot prove permuta
 
 Layout: ``shape.py`` (elementwise, reshapes, transposes, pools, reductions, cat/stack, splits, indexing, pad,
 roll), ``layers.py`` (Linear, convolutions, norms, Embedding, PReLU, parameter-free leaf modules), ``attention.py``
-(matmul, scaled-dot-product and multi-head attention), ``dispatch.py`` (the registries keyed by function, method
-name and module type, and :func:`handle_node`).
+(matmul, scaled-dot-product and multi-head attention), ``swin.py`` (torchvision's wrapped Swin functions),
+``dispatch.py`` (the registries keyed by function, method name and module type, and :func:`handle_node`).
 """
 
 from .dispatch import (FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS, NAMED_FUNCTION_HANDLERS, handle_node,

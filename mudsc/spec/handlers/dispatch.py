@@ -4,7 +4,8 @@ Layout. Three registries map an op to a handler ``handler(state, call) -> tensor
 
 - :data:`FUNCTION_HANDLERS`: ``call_function`` targets (``{operator.add: elementwise, torch.cat: cat,
   F.linear: linear_function, ...}``), looked up by identity;
-- :data:`NAMED_FUNCTION_HANDLERS`: functions of optional libraries (torchvision's ``stochastic_depth``), keyed by
+- :data:`NAMED_FUNCTION_HANDLERS`: functions of optional libraries (torchvision's ``stochastic_depth`` and the
+  Swin functions it wraps with ``torch.fx.wrap``, ``swin.py``), keyed by
   ``"module.qualname"`` so that the library need not be imported; looked up when the identity lookup fails;
 - :data:`METHOD_HANDLERS`: tensor method names (``{"view": reshape, "unbind": unbind, ...}``);
 - :data:`MODULE_HANDLERS`: leaf module types (``{nn.Linear: linear, nn.Conv2d: conv, ...}``), looked up along the
@@ -35,6 +36,7 @@ from .layers import (batch_norm, batch_norm_function, conv, elementwise_module, 
                      prelu, upsample)
 from .shape import (cat, elementwise, expand, getitem, interpolate, matrix_transpose, no_info, pad, permute_function,
                     permute_method, reduce, reshape, roll, spatial, split, stack, stochastic_depth, transpose, unbind)
+from .swin import patch_merging_pad, relative_position_bias, shifted_window_attention
 
 Handler = Callable[[TraceState, Call], Any]
 
@@ -105,8 +107,12 @@ FUNCTION_HANDLERS: Dict[Any, Handler] = _table(
     _all((F.conv2d, F.conv1d), functional_conv),
 )
 
+_TV_SWIN = "torchvision.models.swin_transformer."
 NAMED_FUNCTION_HANDLERS: Dict[str, Handler] = _table(
     {"torchvision.ops.stochastic_depth.stochastic_depth": stochastic_depth},
+    {_TV_SWIN + "_patch_merging_pad": patch_merging_pad,
+     _TV_SWIN + "_get_relative_position_bias": relative_position_bias,
+     _TV_SWIN + "shifted_window_attention": shifted_window_attention},
 )
 
 METHOD_HANDLERS: Dict[str, Handler] = _table(
