@@ -293,6 +293,17 @@ def test_shifted_window_attention_two_heads(v2):
     assert sorted(g.num_blocks for g in spec.groups if g.name.startswith("attn.qkv")) == [2, 2]
 
 
+@pytest.mark.filterwarnings("ignore:a head-tied partner is unpermuted")  # v, once q/k's heads are fixed
+@pytest.mark.parametrize("v2", [False, True])
+def test_shifted_window_attention_two_heads_without_strict_keeps_the_residual_stream(v2):
+    pytest.importorskip("torchvision")
+    with pytest.warns(UserWarning, match="relative_position_bias meets q's heads"):
+        spec = trace(_WindowBlock(heads=2, v2=v2), torch.randn(2, 3, 3, 4), strict=False)
+    # q/k (and v, head-tied to them), the table's heads and v2's logit_scale are left unpermuted; the rest stays
+    assert {g.name for g in spec.groups} == ({"a", "attn.cpb_mlp.0", "attn"} if v2 else {"a"})
+    assert ("attn.proj.weight", 0, 0) in _members(spec.groups[0])
+
+
 # -- whole Swin models, one head per stage -----------------------------------------------------------------------
 def _tiny_swin(source):
     torch.manual_seed(0)

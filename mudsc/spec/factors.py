@@ -48,6 +48,17 @@ class Unsupported(Exception):
     """An op or layout the tracer cannot prove permutation-invariant (the message says which)."""
 
 
+class UnsupportedPart(Unsupported):
+    """One unsupported step of an op whose other constraints were recorded: with ``strict=False`` the tracer fixes
+    only the spaces of ``touched`` (nested infos) and keeps ``result`` as the op's info."""
+
+    def __init__(self, message: str, touched, result):
+        """``message`` as for :class:`Unsupported`; ``touched``: the infos the step met; ``result``: the op's info."""
+        super().__init__(message)
+        self.touched = touched
+        self.result = result
+
+
 class ResolveProblem(Exception):
     """A traced axis that has no member layout; ``spaces`` are the channel spaces to leave unpermuted."""
 

@@ -44,7 +44,7 @@ from torch.fx.node import map_arg
 
 from .check import check_spec
 from .data import PermSpec
-from .factors import Unsupported
+from .factors import Unsupported, UnsupportedPart
 from .handlers import handle_node
 from .resolve import build_spec
 from .spaces import SpaceError
@@ -75,6 +75,8 @@ class _SpecInterpreter(fx.Interpreter):
         call = Call(n, args, kwargs, iargs, ikwargs, result, module)
         try:
             self.info[n] = handle_node(self.state, call)
+        except UnsupportedPart as e:
+            self.info[n] = self._unsupported(call, str(e), e.touched, e.result)
         except (Unsupported, SpaceError) as e:
             self.info[n] = self._unsupported(call, str(e))
         return result
@@ -88,16 +90,18 @@ class _SpecInterpreter(fx.Interpreter):
             target = f"{n.target} ({type(c.module).__name__})"
         return f"fx node {n.name!r} ({n.op} {target}) with tensor input shapes {shapes}"
 
-    def _unsupported(self, c: Call, reason: str):
-        """Strict: raise naming the node. Else warn, fix the channels the node reads, and return a blank info."""
+    def _unsupported(self, c: Call, reason: str, touched=None, result=None):
+        """Strict: raise naming the node. Else warn, fix the channels the node reads (only ``touched`` when the
+        handler names them, see :class:`~mudsc.spec.factors.UnsupportedPart`), and return a blank info (or
+        ``result``)."""
         message = f"cannot derive a permutation spec through {self._describe(c)}: {reason}"
         if self.strict:
             raise SpecTraceError(message + " (pass strict=False to leave the channels it touches unpermuted)")
         warnings.warn(message + "; the channels it touches are left unpermuted (their groups are dropped)",
                       stacklevel=3)
-        for info in (c.iargs, c.ikwargs):
+        for info in ((c.iargs, c.ikwargs) if touched is None else (touched,)):
             self.state.fix_all(info)
-        return self.state.none_info(c.result)
+        return self.state.none_info(c.result) if result is None else result
 
 
 def _user_frame(exc: BaseException) -> Optional[str]:

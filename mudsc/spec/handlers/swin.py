@@ -26,12 +26,14 @@ from typing import Optional
 import torch.fx as fx
 
 from ..data import Tap
-from ..factors import Dim, Factor, TensorInfo, Unsupported, is_permutable, none_dim, union_dims
+from ..factors import Dim, Factor, TensorInfo, Unsupported, UnsupportedPart, is_permutable, none_dim, union_dims
 from ..state import Call, SpecialTap, TraceState, is_tensor
 from .shape import joined_dim
 
 _SWA_ARGS = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
              "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")
+
+_LOGIT_OPERANDS = ("relative_position_bias", "logit_scale")
 
 
 def _at(name: str) -> int:
@@ -165,8 +167,14 @@ def shifted_window_attention(s: TraceState, c: Call) -> TensorInfo:
     out = _proj_dim(s, c, cv, channels)
     _qkv_taps(s, c, (cq, ck, cv), channels)
     head = (Factor(cq, heads, channels // heads),) if heads > 1 else ()
-    for name in ("relative_position_bias", "logit_scale"):
-        value = c.arg(_at(name), name)
-        if is_tensor(value):
-            _logit_operand(s, value, c.info(_at(name), name), head, name)
-    return tuple(ix[:-1]) + (out,)
+    result = tuple(ix[:-1]) + (out,)
+    operands = [(name, c.arg(_at(name), name), c.info(_at(name), name)) for name in _LOGIT_OPERANDS]
+    operands = [op for op in operands if is_tensor(op[1])]
+    for name, value, info in operands:
+        try:
+            _logit_operand(s, value, info, head, name)
+        except Unsupported as e:
+            # the rest is recorded: without strict only q's heads and these operands are left unpermuted
+            touched = (head,) + tuple(op[2] for op in operands)
+            raise UnsupportedPart(f"its {name} meets q's heads: {e}", touched, result) from e
+    return result
