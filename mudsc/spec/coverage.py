@@ -38,8 +38,9 @@ def _covered_rows(model: nn.Module, spec: PermSpec) -> dict:
             view = spec.views.get(m.name)
             repeats = view.repeats if view is not None and view.axis == 0 else 1  # a per-head table's dense rows
             if m.extent(group.size) > rows * repeats:
+                dense = " dense" if repeats > 1 else ""
                 raise ValueError(f"spec member {m.name!r} axis 0 reaches index {m.extent(group.size) - 1} (group "
-                                 f"{group.name!r}), but the tensor has {rows * repeats} (dense) rows")
+                                 f"{group.name!r}), but the tensor has {rows * repeats}{dense} rows")
             mask = covered.setdefault(m.name, torch.zeros(rows, dtype=torch.bool))
             mask[m.indices(group.size).flatten() // repeats] = True
     return covered

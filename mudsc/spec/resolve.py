@@ -66,7 +66,7 @@ def _build_once(state: TraceState) -> PermSpec:
     """One resolution attempt (raises :class:`ResolveProblem` naming the spaces to fix)."""
     _check_alignment(state.sp)
     param_dims, views = dense_dims(state)
-    found = _collect_members(state, param_dims)
+    found = _collect_members(state, (param_dims, views))
     _count_blocks(state.sp, found)
     tie_classes = _tie_classes(state.sp, found)
     names = _group_names(found)
@@ -126,10 +126,11 @@ def dense_dims(state: TraceState) -> Tuple[Dict[str, List[Optional[Dim]]], Dict[
     return out, views
 
 
-def _collect_members(state: TraceState, param_dims=None) -> Dict[int, _Candidate]:
-    """Per leaf space (in order of first appearance): the parameter axes holding it, as members (``param_dims``:
-    :func:`dense_dims`'s, computed when not given)."""
-    param_dims = dense_dims(state)[0] if param_dims is None else param_dims
+def _collect_members(state: TraceState, dense=None) -> Dict[int, _Candidate]:
+    """Per leaf space (in order of first appearance): the parameter axes holding it, as members (``dense``:
+    :func:`dense_dims`'s result, computed when not given). A group is named after its first producing tensor that
+    is not a per-head table (a table read before the projections would name the heads' group after itself)."""
+    param_dims, views = dense_dims(state) if dense is None else dense
     found: Dict[int, _Candidate] = {}
     for name in state.param_order:
         for axis, dim in enumerate(param_dims[name]):
@@ -147,7 +148,7 @@ def _collect_members(state: TraceState, param_dims=None) -> Dict[int, _Candidate
                                 similarity)
                 if member not in entry.members:
                     entry.members.append(member)
-                if entry.name is None and role == "output":
+                if entry.name is None and role == "output" and views.get(name, None) is None:
                     base = name.rsplit(".", 1)[0] if "." in name else name
                     entry.name = base if (p.start, p.stop) == (0, p.total) else f"{base}[{p.start}:{p.stop}]"
     return found
