@@ -246,9 +246,10 @@ def test_text_transformer_encoder_traces_strictly_and_merges():
     # per layer: in_proj 3*32*32+96, out_proj 32*32+32, linear1 32*64+64, linear2 64*32+32, two norms 4*32
     layer = 3 * 32 * 32 + 96 + 32 * 32 + 32 + 32 * 64 + 64 + 64 * 32 + 32 + 4 * 32
     total = 2 * layer + 50 * 32 + 32 * 5 + 5
-    assert share == pytest.approx(2 * layer / total)  # ~0.906: the embedding's channels are its axis 1
-    assert permuted_share(a, spec) == pytest.approx(share)
-    assert (2 * layer + 50 * 32) / total >= 0.95  # counting the embedding by its channel axis
+    assert share == pytest.approx(2 * layer / total)  # ~0.906 counting rows: the embedding's channels are its axis 1
+    # permuted_share counts the embedding table by its channel axis (its unit axis), which the stream permutes
+    assert permuted_share(a, spec) == pytest.approx((2 * layer + 50 * 32) / total)
+    assert permuted_share(a, spec) >= 0.95
     gen = torch.Generator().manual_seed(1)
     loader = [torch.randint(0, 50, (8, 7), generator=gen) for _ in range(3)]
     result = merge([a, b], loader, method="zipit", progress=False)
@@ -321,7 +322,7 @@ def test_permuted_share_refuses_a_spec_of_another_model():
     with pytest.raises(ValueError, match="'fc.weight'.*not a parameter or buffer of Linear"):
         permuted_share(nn.Linear(4, 8), spec)
     too_long = PermSpec([Group("h", 9, [Member("weight", 0, "output")])])
-    with pytest.raises(ValueError, match="reaches index 8.*8 rows"):
+    with pytest.raises(ValueError, match="reaches index 8.*8 entries"):
         permuted_share(nn.Linear(4, 8), too_long)
     with pytest.raises(ValueError, match="no parameter entries"):
         permuted_share(nn.ReLU(), PermSpec([]))
