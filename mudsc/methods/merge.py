@@ -27,7 +27,7 @@ from ..plan import MergePlan, fingerprint
 from ..probe import run_named
 from ..repair import repair as repair_model
 from ..sampling import MATCH_TOL, NORM_TOL, StableMatching, check_tolerance
-from ..spec import PermSpec, SpecTraceError, trace
+from ..spec import PermSpec, SpecTraceError, permuted_share, trace
 from ..spec.cut import find_cut
 from .coordinates import coordinates, solve_group
 from .descent import run_matching
@@ -48,15 +48,22 @@ class MergeResult:
         report: ``{"method", "num_models", "groups": {name: {"size", "num_outputs", "merge_value", "positions"}},
             "merge_value", "history", "sweeps", "fallback_groups", "num_batches", "timing"}``. ``timing`` (seconds)
             has one entry per stage, which add up to ``total``: ``checks`` (arguments, weight scan, loader peek),
-            ``trace``, ``width_probe``, ``forward`` (the models' forward passes of the statistics pass),
-            ``stats`` (the rest of that pass), ``similarity`` and ``solve`` (of the matching), ``matching_other``
-            (the rest of it: correlations, bookkeeping, fingerprints), ``apply``, ``final_check`` (the merged
-            model's forward pass), ``reset_bn`` and ``repair``. ``samples``: what the passes read
-            (:mod:`mudsc.sampling`): ``{"adaptive", "loader_batches", "stats_batches", "group_batches", "stopped_early": {group: batches},
-            "solves", "rule_seconds", "bn_batches"}``; ``memory``: the memory plan and the measured peaks;
+            ``trace`` (with the coverage share), ``width_probe``, ``forward`` (the models' forward passes of the
+            statistics pass), ``stats`` (the rest of that pass), ``similarity`` and ``solve`` (of the matching),
+            ``matching_other`` (the rest of it: correlations, bookkeeping, fingerprints), ``apply``, ``final_check``
+            (the merged model's forward pass), ``reset_bn`` and ``repair``. ``samples``: what the passes read
+            (:mod:`mudsc.sampling`): ``{"adaptive", "loader_batches", "stats_batches", "group_batches",
+            "stopped_early": {group: batches}, "solves", "rule_seconds", "bn_batches"}``; ``memory``: the memory
+            plan and the measured peaks;
             ``distributed``: ``{"world_size", "rank", "backend", "rank_peaks"}`` under a process group, else None;
             ``repair``: REPAIR's ``{"modules", "batches", "max_scale", "seconds"}``, None when it did not run;
-            ``partial``: ``{"stop_at", "parameters", "models_parameters"}`` of a partial merge, else None.
+            ``partial``: ``{"stop_at", "parameters", "models_parameters"}`` of a partial merge, else None;
+            ``coverage`` (always): ``{"permuted_share", "groups", "strict", "traced"}``: the share of models[0]'s
+            parameter entries whose axis-0 row (output unit) a group of the spec permutes
+            (:func:`mudsc.spec.permuted_share`; 1.0 when every parameter's units are aligned, lower with the class
+            logits, an embedding's vocabulary rows or the channels ``strict=False`` left unpermuted; 0.0 for
+            ``avg``), the spec's number of groups, the ``strict`` argument, and whether merge traced the spec
+            (False: ``spec=`` was given, or ``avg`` needs none).
     """
 
     model: nn.Module
@@ -89,7 +96,7 @@ def merge(
     adaptive: bool = True,
     sample_tol: float = MATCH_TOL,
     process_group: Any = None,
-    stop_at: Optional[str] = None, combine: Union[str, Callable] = "mean",
+    stop_at: Optional[str] = None, combine: Union[str, Callable] = "mean", strict: bool = True,
 ) -> MergeResult:
     """Merge N models of one architecture into one, without training.
 
@@ -125,6 +132,8 @@ def merge(
         stop_at, combine: partial zipping (:mod:`mudsc.partial`): merge the layers before module ``stop_at``
             (``"layer3"``), keep each model's own from it on; the result is a :class:`mudsc.PartialMerge` combining
             the branches' outputs by ``combine``. The plan is the full merge's (:func:`mudsc.partial_merge`).
+        strict: trace strictly (an unsupported construct raises :class:`mudsc.SpecTraceError` naming its fx node);
+            False: its channels stay unpermuted, with a warning. Unused with ``spec=``; ``stop_at`` cuts strictly.
 
     Every argument is checked (models: N, shapes, dtypes, devices, NaN/Inf; hyperparameters, device, loader, a first
     batch the models cannot run, merged widths they cannot run with) before the statistics pass. The merged model is
@@ -139,10 +148,12 @@ def merge(
                                                    sample_tol, max_memory, device)
         first, loader, one_shot = _peek_loader(loader, info_m.activations, method)
         timing["checks"] = time.perf_counter() - t_start
-        spec, probe_inputs = _trace_and_probe(models, spec, example_inputs, first, info_m, hyper[1], timing)
+        spec, probe_inputs, coverage = _trace_and_probe(models, spec, example_inputs, first, info_m, hyper[1], timing,
+                                                        strict)
         cut = _cut(models[0], stop_at, combine, probe_inputs, timing)
-        step.share(models=[_rounded(fingerprint(m)) for m in models] if group is not None else None, spec=spec.to_dict(),
-                   arguments=[method, hyper, max_batches, max_memory, backend, reset_bn_stats, one_shot, repair, stop_at])
+        step.share(models=[_rounded(fingerprint(m)) for m in models] if group is not None else None,
+                   spec=spec.to_dict(), arguments=[method, hyper, max_batches, max_memory, backend, reset_bn_stats,
+                                                   one_shot, repair, stop_at, strict])
         repair = _wants_repair(repair, models[0], loader, one_shot)
     adaptive = adaptive and group is None  # stopping decisions would need the global statistics
     rule = _stopping_rule(spec, len(models), info_m.solver, (hyper[1], alpha, beta, zip_decay), backend,
@@ -150,19 +161,15 @@ def merge(
     stats, memory, stats_wall = (_statistics(models, spec, info_m, loader, one_shot, max_memory, max_batches, device,
                                              backend, progress, rule, group) if info_m.activations else (None,) * 2 + (0.0,))
     t0 = time.perf_counter()  # the models, weights and hyperparameters were checked above
-    plan = share_plan(run_matching(models, spec, info_m, stats, balance, hyper[1], alpha, beta, max_sweeps, patience,
-                                   seed, backend, progress, axis_rule, zip_decay=zip_decay, workers=SOLVE_WORKERS),
-                      group)
+    plan = share_plan(run_matching(models, spec, info_m, stats, *hyper[:7], backend, progress, axis_rule,  # checked
+                                   zip_decay=zip_decay, workers=SOLVE_WORKERS), group)
     _matching_timing(timing, plan, stats, stats_wall, time.perf_counter() - t0)
     model, bn_batches, repaired = _build(models, plan, probe_inputs, loader if reset_bn_stats else None,
                                          one_shot and info_m.activations, max_batches, device, adaptive, group,
                                          timing, loader if repair else None, (cut, combine))
-    timing["total"] = time.perf_counter() - t_start
-    report = _report(method, len(models), spec, plan, stats, timing,
-                     _samples_report(adaptive, loader_length(loader, max_batches), stats, rule, bn_batches),
-                     _memory_report(memory, device if device is not None else _device_of(models[0]), stats))
-    report.update(distributed=_distributed_report(group, report["memory"]), repair=repaired,
-                  partial=_partial_report(model, models, stop_at))
+    report = _report(method, models, spec, plan, stats, timing, t_start, (memory, device, group), coverage=coverage,
+                     samples=(adaptive, loader_length(loader, max_batches), rule, bn_batches), repair=repaired,
+                     partial=_partial_report(model, models, stop_at))
     return MergeResult(model=model, plan=plan, report=report)
 
 
@@ -235,20 +242,35 @@ def _wants_repair(repair: Optional[bool], model: nn.Module, loader, one_shot: bo
     return repair
 
 
-def _trace_and_probe(models, spec, example_inputs, first, info_m, reduce, timing) -> tuple:
-    """``(spec, probe inputs or None)``: ``spec`` or the trace of ``models[0]``, with the width probe run on the
-    probe inputs (example inputs, else two samples of the loader's first batch); their seconds go in ``timing``."""
+def _trace_and_probe(models, spec, example_inputs, first, info_m, reduce, timing, strict: bool = True) -> tuple:
+    """``(spec, probe inputs or None, report["coverage"])``: ``spec`` or the trace of ``models[0]`` (``strict`` or
+    not), with the width probe run on the probe inputs (example inputs, else two samples of the loader's first
+    batch); their seconds go in ``timing``, the coverage's count as ``trace``."""
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False, got {strict!r}")
+    traced = spec is None and info_m.solver is not None
+    t0 = time.perf_counter()
     if spec is None:
-        t0 = time.perf_counter()
-        spec = _trace(models[0], example_inputs, first, needs_groups=info_m.solver is not None)
-        timing["trace"] = time.perf_counter() - t0
+        spec = _trace(models[0], example_inputs, first, needs_groups=info_m.solver is not None, strict=strict)
+    coverage = _coverage_report(models[0], spec, strict, traced)
+    timing["trace"] = time.perf_counter() - t0
     probe_inputs = _on_device_of(models[0], example_inputs if example_inputs is not None else
                                  (first[:2] if first is not None else None))
     if probe_inputs is not None:
         t0 = time.perf_counter()
         check_widths(models, spec, info_m, reduce, probe_inputs)
         timing["width_probe"] = time.perf_counter() - t0
-    return spec, probe_inputs
+    return spec, probe_inputs, coverage
+
+
+def _coverage_report(model: nn.Module, spec: PermSpec, strict: bool, traced: bool) -> dict:
+    """``report["coverage"]``: ``{"permuted_share", "groups", "strict", "traced"}``: the share of ``model``'s
+    parameter entries whose axis-0 row a group of ``spec`` permutes (:func:`mudsc.spec.permuted_share`; 0 for a
+    model without parameter entries), the number of groups, the ``strict`` argument, and whether :func:`merge`
+    traced the spec (False: one passed as ``spec=``, or ``avg``, which needs none)."""
+    has_entries = any(p.numel() for p in model.parameters())
+    share = permuted_share(model, spec) if has_entries else 0.0
+    return {"permuted_share": float(share), "groups": len(spec.groups), "strict": strict, "traced": traced}
 
 
 def _rounded(fp: dict) -> dict:
@@ -394,6 +416,7 @@ def _statistics(models, spec: PermSpec, info_m, loader, one_shot, max_memory, ma
 
 
 def _device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters)."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -412,13 +435,15 @@ def _memory_report(memory: Optional[MemoryPlan], dev: torch.device, stats=None) 
     return out
 
 
-def _trace(model: nn.Module, example_inputs: Any, first: Optional[torch.Tensor], needs_groups: bool = True
-           ) -> PermSpec:
+def _trace(model: nn.Module, example_inputs: Any, first: Optional[torch.Tensor], needs_groups: bool = True,
+           strict: bool = True) -> PermSpec:
     """The spec of ``model``, traced on ``example_inputs`` (default: two samples of the loader's first batch
     ``first``, and its float64 check on one; both cost forward passes on whatever they get), after checking that
     the model runs on one sample of ``first`` (an error then names the batch, not the tracer).
     Without ``needs_groups`` (identity maps: ``avg``) nothing is traced: a spec without groups averages every
-    tensor. A failed trace raises :class:`mudsc.SpecTraceError` saying how to pass a spec instead."""
+    tensor. A failed trace raises :class:`mudsc.SpecTraceError` saying what to do instead: for a construct the
+    tracer cannot follow, ``merge(..., strict=False)``; for a model torch.fx cannot trace, a spec passed as
+    ``spec=``. ``strict=False`` leaves the channels of unsupported constructs unpermuted, with warnings."""
     inputs = example_inputs if example_inputs is not None else (first[:2] if first is not None else None)
     if inputs is None and needs_groups:
         raise ValueError("pass spec=..., example_inputs=... or a loader: tracing needs example inputs")
@@ -428,13 +453,19 @@ def _trace(model: nn.Module, example_inputs: Any, first: Optional[torch.Tensor],
         return PermSpec([])
     try:
         check_inputs = first[:1] if example_inputs is None and first is not None else None
-        return trace(model, inputs, check_inputs=check_inputs)
+        return trace(model, inputs, strict=strict, check_inputs=check_inputs)
     except SpecTraceError as exc:
+        graphed = not str(exc).startswith(_NO_GRAPH)  # torch.fx built the graph; a construct in it is unsupported
         raise SpecTraceError(
-            f"{exc}. (merge traces models[0] with mudsc.trace(model, inputs), strictly: a spec traced yourself, "
-            "e.g. with strict=False or tracer=, or written by hand with mudsc.spec.Group/Member/Tap or "
-            "mudsc.PermSpec.from_dict and verified with mudsc.check_spec, goes in as merge(..., spec=spec); "
-            "method='avg' needs none)") from exc
+            f"{exc}. " + (_NON_STRICT if graphed and strict else "") +
+            f"(merge traces models[0] with mudsc.trace(model, inputs, strict={strict}): a spec traced yourself, "
+            "e.g. with tracer=, or written by hand with mudsc.spec.Group/Member/Tap or mudsc.PermSpec.from_dict "
+            "and verified with mudsc.check_spec, goes in as merge(..., spec=spec); method='avg' needs none)") from exc
+
+
+_NO_GRAPH = "torch.fx could not trace"  # how the tracer's error starts when torch.fx built no graph at all
+_NON_STRICT = ("merge(..., strict=False) merges anyway, with the channels that construct touches left "
+               "unpermuted (warnings name the nodes; report['coverage'] gives the share of parameters permuted) ")
 
 
 def _check_runs(model: nn.Module, first: torch.Tensor) -> None:
@@ -507,12 +538,18 @@ def _samples_report(adaptive: bool, loader_batches: Optional[int], stats, rule: 
     }
 
 
-def _report(method: str, num_models: int, spec: PermSpec, plan: MergePlan, stats, timing: Dict[str, float],
-            samples: dict, memory: dict) -> dict:
-    """:attr:`MergeResult.report` (see there)."""
+def _report(method: str, models, spec: PermSpec, plan: MergePlan, stats, timing: Dict[str, float], t_start: float,
+            memory: tuple, coverage: dict, samples: tuple, repair: Optional[dict], partial: Optional[dict]) -> dict:
+    """:attr:`MergeResult.report` (see there), with ``timing["total"]`` since ``t_start``; ``memory`` is
+    ``(memory plan or None, device or None, process group or None)``, ``samples`` the arguments of
+    :func:`_samples_report` after ``stats``."""
+    timing["total"] = time.perf_counter() - t_start
+    plan_memory, device, group = memory
+    adaptive, loader_batches, rule, bn_batches = samples
+    memory_report = _memory_report(plan_memory, device if device is not None else _device_of(models[0]), stats)
     return {
         "method": method,
-        "num_models": num_models,
+        "num_models": len(models),
         "groups": {g.name: {"size": g.size, "num_outputs": int(plan.maps[g.name].num_outputs),
                             "merge_value": float(plan.maps[g.name].merge_value),
                             "positions": stats.positions(g.name) if stats is not None else None}
@@ -523,6 +560,10 @@ def _report(method: str, num_models: int, spec: PermSpec, plan: MergePlan, stats
         "fallback_groups": plan.info["fallback_groups"],
         "num_batches": stats.num_batches if stats is not None else 0,
         "timing": timing,
-        "samples": samples,
-        "memory": memory,
+        "samples": _samples_report(adaptive, loader_batches, stats, rule, bn_batches),
+        "memory": memory_report,
+        "coverage": coverage,
+        "distributed": _distributed_report(group, memory_report),
+        "repair": repair,
+        "partial": partial,
     }
