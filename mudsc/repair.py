@@ -20,7 +20,9 @@ dict's keys are unchanged.
 
 Repaired modules: the normalisation layers with an affine transform (``GroupNorm``, ``LayerNorm``, BatchNorm) whose
 output channels are a group's units; a model without any gets its ``Conv``/``Linear`` layers with a bias whose
-output channels are a group's units instead. A unit map that merges no units is an identity and REPAIR changes
+output channels are a group's units instead. A ``LayerNorm`` subclass with a forward of its own (timm's and
+torchvision's ``LayerNorm2d`` normalise the channels of an NCHW tensor at axis 1) is not repaired: which axis of its
+output holds the channels cannot be told from its type. A unit map that merges no units is an identity and REPAIR changes
 nothing there beyond float noise. :func:`mudsc.merge` repairs by default the models without BatchNorm (for which
 the BatchNorm reset does nothing); those with BatchNorm get the reset (``repair=`` chooses).
 """
@@ -55,7 +57,13 @@ class RepairTarget:
 
 
 def _channel_dim(module: nn.Module) -> int:
+    """The channel axis of ``module``'s output: last for ``Linear`` and ``LayerNorm``, else 1 (NC...)."""
     return -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
+
+
+def _own_layer_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``LayerNorm`` subclass with a forward of its own (its channel axis is unknown)."""
+    return isinstance(module, nn.LayerNorm) and type(module).forward is not nn.LayerNorm.forward
 
 
 def _has_affine(module: nn.Module) -> bool:
@@ -76,7 +84,7 @@ def repair_targets(model: nn.Module, spec: PermSpec) -> List[RepairTarget]:
     found = {kind: [] for kind in ("norm", "layer")}
     for name, module in modules.items():
         group = owner.get(f"{name}.weight" if name else "weight")
-        if group is None or not _has_affine(module) or module.weight.dim() == 0:
+        if group is None or not _has_affine(module) or module.weight.dim() == 0 or _own_layer_norm(module):
             continue
         size = next(g.size for g in spec.groups if g.name == group)
         if module.weight.shape[0] != size:

@@ -94,6 +94,45 @@ def test_what_is_repaired():
     assert {type(vit.get_submodule(t.module)) for t in repair_targets(vit, spec_of(vit))} == {nn.LayerNorm}
 
 
+class _LayerNorm2d(nn.LayerNorm):
+    """timm's and torchvision's LayerNorm2d: a LayerNorm over the channels (axis 1) of an NCHW tensor."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class _ChannelNormNet(nn.Module):
+    """conv 3 -> 8 (LayerNorm2d) -> conv 8 -> 8 (LayerNorm2d) -> mean -> Linear: a ConvNeXt stem in small; the
+    8x8 feature maps of 32x32 inputs make a channel axis taken as the last one 8 wide too, only not the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(3, 8, 4, stride=4), _LayerNorm2d(8)
+        self.c2, self.n2 = nn.Conv2d(8, 6, 3, padding=1), _LayerNorm2d(6)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.head(self.n2(self.c2(torch.relu(self.n1(self.c1(x))))).mean((2, 3)))
+
+
+def test_a_layer_norm_with_its_own_forward_is_not_repaired():
+    """Its channel axis is not its type's (a LayerNorm2d normalises axis 1 of NCHW): the convolutions are
+    repaired instead, and a merge with REPAIR (the default without BatchNorm) runs and keeps its statistics."""
+    torch.manual_seed(0)
+    a, b = _ChannelNormNet().eval(), _ChannelNormNet().eval()
+    loader = _loader(n=2)
+    spec = mudsc.trace(a, loader[0][:2])
+    assert {t.module for t in repair_targets(a, spec)} == {"c1", "c2"}
+    result = mudsc.merge([a, b], loader, method="zipit", progress=False)
+    assert result.report["repair"]["modules"] == ["c1", "c2"]
+    ends = [_channel_stats(m, ["c2"], loader)["c2"] for m in (a, b)]
+    labels = result.plan.maps[[t.group for t in repair_targets(a, spec) if t.module == "c2"][0]].labels
+    mu, sigma = _wanted(ends, labels, 6)
+    got = _channel_stats(result.model, ["c2"], loader)["c2"]
+    torch.testing.assert_close(got[0], mu, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got[1], sigma, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("arch", ["resnet20-gn", "vit"])
 def test_a_self_merge_stays_itself_with_repair(arch):
     torch.manual_seed(2)
