@@ -22,8 +22,8 @@ Repaired modules: the normalisation layers with an affine transform (``GroupNorm
 output channels are a group's units; a model without any gets its ``Conv``/``Linear`` layers with a bias whose
 output channels are a group's units instead. A ``LayerNorm`` subclass with a forward of its own (timm's and
 torchvision's ``LayerNorm2d`` normalise the channels of an NCHW tensor at axis 1) is not repaired: which axis of its
-output holds the channels cannot be told from its type. A unit map that merges no units is an identity and REPAIR changes
-nothing there beyond float noise. :func:`mudsc.merge` repairs by default the models without BatchNorm (for which
+output holds the channels cannot be told from its type. A unit map that merges no units is an identity and REPAIR
+changes nothing there beyond float noise. :func:`mudsc.merge` repairs by default the models without BatchNorm (for which
 the BatchNorm reset does nothing); those with BatchNorm get the reset (``repair=`` chooses).
 """
 
