@@ -59,9 +59,9 @@ class MergeResult:
             ``repair``: REPAIR's ``{"modules", "batches", "max_scale", "seconds"}``, None when it did not run;
             ``partial``: ``{"stop_at", "parameters", "models_parameters"}`` of a partial merge, else None;
             ``coverage`` (always): ``{"permuted_share", "groups", "strict", "traced"}``: the share of models[0]'s
-            parameter entries whose axis-0 row (output unit) a group of the spec permutes
+            parameter entries whose output unit (axis-0 row; an embedding's channel) a group of the spec permutes
             (:func:`mudsc.spec.permuted_share`; 1.0 when every parameter's units are aligned, lower with the class
-            logits, an embedding's vocabulary rows or the channels ``strict=False`` left unpermuted; 0.0 for
+            logits or the channels ``strict=False`` left unpermuted; 0.0 for
             ``avg``), the spec's number of groups, the ``strict`` argument, and whether merge traced the spec
             (False: ``spec=`` was given, or ``avg`` needs none).
     """
@@ -265,7 +265,7 @@ def _trace_and_probe(models, spec, example_inputs, first, info_m, reduce, timing
 
 def _coverage_report(model: nn.Module, spec: PermSpec, strict: bool, traced: bool) -> dict:
     """``report["coverage"]``: ``{"permuted_share", "groups", "strict", "traced"}``: the share of ``model``'s
-    parameter entries whose axis-0 row a group of ``spec`` permutes (:func:`mudsc.spec.permuted_share`; 0 for a
+    parameter entries whose output unit a group of ``spec`` permutes (:func:`mudsc.spec.permuted_share`; 0 for a
     model without parameter entries), the number of groups, the ``strict`` argument, and whether :func:`merge`
     traced the spec (False: one passed as ``spec=``, or ``avg``, which needs none)."""
     has_entries = any(p.numel() for p in model.parameters())
