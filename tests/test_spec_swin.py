@@ -296,16 +296,17 @@ def test_shifted_window_attention_two_heads(v2):
 
 
 # -- whole Swin models -----------------------------------------------------------------------
-def _tiny_swin(source):
-    torch.manual_seed(0)
+def _tiny_swin(source, seed=0, heads=1, depths=(1, 1)):
+    """A tiny Swin (8x8 images, 2x2 patches and windows, widths 8 and 16) of ``source``: "tv", "tv_v2" or "timm"."""
+    torch.manual_seed(seed)
     if source == "timm":
         timm = pytest.importorskip("timm")
         return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=8, patch_size=2,
-                                 embed_dim=8, depths=(1, 1), num_heads=(1, 1), window_size=2, num_classes=3)
+                                 embed_dim=8, depths=depths, num_heads=(heads, heads), window_size=2, num_classes=3)
     tv = pytest.importorskip("torchvision")
     from torchvision.models import swin_transformer as st
     kw = dict(block=st.SwinTransformerBlockV2, downsample_layer=st.PatchMergingV2) if source == "tv_v2" else {}
-    return tv.models.SwinTransformer(patch_size=[2, 2], embed_dim=8, depths=[1, 1], num_heads=[1, 1],
+    return tv.models.SwinTransformer(patch_size=[2, 2], embed_dim=8, depths=list(depths), num_heads=[heads, heads],
                                      window_size=[2, 2], num_classes=3, **kw)
 
 
@@ -323,16 +324,8 @@ def test_tiny_two_head_swin_merges_into_a_loadable_model(source):
     import mudsc
 
     def build(seed):
-        torch.manual_seed(seed)
-        if source == "timm":
-            timm = pytest.importorskip("timm")
-            return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=8, patch_size=2,
-                                     embed_dim=8, depths=(1, 1), num_heads=(2, 2), window_size=2, num_classes=3)
-        tv = pytest.importorskip("torchvision")
-        from torchvision.models import swin_transformer as st
-        kw = dict(block=st.SwinTransformerBlockV2, downsample_layer=st.PatchMergingV2) if source == "tv_v2" else {}
-        return tv.models.SwinTransformer(patch_size=[2, 2], embed_dim=8, depths=[2, 1], num_heads=[2, 2],
-                                         window_size=[2, 2], num_classes=3, **kw)
+        # torchvision gets a second block in stage 1, whose windows are shifted
+        return _tiny_swin(source, seed, heads=2, depths=(1, 1) if source == "timm" else (2, 1))
 
     a, b = build(0).eval(), build(1).eval()
     x = torch.randn(16, 3, 8, 8)
