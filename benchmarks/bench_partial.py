@@ -8,14 +8,19 @@ method and cut: the default call ``mudsc.merge(models, loader, method=m, stop_at
 merged layers of the models without BatchNorm, as the defaults do), the full merge (no cut) and the ensemble. The
 joint accuracy (argmax over the 10 classes) on 1,000 held-out digits is computed from the mean of the branches'
 softmaxes, as for the ensemble; parameters are the partial model's over the two models'. Every full merge is loaded
-strictly into a fresh instance of its architecture; every partial model runs.
+strictly into a fresh instance of its architecture (at the input widths; ``--reduce`` changes them) and every partial
+model runs. ``--reset calibrated`` passes ``reset_bn_stats="calibrated"`` (:mod:`mudsc.calibrate`), ``--reduce r``
+``reduce=r`` (a wider merged prefix, below 0.5 for two models); each row also gives the ensemble of the two
+endpoints with their BatchNorm statistics reset on the merge loader, what the plain reset alone costs them.
 
-    python benchmarks/bench_partial.py [--archs bn2 bn2i gn vit] [--methods ...] [--threads 2] [--out path.json]
+    python benchmarks/bench_partial.py [--archs bn2 bn2i gn vit] [--methods ...] [--reset plain|calibrated]
+        [--reduce r] [--threads 2] [--out path.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 import warnings
@@ -52,11 +57,11 @@ ARCHS = {"bn2": (lambda: default_archs(resnet_width=2)[0], RESNET_CUTS),
          "vit": (lambda: default_archs(resnet_width=4)[3], ("blocks.2", "blocks.3", "head"))}
 
 
-def _merge(ends, loader, method, stop_at):
+def _merge(ends, loader, method, stop_at, options):
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = mudsc.merge(ends, loader, method=method, progress=False, stop_at=stop_at)
+        res = mudsc.merge(ends, loader, method=method, progress=False, stop_at=stop_at, **options)
     return res, time.perf_counter() - t0
 
 
@@ -67,30 +72,42 @@ def _softmax_mean(partial, x):
     return sum(class_logits(o).softmax(1) for o in outs) / len(outs)
 
 
-def _arch_rows(key, methods, cache):
+def _ensembles(ends, loader, x_test, y_test) -> tuple:
+    """``(ensemble, ensemble of the endpoints with their BatchNorm statistics reset on the merge loader)``: joint
+    accuracies; what the plain reset alone costs the two models (the same without BatchNorm)."""
+    def joint(models):
+        la, lb = (predict(m, x_test) for m in models)
+        return accuracies((la.softmax(1) + lb.softmax(1)) / 2, y_test)["joint"]
+    return joint(ends), joint([mudsc.reset_bn(copy.deepcopy(m), loader) for m in ends])
+
+
+def _arch_rows(key, methods, cache, options):
     build, cuts = ARCHS[key]
     arch = build()
     ends, loader, x_test, y_test = _pair(arch, cache)
-    la, lb = predict(ends[0], x_test), predict(ends[1], x_test)
-    ensemble = accuracies((la.softmax(1) + lb.softmax(1)) / 2, y_test)["joint"]
+    ensemble, ensemble_reset = _ensembles(ends, loader, x_test, y_test)
     two = 2 * sum(p.numel() for p in ends[0].parameters())
     rows = []
     for method in methods:
-        res, wall = _merge(ends, loader, method, None)
-        fresh = arch.build()
-        fresh.load_state_dict(res.model.state_dict(), strict=True)
-        row = {"arch": arch.name, "method": method, "ensemble": ensemble,
-               "full": {"joint": accuracies(predict(fresh, x_test), y_test)["joint"], "wall_s": wall}}
+        res, wall = _merge(ends, loader, method, None, options)
+        model = res.model
+        if "reduce" not in options:  # other widths do not load into the architecture; merge() ran the model
+            model = arch.build()
+            model.load_state_dict(res.model.state_dict(), strict=True)
+        row = {"arch": arch.name, "method": method, "ensemble": ensemble, "ensemble_bn_reset": ensemble_reset,
+               "full": {"joint": accuracies(predict(model, x_test), y_test)["joint"], "wall_s": wall,
+                        "parameters_vs_two_models": sum(p.numel() for p in res.model.parameters()) / two}}
         for cut in cuts:
-            res, wall = _merge(ends, loader, method, cut)
+            res, wall = _merge(ends, loader, method, cut, options)
             joint = accuracies(_softmax_mean(res.model, x_test), y_test)["joint"]
             row[cut] = {"joint": joint, "wall_s": wall, "below_ensemble_points": 100 * (ensemble - joint),
                         "parameters_vs_two_models": res.report["partial"]["parameters"]["total"] / two}
         rows.append(row)
         cells = "  ".join(f"@{c} {100 * row[c]['joint']:5.1f} ({row[c]['parameters_vs_two_models']:.2f}x)"
                           for c in cuts)
-        print(f"{arch.name:20s} {method:12s} full {100 * row['full']['joint']:5.1f}  {cells}  ensemble "
-              f"{100 * ensemble:5.1f}", flush=True)
+        print(f"{arch.name:20s} {method:12s} full {100 * row['full']['joint']:5.1f} "
+              f"({row['full']['parameters_vs_two_models']:.2f}x)  {cells}  ensemble {100 * ensemble:5.1f} (endpoints "
+              f"BN-reset on the loader: {100 * ensemble_reset:5.1f})", flush=True)
     return rows
 
 
@@ -98,12 +115,19 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     p.add_argument("--methods", nargs="+", default=sorted(mudsc.METHODS), choices=sorted(mudsc.METHODS))
+    p.add_argument("--reset", choices=["plain", "calibrated"], default="plain",
+                   help="merge(reset_bn_stats=True) (default) or 'calibrated' (mudsc.calibrate)")
+    p.add_argument("--reduce", type=float, default=None, help="merge(reduce=...) (default: the input widths)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(common.RESULTS / "partial_cpu.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = [r for key in args.archs for r in _arch_rows(key, args.methods, cache_root())]
-    common.write_json(args.out, {"device": common.device_name("cpu"), "threads": args.threads,
+    options = {"reset_bn_stats": True if args.reset == "plain" else "calibrated"}
+    if args.reduce is not None:
+        options["reduce"] = args.reduce
+    print(f"merge options: {options}; {args.threads} threads; joint accuracy in %")
+    rows = [r for key in args.archs for r in _arch_rows(key, args.methods, cache_root(), options)]
+    common.write_json(args.out, {"device": common.device_name("cpu"), "threads": args.threads, "options": options,
                                  "torch": torch.__version__, "mudsc": mudsc.__version__,
                                  "cuts": {k: v[1] for k, v in ARCHS.items()}, "rows": rows})
     print(f"wrote {args.out}")

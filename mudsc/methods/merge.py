@@ -21,6 +21,7 @@ from ..distributed import check_device as check_group_device
 from ..inputs import check_device, check_finite_weights, check_max_batches, check_models, peek
 from ..memory import (SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, keep_bytes, moment_bytes,
                       packed_moments, parse_bytes, plan_passes, shard_groups)
+from ..calibrate import calibrated_reset, check_reset_mode
 from ..norm import recompute_bn
 from ..partial import check_combine, partial_merge
 from ..plan import MergePlan, fingerprint
@@ -89,7 +90,7 @@ def merge(
     backend: str = "auto",
     progress: bool = True,
     axis_rule: str = "merge",
-    reset_bn_stats: bool = True,
+    reset_bn_stats: Union[bool, str] = True,
     repair: Optional[bool] = None,
     zip_decay: str = "same-model",
     max_memory: Optional[Union[int, str]] = None,
@@ -104,7 +105,7 @@ def merge(
         models: N >= 2 ``nn.Module`` s with identical parameter names and shapes (not modified).
         loader: yields ``Tensor[B, ...]`` or ``(inputs, targets)``; needed by the activation methods, and used
             to recompute BatchNorm statistics of the result (``reset_bn_stats``); must be re-iterable for that.
-        method: one of ``mudsc.METHODS`` (default ``"mudsc-zip"``).
+        method: one of ``mudsc.METHODS`` (default ``"mudsc-zip"``). progress: tqdm bars on the data pass and sweeps.
         spec: the models' :class:`mudsc.PermSpec` (default: ``mudsc.trace(models[0], example_inputs)``); one
             written by hand (:mod:`mudsc.spec`, checked with :func:`mudsc.check_spec`) for models the tracer cannot
             follow. ``avg`` needs none: it averages every tensor.
@@ -116,10 +117,10 @@ def merge(
         adaptive, sample_tol: stop both early once more data stops changing them (:mod:`mudsc.sampling`: a group's
             map from half its batches loses <= ``sample_tol`` of mean merged correlation; the BatchNorm statistics
             drift < ``NORM_TOL``); ``report["samples"]`` says what was read. False: every batch.
-        device: where the statistics pass runs (default: model 0's device).
-        backend: ``"auto"`` | ``"native"`` | ``"reference"`` for every solver, statistic and similarity.
-        progress: tqdm bars on the data pass and the sweeps.
-        reset_bn_stats: recompute BatchNorm running statistics of the merged model (needs a loader).
+        device, backend: where the statistics pass runs (default: model 0's device); ``"auto"`` | ``"native"`` |
+            ``"reference"`` for every solver, statistic and similarity.
+        reset_bn_stats: recompute the result's BatchNorm statistics on the loader (True; the original's); False: not;
+            ``"calibrated"``: the endpoints' own moved by what merging changed there (:mod:`mudsc.calibrate`).
         repair: REPAIR the merged units' activation statistics (:mod:`mudsc.repair`; N + 1 more passes over the
             loader). None (default): for models without BatchNorm (GroupNorm, LayerNorm, none), whose BatchNorm
             reset does nothing, when the loader can be read again; True: also with BatchNorm (after its reset).
@@ -145,7 +146,7 @@ def merge(
     with Collective(group, "the checks and the trace") as step:  # a failure on one rank raises on every rank
         info_m, models, hyper, device = _check_all(method, models, group, (balance, reduce, alpha, beta, max_sweeps,
                                                    patience, seed, axis_rule, zip_decay), spec, max_batches, adaptive,
-                                                   sample_tol, max_memory, device)
+                                                   sample_tol, max_memory, device, reset_bn_stats)
         first, loader, one_shot = _peek_loader(loader, info_m.activations, method)
         timing["checks"] = time.perf_counter() - t_start
         spec, probe_inputs, coverage = _trace_and_probe(models, spec, example_inputs, first, info_m, hyper[1], timing,
@@ -164,9 +165,9 @@ def merge(
     plan = share_plan(run_matching(models, spec, info_m, stats, *hyper[:7], backend, progress, axis_rule,  # checked
                                    zip_decay=zip_decay, workers=SOLVE_WORKERS), group)
     _matching_timing(timing, plan, stats, stats_wall, time.perf_counter() - t0)
-    model, bn_batches, repaired = _build(models, plan, probe_inputs, loader if reset_bn_stats else None,
-                                         one_shot and info_m.activations, max_batches, device, adaptive, group,
-                                         timing, loader if repair else None, (cut, combine))
+    model, bn_batches, repaired = _build(models, plan, probe_inputs, (loader, reset_bn_stats), one_shot and
+                                         info_m.activations, max_batches, device, adaptive, group, timing,
+                                         loader if repair else None, (cut, combine))
     report = _report(method, models, spec, plan, stats, timing, t_start, (memory, device, group), coverage=coverage,
                      samples=(adaptive, loader_length(loader, max_batches), rule, bn_batches), repair=repaired,
                      partial=_partial_report(model, models, stop_at))
@@ -177,15 +178,17 @@ STAGES = ("checks", "trace", "width_probe", "forward", "stats", "similarity", "s
           "final_check", "reset_bn", "repair")  # report["timing"]'s stages, in order; they add up to its "total"
 
 
-def _build(models, plan: MergePlan, probe_inputs, bn_loader, consumed: bool, max_batches, device, adaptive: bool,
+def _build(models, plan: MergePlan, probe_inputs, bn: tuple, consumed: bool, max_batches, device, adaptive: bool,
            group, timing: Dict[str, float], repair_loader=None, partial=(None, "mean")) -> tuple:
     """``(merged model, BN reset batches or None, REPAIR's summary or None)``: the plan applied, the result run on
-    the probe inputs (an error names the module), its BatchNorm statistics reset on ``bn_loader`` (None: not),
+    the probe inputs (an error names the module), its BatchNorm statistics reset as ``bn = (loader, reset_bn_stats)``
+    say (:func:`merge`),
     REPAIR on ``repair_loader`` (None: not), and under a process group rank 0's weights on every rank (they are
     computed identically everywhere); seconds go in ``timing``. ``partial = (cut, combine)``: with a cut
     (:func:`mudsc.spec.cut.find_cut`) the result is the :class:`mudsc.PartialMerge` there, REPAIR on its prefix."""
     t0 = time.perf_counter()
     cut, combine = partial
+    bn_loader, calibrate = (bn[0] if bn[1] else None), bn[1] == "calibrated"
     model = plan.apply(models, check=False) if cut is None else partial_merge(
         models, plan, cut.stop_at, probe_inputs, combine, check=False, cut=cut)
     timing["apply"] = time.perf_counter() - t0
@@ -193,13 +196,17 @@ def _build(models, plan: MergePlan, probe_inputs, bn_loader, consumed: bool, max
         t0 = time.perf_counter()
         run_named(model, probe_inputs, "the merged model")
         timing["final_check"] = time.perf_counter() - t0
+    rebuild = None
+    if calibrate:  # the calibrated reset (mudsc.calibrate) rebuilds the result from the endpoints reset on the data
+        rebuild = (lambda ms: plan.apply(ms, check=False)) if cut is None else (lambda ms: partial_merge(
+            ms, plan, cut.stop_at, probe_inputs, combine, check=False, cut=cut))
     timing["reset_bn"], bn_batches = _reset_bn(model, bn_loader, consumed, max_batches, device,
-                                               NORM_TOL if adaptive else None, group)
+                                               NORM_TOL if adaptive else None, group, (models, rebuild))
     repaired = None
     if repair_loader is not None:
         t0 = time.perf_counter()
-        repaired = repair_model(model if cut is None else model.prefix, models, plan.spec, plan.maps, repair_loader, max_batches, device,
-                                process_group=group if group is not None else False)
+        repaired = repair_model(model if cut is None else model.prefix, models, plan.spec, plan.maps, repair_loader,
+                                max_batches, device, process_group=group if group is not None else False)
         timing["repair"] = repaired["seconds"] = time.perf_counter() - t0
     broadcast_model(model, group)
     return model, bn_batches, repaired
@@ -295,10 +302,11 @@ def _distributed_report(group, memory: dict) -> Optional[dict]:
 
 
 def _check_all(method, models, group, hyper: tuple, spec, max_batches, adaptive, sample_tol, max_memory,
-               device) -> tuple:
+               device, reset_bn_stats=True) -> tuple:
     """``(method info, models, hyperparameters with the default reduce filled in, device)``, every argument of
     :func:`merge` checked before any data moves."""
     info_m = check_method(method)
+    check_reset_mode(reset_bn_stats)
     models = check_models(models)
     check_group_device(group, _device_of(models[0]), "the models")
     if hyper[1] is None:
@@ -507,10 +515,11 @@ def _on_device_of(model: nn.Module, inputs: Any) -> Any:
 
 
 def _reset_bn(model: nn.Module, loader: Iterable, consumed: bool, max_batches, device, tol: Optional[float],
-              group=None) -> tuple:
+              group=None, calibration=(None, None)) -> tuple:
     """Recompute the merged model's BatchNorm statistics (if it has any) with ``loader``, stopping early at
     ``tol`` (:func:`mudsc.norm.recompute_bn`); ``(seconds, batches read or None)``. A ``consumed`` one-shot loader
-    cannot be read again: warn instead. No loader: nothing to do."""
+    cannot be read again: warn instead. No loader: nothing to do. ``calibration = (models, rebuild)`` with a
+    ``rebuild`` (N models -> the result built as ``model`` was): the calibrated reset (:mod:`mudsc.calibrate`)."""
     if loader is None or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return 0.0, None
     if consumed:
@@ -518,8 +527,12 @@ def _reset_bn(model: nn.Module, loader: Iterable, consumed: bool, max_batches, d
                       "BatchNorm statistics were not recomputed; pass a re-iterable loader (a DataLoader or list)")
         return 0.0, None
     t0 = time.perf_counter()
-    batches = recompute_bn(model, loader, max_batches=max_batches, device=device, tol=tol,
-                           process_group=group if group is not None else False)
+    group = group if group is not None else False
+    models, rebuild = calibration
+    if rebuild is not None:
+        batches = calibrated_reset(model, models, rebuild, loader, max_batches, device, tol, group)
+    else:
+        batches = recompute_bn(model, loader, max_batches=max_batches, device=device, tol=tol, process_group=group)
     return time.perf_counter() - t0, batches
 
 
