@@ -642,16 +642,18 @@ def _run_pass(models, spec: PermSpec, loader, max_batches, device, backend, prog
         exchange = ActivationExchange(group, owners, {g.name: len(models) * g.size for g in spec.groups if g.taps},
                                       dev)
     collector = StatsCollector(run_models, spec, dev, backend, groups=groups, keep_bytes=keep_bytes, exchange=exchange)
-    num_batches, forward = 0, 0.0
+    num_batches, forward, items = 0, 0.0, 0
     try:
         with collector:
             total = loader_length(loader, max_batches)
             for batch in progress_bar(batches, progress, total=total, desc="mudsc stats", leave=False):
                 if max_batches is not None and num_batches >= max_batches:
                     break
-                forward += collector.run_batch(first_input(batch).to(dev), index=num_batches)
+                x = first_input(batch)
+                forward += collector.run_batch(x.to(dev), index=num_batches)
                 num_batches += 1
-                if stop is not None and _stop_groups(collector, stop, num_batches, total):
+                items += int(x.shape[0]) if x.dim() else 1
+                if stop is not None and _stop_groups(collector, stop, num_batches, total, items):
                     break
         collector.finish_exchange()
     except Exception as exc:
@@ -674,11 +676,13 @@ def _batches(loader, allow_empty: bool) -> Iterable:
     return peek(loader)[1]
 
 
-def _stop_groups(collector: StatsCollector, stop, batches: int, total: Optional[int]) -> bool:
-    """Ask ``stop`` which groups still collecting are final after ``batches`` batches; whether all are."""
+def _stop_groups(collector: StatsCollector, stop, batches: int, total: Optional[int],
+                 items: Optional[int] = None) -> bool:
+    """Ask ``stop`` which groups still collecting are final after ``batches`` batches (``items`` loader items);
+    whether all are."""
     active = {name: acc for name, acc in collector.accumulators.items() if name not in collector.stopped_at}
     t0 = time.perf_counter()
-    for name in set(stop.update(batches, active, total)) & set(active):
+    for name in set(stop.update(batches, active, total, items)) & set(active):
         collector.stopped_at[name] = batches
     collector.stop_time += time.perf_counter() - t0
     return len(collector.stopped_at) == len(collector.accumulators)

@@ -88,7 +88,7 @@ def recompute_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] 
         device = first.device if first is not None else torch.device("cpu")
     flags = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in norms}
-    seen = 0
+    seen = items = 0
     try:
         with Collective(group, "the BatchNorm reset"):
             for m in norms:
@@ -99,9 +99,11 @@ def recompute_bn(model: nn.Module, loader: Iterable, max_batches: Optional[int] 
                 for batch in loader:
                     if max_batches is not None and seen >= max_batches:
                         break
-                    model(first_input(batch).to(device))
+                    x = first_input(batch)
+                    model(x.to(device))
                     seen += 1
-                    if rule is not None and rule.update(seen):
+                    items += int(x.shape[0]) if x.dim() else 1
+                    if rule is not None and rule.update(seen, items):
                         break
         seen = all_reduce_bn(norms, seen, group)
     finally:

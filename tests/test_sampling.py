@@ -13,7 +13,7 @@ import torch
 import mudsc
 from mudsc import collect_stats, models, trace
 from mudsc.norm import recompute_bn
-from mudsc.sampling import StableMatching, StableNorms, check_tolerance, checkpoint, pair_value
+from mudsc.sampling import MIN_SAMPLES, StableMatching, StableNorms, check_tolerance, checkpoint, pair_value
 
 torch.set_num_threads(2)
 FAST = dict(max_sweeps=2, patience=1, progress=False)
@@ -146,7 +146,7 @@ class _StopAt:
     def __init__(self, at):
         self.at, self.seen = at, []
 
-    def update(self, batches, accumulators, total=None):
+    def update(self, batches, accumulators, total=None, samples=None):
         self.seen.append((batches, sorted(accumulators)))
         return {g for g in accumulators if self.at.get(g, math.inf) <= batches}
 
@@ -174,7 +174,7 @@ def test_stopped_groups_keep_the_statistics_of_their_batches_and_the_pass_ends_w
 def test_merge_stops_the_passes_early_by_default_and_reads_everything_when_asked():
     torch.manual_seed(3)
     ms = [models.resnet20(width=1) for _ in range(2)]
-    loader = _CountingLoader(_batches(16))
+    loader = _CountingLoader(_batches(16, size=MIN_SAMPLES // 2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         full = mudsc.merge(ms, loader, method="zipit", adaptive=False, **FAST)
@@ -239,12 +239,32 @@ def test_native_and_reference_stop_alike():
         np.testing.assert_array_equal(res["native"].plan.maps[name].labels, res["reference"].plan.maps[name].labels)
 
 
+def test_neither_rule_stops_before_min_samples_items():
+    """Batches of a sixteenth of MIN_SAMPLES (rounded up): the first comparison that may stop is after 16 batches,
+    so a loader of 16 is read whole and one of 32 stops at 16, however lenient the tolerance."""
+    torch.manual_seed(7)
+    ms = [models.resnet20(width=1) for _ in range(2)]
+    size = -(-MIN_SAMPLES // 16)
+    small, large = _batches(16, size=size), _batches(32, size=size)
+    assert recompute_bn(ms[0], small, tol=math.inf) == 16 and recompute_bn(ms[0], large, tol=math.inf) == 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = mudsc.merge(ms, small, method="zipit", sample_tol=math.inf, **FAST).report["samples"]
+        half = mudsc.merge(ms, large, method="zipit", sample_tol=math.inf, **FAST).report["samples"]
+    assert whole["stats_batches"] == 16 and whole["stopped_early"] == {} and whole["bn_batches"] == 16
+    assert half["stats_batches"] == 16 and set(half["stopped_early"].values()) == {16}
+    norms = [m for m in ms[0].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    rule = StableNorms(norms, tol=math.inf, min_samples=100)
+    assert not rule.update(1, 40) and not rule.drift  # under half the floor: not even a snapshot
+    assert not rule.update(2, 80) and rule.update(4, 160)  # a snapshot, then the first comparison that may stop
+
+
 def test_bn_reset_stops_once_the_running_statistics_are_stable():
     torch.manual_seed(6)
     model = models.resnet20(width=1)
-    batches = _batches(16)
+    batches = _batches(16, size=MIN_SAMPLES // 2)
     read = recompute_bn(model, batches, tol=math.inf)
-    assert read == 2  # the first comparison: after 2 batches
+    assert read == 2  # the first comparison: after 2 batches, MIN_SAMPLES items
     stopped = {k: v.clone() for k, v in model.state_dict().items()}
     mudsc.reset_bn(model, batches, max_batches=2)
     for k, v in model.state_dict().items():
