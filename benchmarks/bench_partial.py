@@ -3,7 +3,7 @@
 Pairs (trained here on MNIST digits 0-4 and 5-9 with the demo's settings and cached in the demo's cache; no
 downloads): ResNet-20x2 with BatchNorm (the demo's BN configuration at width 2; ``bn2i``: the same trained as
 issue 17 says, 8 epochs on 32x32 digits), the demo's GroupNorm
-ResNet-20x4 and its LayerNorm ViT, merged on the demo's merge loader (512 images in batches of 64). For every
+ResNet-20x4 and its LayerNorm ViT (``bn4``, ``vgg``: the demo's BN ResNet-20x4 and VGG-11/4), merged on the demo's merge loader (512 images in batches of 64). For every
 method and cut: the default call ``mudsc.merge(models, loader, method=m, stop_at=s)`` (BN reset, and REPAIR on the
 merged layers of the models without BatchNorm, as the defaults do), the full merge (no cut) and the ensemble. The
 joint accuracy (argmax over the 10 classes) on 1,000 held-out digits is computed from the mean of the branches'
@@ -13,7 +13,7 @@ model runs. ``--reset calibrated`` passes ``reset_bn_stats="calibrated"`` (:mod:
 ``reduce=r`` (a wider merged prefix, below 0.5 for two models); each row also gives the ensemble of the two
 endpoints with their BatchNorm statistics reset on the merge loader, what the plain reset alone costs them.
 
-    python benchmarks/bench_partial.py [--archs bn2 bn2i gn vit] [--methods ...] [--reset plain|calibrated]
+    python benchmarks/bench_partial.py [--archs bn2 bn2i bn4 gn vgg vit] [--methods ...] [--reset plain|calibrated]
         [--reduce r] [--threads 2] [--out path.json]
 """
 
@@ -53,7 +53,9 @@ RESNET_CUTS = ("layer2", "layer3", "linear")
 ARCHS = {"bn2": (lambda: default_archs(resnet_width=2)[0], RESNET_CUTS),
          "bn2i": (lambda: ArchConfig("ResNet-20x2 (BN) 32px 8ep", "resnet20", {"width": 2, "norm": "bn"}, epochs=8),
                   RESNET_CUTS),
+         "bn4": (lambda: default_archs(resnet_width=4)[0], RESNET_CUTS),
          "gn": (lambda: default_archs(resnet_width=4)[1], RESNET_CUTS),
+         "vgg": (lambda: default_archs(resnet_width=4)[2], ("features.22",)),
          "vit": (lambda: default_archs(resnet_width=4)[3], ("blocks.2", "blocks.3", "head"))}
 
 
