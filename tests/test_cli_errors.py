@@ -237,3 +237,23 @@ def test_three_checkpoints_keep_the_architecture_by_default(tmp_path, checkpoint
     assert main(_argv([*checkpoints, third], "--method", "zipit", "--out", str(out))) == 0
     fresh = models.mlp(in_features=12, hidden=(4,))
     fresh.load_state_dict(torch.load(out, weights_only=True), strict=True)
+
+
+def test_bn_reset_modes_reach_the_merge(tmp_path, capsys):
+    """--bn-reset plain | calibrated | off: three different BatchNorm statistics for the same plan; off keeps the
+    plan's merge of the endpoints' own."""
+    paths = _vgg_checkpoints(tmp_path, 3)
+    stats = {}
+    for mode in ("plain", "calibrated", "off"):
+        out = tmp_path / f"merged_{mode}.pt"
+        argv = ["merge", "--arch", "vgg11", "--no-progress", "--method", "zipit", "--batch-size", "16",
+                "--num-samples", "32", "--max-sweeps", "2", "--bn-reset", mode, "--checkpoints", *paths,
+                "--out", str(out)]
+        assert main(argv) == 0, capsys.readouterr().err
+        state = torch.load(out, weights_only=True)
+        stats[mode] = torch.cat([v for k, v in state.items() if k.endswith("running_mean")])
+    assert not torch.allclose(stats["plain"], stats["calibrated"])
+    assert not torch.allclose(stats["plain"], stats["off"]) and not torch.allclose(stats["calibrated"], stats["off"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["merge", "--arch", "vgg11", "--bn-reset", "yes", "--checkpoints", "a", "b",
+                                   "--out", "m.pt"])
