@@ -15,6 +15,7 @@ import torch.nn as nn
 
 import mudsc
 from mudsc.spec import SpecTraceError
+from test_spec_coverage import _DataDependent  # ``if h.sum() > 0``: torch.fx builds no graph
 
 torch.set_num_threads(2)
 FAST = dict(max_sweeps=1, patience=1, progress=False)
@@ -97,18 +98,6 @@ def test_avg_permutes_nothing():
 def test_strict_must_be_a_bool():
     with pytest.raises(TypeError, match="strict must be True or False, got 'no'"):
         mudsc.merge(_models(roll=False), _loader(), method="zipit", strict="no", **FAST)
-
-
-class _DataDependent(nn.Module):
-    """``if h.sum() > 0``: torch.fx builds no graph, so strict=False cannot help."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(4, 3)
-
-    def forward(self, x):
-        h = self.a(x)
-        return h if h.sum() > 0 else -h
 
 
 def test_a_model_torch_fx_cannot_trace_is_not_offered_strict_false():

@@ -62,6 +62,8 @@ class _TrainOnlyRoll(nn.Module):
 
 
 class _DataDependent(nn.Module):
+    """``if h.sum() > 0``: torch.fx builds no graph (strict=False cannot help either)."""
+
     def __init__(self):
         super().__init__()
         self.a = nn.Linear(4, 3)
