@@ -16,7 +16,8 @@ Configurations:
   REPAIR), and the merged model rebuilt by ``plan.apply(merge_eps=1e-5)`` (§8.1.9) with its BatchNorm statistics
   recomputed over the whole loader (§8.1.15, without the original's crop augmentation).
 
-What has no switch, and is the same in both columns: the activation taps (the library taps a residual stream at
+For models without BatchNorm (the GN pair) a third column gives the defaults without REPAIR (``repair=False``), which
+separates REPAIR from the other switches. What has no switch, and is the same in all columns: the activation taps (the library taps a residual stream at
 every consumer, the original at stage ends only, §8.1.11), float64-merged statistics (§8.1.13), ties in the
 activation similarity broken by the weights, and the BN reset without augmentation. A difference between the
 columns is therefore what the switchable deviations do; a gap to numbers measured with the original's code on
@@ -80,10 +81,15 @@ def _both(ends, loader, method, balance, x_test, y_test) -> dict:
         orig = mudsc.merge(ends, loader, method=method, balance=balance, progress=False, axis_rule="original",
                            adaptive=False, repair=False, reset_bn_stats=False)
     model = orig.plan.apply(ends, merge_eps=mudsc.maps.ORIGINAL_MERGE_EPS)
+    row = {"ours": _joint(ours.model, x_test, y_test)}
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         mudsc.reset_bn(model, loader)
-    return {"ours": _joint(ours.model, x_test, y_test), "original": _joint(model, x_test, y_test),
-            "seconds": time.perf_counter() - t0}
+    elif ours.report["repair"] is not None:  # REPAIR ran by default: what the rest of the defaults give without it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bare = mudsc.merge(ends, loader, method=method, balance=balance, progress=False, repair=False)
+        row["ours_without_repair"] = _joint(bare.model, x_test, y_test)
+    return {**row, "original": _joint(model, x_test, y_test), "seconds": time.perf_counter() - t0}
 
 
 def main(argv=None) -> int:
@@ -104,14 +110,15 @@ def main(argv=None) -> int:
         ensemble = 100 * accuracies((la.softmax(1) + lb.softmax(1)) / 2, y_test)["joint"]
         print(f"\n== {arch.name}: ensemble {ensemble:.1f}, model A {_joint(ends[0], x_test, y_test):.1f}, "
               f"model B {_joint(ends[1], x_test, y_test):.1f}")
-        print("| method | balance | ours | original semantics | ours - original |")
-        print("|---|---:|---:|---:|---:|")
+        print("| method | balance | ours | ours without REPAIR | original semantics | ours - original |")
+        print("|---|---:|---:|---:|---:|---:|")
         for method in args.methods:
             for balance in (args.balances if method in BALANCED else [0.5]):
                 r = _both(ends, loader, method, balance, x_test, y_test)
                 rows.append({"arch": arch.name, "method": method, "balance": balance, **r})
                 shown = f"{balance:.1f}" if method in BALANCED else "-"
-                print(f"| {method} | {shown} | {r['ours']:.1f} | {r['original']:.1f} | "
+                bare = f"{r['ours_without_repair']:.1f}" if "ours_without_repair" in r else "-"
+                print(f"| {method} | {shown} | {r['ours']:.1f} | {bare} | {r['original']:.1f} | "
                       f"{r['ours'] - r['original']:+.1f} |", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"threads": args.threads, "torch": torch.__version__,
