@@ -9,11 +9,12 @@ merged layers of the models without BatchNorm, as the defaults do), the full mer
 joint accuracy (argmax over the 10 classes) on 1,000 held-out digits is computed from the mean of the branches'
 softmaxes, as for the ensemble; parameters are the partial model's over the two models'. Every full merge is loaded
 strictly into a fresh instance of its architecture (at the input widths; ``--reduce`` changes them) and every partial
-model runs. ``--reset calibrated`` passes ``reset_bn_stats="calibrated"`` (:mod:`mudsc.calibrate`), ``--reduce r``
+model runs. ``--reset plain|calibrated`` passes ``reset_bn_stats=True|"calibrated"`` (:mod:`mudsc.calibrate`; the
+default leaves the library's), ``--reduce r``
 ``reduce=r`` (a wider merged prefix, below 0.5 for two models); each row also gives the ensemble of the two
 endpoints with their BatchNorm statistics reset on the merge loader, what the plain reset alone costs them.
 
-    python benchmarks/bench_partial.py [--archs bn2 bn2i bn4 gn vgg vit] [--methods ...] [--reset plain|calibrated]
+    python benchmarks/bench_partial.py [--archs bn2 bn2i bn4 gn vgg vit] [--methods ...] [--reset auto|plain|calibrated]
         [--reduce r] [--threads 2] [--out path.json]
 """
 
@@ -117,14 +118,15 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     p.add_argument("--methods", nargs="+", default=sorted(mudsc.METHODS), choices=sorted(mudsc.METHODS))
-    p.add_argument("--reset", choices=["plain", "calibrated"], default="plain",
-                   help="merge(reset_bn_stats=True) (default) or 'calibrated' (mudsc.calibrate)")
+    p.add_argument("--reset", choices=["auto", "plain", "calibrated"], default="auto",
+                   help="merge(reset_bn_stats=None) (the default: plain for a full merge, calibrated for a partial "
+                        "one), True (plain) or 'calibrated' (mudsc.calibrate)")
     p.add_argument("--reduce", type=float, default=None, help="merge(reduce=...) (default: the input widths)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(common.RESULTS / "partial_cpu.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    options = {"reset_bn_stats": True if args.reset == "plain" else "calibrated"}
+    options = {"reset_bn_stats": {"auto": None, "plain": True, "calibrated": "calibrated"}[args.reset]}
     if args.reduce is not None:
         options["reduce"] = args.reduce
     print(f"merge options: {options}; {args.threads} threads; joint accuracy in %")

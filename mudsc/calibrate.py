@@ -22,8 +22,9 @@ layer whose input merging did not change (a self-merge, a branch fed its own mod
 statistics exactly; a layer with a reference variance of (nearly) zero, or without trained statistics, takes the
 plain reset's. The cost is N more passes over the loader (the endpoints' resets) and N model copies.
 
-:func:`mudsc.merge` does this by default (``reset_bn_stats="calibrated"``); ``reset_bn_stats=True`` is the plain
-reset, the original's semantics.
+:func:`mudsc.merge` does this by default for a partial merge (``stop_at=``, ``reset_bn_stats=None``) and on request
+for a full one (``reset_bn_stats="calibrated"``); ``reset_bn_stats=True`` is the plain reset, the original's
+semantics and a full merge's default.
 """
 
 from __future__ import annotations
@@ -36,16 +37,27 @@ import torch.nn as nn
 
 from .norm import recompute_bn
 
-__all__ = ["RESET_MODES", "bn_statistics", "calibrate_bn", "calibrated_reset", "check_reset_mode"]
+__all__ = ["RESET_MODES", "bn_statistics", "calibrate_bn", "calibrated_reset", "check_reset_mode", "reset_mode"]
 
-RESET_MODES = (False, True, "calibrated")  # merge(reset_bn_stats=...): none, the plain reset, the calibrated one
+# merge(reset_bn_stats=...): the default (below), none, the plain reset, the calibrated one
+RESET_MODES = (None, False, True, "calibrated")
 VAR_FLOOR = 1e-12  # a reference variance at or below this leaves the layer with the plain reset's statistics
 
 
 def check_reset_mode(mode) -> None:
     """ValueError unless ``mode`` is one of :data:`RESET_MODES`."""
     if not any(mode is m or (isinstance(m, str) and mode == m) for m in RESET_MODES):
-        raise ValueError(f"reset_bn_stats must be True (the plain reset), False or 'calibrated', got {mode!r}")
+        raise ValueError(f"reset_bn_stats must be None (the default), True (the plain reset), False or "
+                         f"'calibrated', got {mode!r}")
+
+
+def reset_mode(mode, partial: bool):
+    """The reset ``merge(reset_bn_stats=mode)`` runs: ``mode``, or for None (the default) ``"calibrated"`` for a
+    partial merge (its branches are the endpoints' own layers, calibrated on their own data) and True (the plain
+    reset) for a full one."""
+    if mode is None:
+        return "calibrated" if partial else True
+    return mode
 
 
 def bn_statistics(model: nn.Module) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:

@@ -113,11 +113,23 @@ def test_every_method_with_three_models(method, stop_at):
 
 
 def test_bad_modes_are_refused_before_any_work():
-    for bad in ("yes", 1, None, "Calibrated"):
+    for bad in ("yes", 1, "auto", "Calibrated"):
         with pytest.raises(ValueError, match="reset_bn_stats must be"):
             check_reset_mode(bad)
     ms = _trained_resnets(2)
     with pytest.raises(ValueError, match="reset_bn_stats must be"):
         mudsc.merge(ms, _loader(), method="zipit", reset_bn_stats="calibrate", progress=False)
-    for good in (True, False, "calibrated"):
+    for good in (None, True, False, "calibrated"):
         check_reset_mode(good)
+
+
+def test_the_default_is_calibrated_for_a_partial_merge_and_plain_for_a_full_one():
+    ms = _trained_resnets(2, seed=2)
+    loader = _loader()
+    for stop_at, same_as in ((None, True), ("layer3", "calibrated")):
+        default = bn_statistics(_merge(ms, loader, method="zipit", stop_at=stop_at).model)
+        chosen = bn_statistics(_merge(ms, loader, method="zipit", stop_at=stop_at, reset_bn_stats=same_as).model)
+        other = bn_statistics(_merge(ms, loader, method="zipit", stop_at=stop_at,
+                                     reset_bn_stats="calibrated" if same_as is True else True).model)
+        assert all(torch.equal(default[n][0], chosen[n][0]) for n in default), stop_at
+        assert not all(torch.allclose(default[n][0], other[n][0]) for n in default), stop_at

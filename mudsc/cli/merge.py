@@ -100,9 +100,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "instead of stopping once more data stops changing the result (mudsc.sampling)")
     p.add_argument("--repair", choices=("auto", "on", "off"), default="auto",
                    help="REPAIR the merged units' statistics (mudsc.repair): auto repairs models without BatchNorm")
-    p.add_argument("--bn-reset", choices=("plain", "calibrated", "off"), default="plain",
-                   help="the merged model's BatchNorm statistics: recomputed on the data (plain), the endpoints' own "
-                        "moved by what merging changed (calibrated: mudsc.calibrate), or left merged (off)")
+    p.add_argument("--bn-reset", choices=("auto", "plain", "calibrated", "off"), default="auto",
+                   help="the merged model's BatchNorm statistics: recomputed on the data (plain; what auto does for a "
+                        "full merge), the endpoints' own moved by what merging changed (calibrated: mudsc.calibrate), "
+                        "or left merged (off)")
     p.add_argument("--device", default=None,
                    help="where the statistics pass runs (cpu, cuda, cuda:N, ...; default: the models' device, "
                         "cpu); refused before the models load when this machine does not have it")
@@ -333,7 +334,8 @@ def _merge(args, loaded, loader, device):
                        patience=args.patience, seed=args.seed, max_batches=args.max_batches, device=device,
                        backend=args.backend, progress=not args.no_progress, adaptive=not args.full_pass,
                        repair={"auto": None, "on": True, "off": False}[args.repair],
-                       reset_bn_stats={"plain": True, "calibrated": "calibrated", "off": False}[args.bn_reset])
+                       reset_bn_stats={"auto": None, "plain": True, "calibrated": "calibrated",
+                                       "off": False}[args.bn_reset])
 
 
 def run(args) -> int:

@@ -33,7 +33,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .. import METHODS, __version__, partial_merge, reset_bn, trace
+from .. import METHODS, __version__, partial_merge, trace
+from ..calibrate import calibrated_reset
 from ..repair import repair
 from .._io import write_json
 from . import mnist
@@ -161,14 +162,16 @@ def partial_cut(model: torch.nn.Module) -> str:
 
 def partial_row(endpoints, plan, loader, x_test, data: DemoData) -> tuple:
     """``(row name, row)``: :data:`PARTIAL_METHOD`'s plan applied up to :func:`partial_cut` (each endpoint keeps
-    its own layers after it), BatchNorm reset (models with BatchNorm) or REPAIR of the merged layers (without),
+    its own layers after it), the calibrated BatchNorm reset (:mod:`mudsc.calibrate`, what ``merge(..., stop_at=)``
+    does; models with BatchNorm) or REPAIR of the merged layers (without),
     scored on the mean of the branches' softmaxes as the ensemble; ``row["parameters"]``: its share of the two
     endpoints' parameters."""
     t0 = time.perf_counter()
     cut = partial_cut(endpoints[0])
     model = partial_merge(endpoints, plan, cut, x_test[:2])
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        reset_bn(model, loader)
+        calibrated_reset(model, endpoints, lambda ms: partial_merge(ms, plan, cut, x_test[:2], check=False), loader,
+                         None, None, None, False)
     else:
         repair(model.prefix, endpoints, plan.spec, plan.maps, loader)
     model.eval()

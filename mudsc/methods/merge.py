@@ -21,7 +21,7 @@ from ..distributed import check_device as check_group_device
 from ..inputs import check_device, check_finite_weights, check_max_batches, check_models, peek
 from ..memory import (SAFE_FRACTION, MemoryPlan, available_bytes, format_bytes, keep_bytes, moment_bytes,
                       packed_moments, parse_bytes, plan_passes, shard_groups)
-from ..calibrate import calibrated_reset, check_reset_mode
+from ..calibrate import calibrated_reset, check_reset_mode, reset_mode
 from ..norm import recompute_bn
 from ..partial import check_combine, partial_merge
 from ..plan import MergePlan, fingerprint
@@ -90,7 +90,7 @@ def merge(
     backend: str = "auto",
     progress: bool = True,
     axis_rule: str = "merge",
-    reset_bn_stats: Union[bool, str] = True,
+    reset_bn_stats: Union[bool, str, None] = None,
     repair: Optional[bool] = None,
     zip_decay: str = "same-model",
     max_memory: Optional[Union[int, str]] = None,
@@ -119,8 +119,9 @@ def merge(
             drift < ``NORM_TOL``); ``report["samples"]`` says what was read. False: every batch.
         device, backend: where the statistics pass runs (default: model 0's device); ``"auto"`` | ``"native"`` |
             ``"reference"`` for every solver, statistic and similarity.
-        reset_bn_stats: recompute the result's BatchNorm statistics on the loader (True; the original's); False: not;
-            ``"calibrated"``: the endpoints' own moved by what merging changed there (:mod:`mudsc.calibrate`).
+        reset_bn_stats: the result's BatchNorm statistics recomputed on the loader (True; the original's), not (False),
+            or the endpoints' own moved by what merging changed (``"calibrated"``, :mod:`mudsc.calibrate`); None
+            (default): True, ``"calibrated"`` with ``stop_at``.
         repair: REPAIR the merged units' activation statistics (:mod:`mudsc.repair`; N + 1 more passes over the
             loader). None (default): for models without BatchNorm (GroupNorm, LayerNorm, none), whose BatchNorm
             reset does nothing, when the loader can be read again; True: also with BatchNorm (after its reset).
@@ -128,8 +129,7 @@ def merge(
             free); more groups than fit are split over several passes, same plan (:mod:`mudsc.memory`).
         process_group: merge across the ranks of a ``torch.distributed`` group (:mod:`mudsc.distributed`; each
             rank passes the same models and arguments and its own shard of the data; the same plan and model on
-            every rank; ``adaptive`` off). None (default): the default group when one is initialized with several
-            ranks; False: one process.
+            every rank; ``adaptive`` off). None (default): the default group if initialized with several ranks.
         stop_at, combine: partial zipping (:mod:`mudsc.partial`): merge the layers before module ``stop_at``
             (``"layer3"``), keep each model's own from it on; the result is a :class:`mudsc.PartialMerge` combining
             the branches' outputs by ``combine``. The plan is the full merge's (:func:`mudsc.partial_merge`).
@@ -188,7 +188,8 @@ def _build(models, plan: MergePlan, probe_inputs, bn: tuple, consumed: bool, max
     (:func:`mudsc.spec.cut.find_cut`) the result is the :class:`mudsc.PartialMerge` there, REPAIR on its prefix."""
     t0 = time.perf_counter()
     cut, combine = partial
-    bn_loader, calibrate = (bn[0] if bn[1] else None), bn[1] == "calibrated"
+    mode = reset_mode(bn[1], cut is not None)
+    bn_loader, calibrate = (bn[0] if mode else None), mode == "calibrated"
     model = plan.apply(models, check=False) if cut is None else partial_merge(
         models, plan, cut.stop_at, probe_inputs, combine, check=False, cut=cut)
     timing["apply"] = time.perf_counter() - t0
@@ -302,7 +303,7 @@ def _distributed_report(group, memory: dict) -> Optional[dict]:
 
 
 def _check_all(method, models, group, hyper: tuple, spec, max_batches, adaptive, sample_tol, max_memory,
-               device, reset_bn_stats=True) -> tuple:
+               device, reset_bn_stats=None) -> tuple:
     """``(method info, models, hyperparameters with the default reduce filled in, device)``, every argument of
     :func:`merge` checked before any data moves."""
     info_m = check_method(method)
